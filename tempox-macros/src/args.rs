@@ -1,0 +1,314 @@
+//! The attribute's arguments: parsed leniently (every value is an expression),
+//! then checked one by one so every mistake is reported in the same pass.
+
+use proc_macro2::TokenStream;
+use syn::ext::IdentExt;
+use syn::parse::{ParseStream, Parser};
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token};
+
+use crate::errors::Errors;
+
+/// Which attribute is being expanded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Idempotent,
+    NonIdempotent,
+    #[allow(dead_code)] // `#[workflow]` lands with the workflow engine
+    Workflow,
+}
+
+impl Kind {
+    pub(crate) fn attr(self) -> &'static str {
+        match self {
+            Kind::Idempotent => "#[idempotent]",
+            Kind::NonIdempotent => "#[non_idempotent]",
+            Kind::Workflow => "#[workflow]",
+        }
+    }
+
+    fn allowed(self) -> &'static [&'static str] {
+        match self {
+            Kind::Idempotent => &[
+                "key",
+                "name",
+                "compensate",
+                "in_flight",
+                "retention",
+                "lease",
+                "retry",
+                "cache_errors",
+            ],
+            Kind::NonIdempotent => &[
+                "key",
+                "name",
+                "compensate",
+                "in_flight",
+                "probe",
+                "retention",
+                "lease",
+                "cache_errors",
+            ],
+            Kind::Workflow => &["key", "name", "recover", "in_flight", "retention", "lease"],
+        }
+    }
+}
+
+/// `compensate = noop` or `compensate = path::to::f`.
+pub(crate) enum Compensate {
+    Noop,
+    Call(Path),
+}
+
+/// `recover = resume | rollback`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recover {
+    Resume,
+    Rollback,
+}
+
+/// A value with the name token it was given under (for spans).
+pub(crate) struct Arg<T> {
+    pub(crate) name: Ident,
+    pub(crate) value: T,
+}
+
+/// The checked arguments. `None`: not given (or given wrongly, with an error
+/// recorded).
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) key: Option<Arg<Expr>>,
+    pub(crate) name: Option<Arg<LitStr>>,
+    pub(crate) compensate: Option<Arg<Compensate>>,
+    pub(crate) in_flight_reject: Option<Arg<bool>>,
+    pub(crate) probe: Option<Arg<Path>>,
+    pub(crate) retention_ms: Option<Arg<u64>>,
+    pub(crate) lease_ms: Option<Arg<u64>>,
+    pub(crate) retry: Option<Arg<u32>>,
+    pub(crate) cache_errors: Option<Arg<bool>>,
+    pub(crate) recover: Option<Arg<Recover>>,
+}
+
+/// Stores `value` unless the argument was given before (a duplicate is an error,
+/// never a silent overwrite).
+fn set<T>(slot: &mut Option<Arg<T>>, name: &Ident, value: T, errors: &mut Errors) {
+    if slot.is_some() {
+        errors.push(name, format!("duplicate argument `{name}`; give it once"));
+    } else {
+        *slot = Some(Arg {
+            name: name.clone(),
+            value,
+        });
+    }
+}
+
+/// Parses `tokens` (the attribute's arguments) for `kind`.
+pub(crate) fn parse_args(tokens: TokenStream, kind: Kind, errors: &mut Errors) -> Args {
+    let mut raw: Vec<(Ident, Option<Expr>)> = Vec::new();
+    let parser = |input: ParseStream<'_>| -> syn::Result<()> {
+        while !input.is_empty() {
+            let name = input.call(Ident::parse_any)?;
+            let value = if input.peek(Token![=]) {
+                input.parse::<Token![=]>()?;
+                Some(input.parse::<Expr>()?)
+            } else {
+                None
+            };
+            raw.push((name, value));
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = parser.parse2(tokens) {
+        errors.push_error(e);
+    }
+    let mut args = Args::default();
+    for (name, value) in raw {
+        check_arg(&mut args, kind, &name, value, errors);
+    }
+    args
+}
+
+fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, errors: &mut Errors) {
+    let n = name.to_string();
+    if !kind.allowed().contains(&n.as_str()) {
+        let message = match (kind, n.as_str()) {
+            (Kind::Idempotent, "probe") => "`probe` is for `#[non_idempotent]` operations; an idempotent operation is simply run again after a crash".to_owned(),
+            (Kind::NonIdempotent, "retry") => "`retry` is for `#[idempotent]` operations; a non-idempotent effect is never run again automatically".to_owned(),
+            _ => format!(
+                "unknown argument `{n}` for `{}`; supported arguments are: {}",
+                kind.attr(),
+                kind.allowed().join(", ")
+            ),
+        };
+        errors.push(name, message);
+        return;
+    }
+    // `cache_errors` alone means `cache_errors = true`.
+    if n == "cache_errors" && value.is_none() {
+        set(&mut args.cache_errors, name, true, errors);
+        return;
+    }
+    let Some(value) = value else {
+        errors.push(name, format!("`{n}` needs a value: {}", expected(&n)));
+        return;
+    };
+    let wrong = |errors: &mut Errors, value: &Expr| {
+        errors.push(value, format!("`{n}` expects {}", expected(&n)));
+    };
+    match n.as_str() {
+        "key" => set(&mut args.key, name, value, errors),
+        "name" => match lit_str(&value) {
+            Some(s) => match check_name(&s.value()) {
+                Ok(()) => set(&mut args.name, name, s.clone(), errors),
+                Err(why) => errors.push(s, format!("invalid operation name: {why}")),
+            },
+            None => wrong(errors, &value),
+        },
+        "compensate" => match &value {
+            Expr::Path(p) if p.qself.is_none() && p.path.is_ident("noop") => {
+                set(&mut args.compensate, name, Compensate::Noop, errors);
+            }
+            Expr::Path(p) if p.qself.is_none() => {
+                set(
+                    &mut args.compensate,
+                    name,
+                    Compensate::Call(p.path.clone()),
+                    errors,
+                );
+            }
+            _ => wrong(errors, &value),
+        },
+        "probe" => match &value {
+            Expr::Path(p) if p.qself.is_none() => {
+                set(&mut args.probe, name, p.path.clone(), errors);
+            }
+            _ => wrong(errors, &value),
+        },
+        "in_flight" => match ident(&value).as_deref() {
+            Some("wait") => set(&mut args.in_flight_reject, name, false, errors),
+            Some("reject") => set(&mut args.in_flight_reject, name, true, errors),
+            _ => wrong(errors, &value),
+        },
+        "recover" => match ident(&value).as_deref() {
+            Some("resume") => set(&mut args.recover, name, Recover::Resume, errors),
+            Some("rollback") => set(&mut args.recover, name, Recover::Rollback, errors),
+            _ => wrong(errors, &value),
+        },
+        "retention" | "lease" => {
+            let parsed = lit_str(&value).map(|s| (s.span(), parse_duration(&s.value())));
+            let slot = if n == "lease" {
+                &mut args.lease_ms
+            } else {
+                &mut args.retention_ms
+            };
+            match parsed {
+                Some((_, Ok(ms))) if n == "lease" && ms < 10 => {
+                    errors.push(&value, "a lease is at least \"10ms\"");
+                }
+                Some((_, Ok(ms))) => set(slot, name, ms, errors),
+                Some((span, Err(why))) => {
+                    errors.push_at(span, format!("`{n}` expects {}: {why}", expected(&n)))
+                }
+                None => wrong(errors, &value),
+            }
+        }
+        "retry" => match &value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(i), ..
+            }) => match i.base10_parse::<u32>() {
+                Ok(0) => errors.push(i, "`retry = 0` is the default; remove it"),
+                Ok(r) => set(&mut args.retry, name, r, errors),
+                Err(_) => wrong(errors, &value),
+            },
+            _ => wrong(errors, &value),
+        },
+        "cache_errors" => match &value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(b), ..
+            }) => set(&mut args.cache_errors, name, b.value, errors),
+            _ => wrong(errors, &value),
+        },
+        _ => errors.push(name, format!("argument `{n}` is not handled")),
+    }
+}
+
+fn expected(name: &str) -> &'static str {
+    match name {
+        "key" => "an expression whose value is the key, e.g. `key = order.id`",
+        "name" => "a string literal, e.g. `name = \"payments.charge\"`",
+        "compensate" => {
+            "the path of an `#[idempotent]` function, e.g. `compensate = refund`, or `noop`"
+        }
+        "probe" => "the path of a function, e.g. `probe = find_charge`",
+        "in_flight" => "`wait` or `reject`",
+        "recover" => "`resume` or `rollback`",
+        "retention" | "lease" => {
+            "a duration string such as \"500ms\", \"30s\", \"15m\", \"24h\" or \"7d\""
+        }
+        "retry" => {
+            "a positive integer: how many more times to run a failing body, e.g. `retry = 3`"
+        }
+        "cache_errors" => "`true` or `false` (or just `cache_errors`)",
+        _ => "a value",
+    }
+}
+
+fn lit_str(e: &Expr) -> Option<&LitStr> {
+    match e {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s),
+        _ => None,
+    }
+}
+
+fn ident(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Path(p) => p.path.get_ident().map(Ident::to_string),
+        _ => None,
+    }
+}
+
+/// An operation name: the record id is `name/key`, so no `/`; no whitespace or
+/// control characters, so it prints and parses back.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "it contains {c:?}; use letters, digits and `.`, `_`, `-`, `:`"
+        ));
+    }
+    Ok(())
+}
+
+/// `"500ms"`, `"30s"`, `"15m"`, `"24h"`, `"7d"` → milliseconds.
+pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
+    let digits = s.chars().take_while(char::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` does not start with a number"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("unknown unit `{unit}`")),
+    };
+    let ms = number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{s}` is too long"))?;
+    if ms == 0 {
+        return Err("it is zero".into());
+    }
+    Ok(ms)
+}

@@ -1,0 +1,523 @@
+//! The call path every annotated function takes:
+//! claim (write-ahead) → run the body while renewing the lease → record the outcome.
+//!
+//! The generated wrapper calls [`begin`], which either answers from the record
+//! (replay, `KeyReuse`, `InFlight`, ...) or hands back a [`Guard`] holding the
+//! claim; the wrapper then runs its body through [`Guard::run`].
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::key::{Fingerprint, Key, KeyError};
+use crate::operation::{InFlight, Keying, Operation};
+use crate::record::{
+    ClaimRequest, Claimed, Kind, LeaseChange, OnExpired, Record, RecordId, Status, Timestamp,
+    Transition,
+};
+use crate::runtime::{Runtime, bump};
+
+/// What [`begin`] decided.
+#[derive(Debug)]
+pub enum Begin<Op: Operation> {
+    /// The call is answered without running the body: a replayed output, or an error.
+    Done(Result<Op::Output, Op::Error>),
+    /// The caller holds the claim: run the body.
+    Run(Guard<Op>),
+    /// The caller took over a non-idempotent claim whose holder vanished: ask the
+    /// probe whether the effect happened, then [`Guard::probed`].
+    Probe(Guard<Op>),
+}
+
+/// A call whose key, fingerprint and input are computed, ready to claim.
+#[derive(Debug)]
+pub struct Prepared {
+    req: ClaimRequest,
+}
+
+/// Computes what a call of `Op` claims: its key (from `key = <expr>`, from the
+/// arguments, or unique), the arguments' fingerprint and their JSON.
+///
+/// Synchronous, so the borrowed arguments are not held across an `.await`.
+pub fn prepare<Op: Operation, A: Serialize + ?Sized>(
+    key: Option<Result<Key, KeyError>>,
+    args: &A,
+) -> Result<Prepared, Error> {
+    let op = Op::NAME;
+    let fingerprint =
+        Fingerprint::of(args).map_err(|e| codec(op, "encode", "the arguments", e.message()))?;
+    let key = match (Op::OPTIONS.keying, key) {
+        (_, Some(key)) => key.map_err(|reason| Error::InvalidKey {
+            op: op.to_owned(),
+            reason,
+        })?,
+        (Keying::Unique, None) => unique_key(),
+        (_, None) => fingerprint.to_key(),
+    };
+    let input = serde_json::to_vec(args).map_err(|e| codec(op, "encode", "the arguments", e))?;
+    let on_expired = if Op::KIND == Kind::NonIdempotent && !Op::OPTIONS.probe {
+        OnExpired::MarkUnknown
+    } else {
+        OnExpired::TakeOver
+    };
+    Ok(Prepared {
+        req: ClaimRequest {
+            id: RecordId::new(op, &key),
+            op: op.to_owned(),
+            kind: Op::KIND,
+            key,
+            fingerprint,
+            input,
+            // Set from the runtime's default in `begin` unless the operation has one.
+            lease: Op::OPTIONS.lease.unwrap_or_default(),
+            on_expired,
+            workflow: None,
+            step: None,
+        },
+    })
+}
+
+/// Claims a prepared call of `Op` and decides what happens next.
+pub async fn begin<Op: Operation>(call: Result<Prepared, Error>) -> Begin<Op> {
+    let Some(rt) = Runtime::current() else {
+        return Begin::Done(Err(Error::NoRuntime {
+            op: Op::NAME.to_owned(),
+        }
+        .into()));
+    };
+    bump(&rt.inner.counters.calls);
+    let result = match call {
+        Ok(Prepared { mut req }) => {
+            if Op::OPTIONS.lease.is_none() {
+                req.lease = rt.inner.config.lease;
+            }
+            claim::<Op>(rt, req).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(begin) => begin,
+        Err(e) => Begin::Done(Err(e.into())),
+    }
+}
+
+fn codec(op: &str, action: &'static str, what: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Codec {
+        op: op.to_owned(),
+        action,
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// A key no other call will ever have: milliseconds, then 64 random bits.
+fn unique_key() -> Key {
+    let s = format!(
+        "{:012x}{:016x}",
+        Timestamp::now().as_millis(),
+        fastrand::u64(..)
+    );
+    Key::new(s).unwrap_or_else(|_| Fingerprint::from_bytes([0; 16]).to_key())
+}
+
+async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op>, Error> {
+    let op = Op::NAME;
+    let counters = &rt.inner.counters;
+    let span = tracing::debug_span!("tempox.call", op, key = %req.key);
+    let mut waiting: Option<Waiting> = None;
+    loop {
+        let notified = waiting.as_ref().map(|w| w.notify.clone());
+        let notified = notified.as_ref().map(|n| n.notified());
+        tokio::pin!(notified);
+        if let Some(n) = notified.as_mut().as_pin_mut() {
+            // Registered before the store is read, so a finish in between still wakes us.
+            n.enable();
+        }
+        let claimed = rt.inner.store.claim(&req).instrument(span.clone()).await?;
+        let existing = match claimed {
+            Claimed::Acquired { record, previous } => {
+                if previous == Some(Status::Pending) {
+                    bump(&counters.takeovers);
+                    tracing::debug!(parent: &span, token = record.token, "took over an expired claim");
+                }
+                let guard = Guard::new(rt.clone(), record, span);
+                return Ok(
+                    if previous == Some(Status::Pending) && Op::KIND == Kind::NonIdempotent {
+                        Begin::Probe(guard)
+                    } else {
+                        Begin::Run(guard)
+                    },
+                );
+            }
+            Claimed::MarkedUnknown(record) => {
+                bump(&counters.dead_letters);
+                tracing::warn!(parent: &span, id = %record.id, "lease expired on a non-idempotent call without a probe; parked as outcome_unknown");
+                return Err(Error::OutcomeUnknown {
+                    op: op.to_owned(),
+                    key: req.key.to_string(),
+                });
+            }
+            Claimed::Existing(record) => record,
+        };
+        // Invariant 2: another request's result is never replayed.
+        if existing.fingerprint != req.fingerprint {
+            bump(&counters.key_reuses);
+            return Err(Error::KeyReuse {
+                op: op.to_owned(),
+                key: req.key.to_string(),
+            });
+        }
+        match existing.status {
+            Status::Completed => {
+                bump(&counters.replays);
+                return replay_output::<Op>(&existing).map(Begin::Done);
+            }
+            Status::Failed => {
+                bump(&counters.replays);
+                let (Some(error_codec), Some(bytes)) =
+                    (Op::ERROR_CODEC, existing.output.as_deref())
+                else {
+                    return Err(closed(&existing));
+                };
+                let error = (error_codec.decode)(bytes)
+                    .map_err(|e| codec(op, "decode", "the cached error", e))?;
+                return Ok(Begin::Done(Err(error)));
+            }
+            Status::Pending => {
+                let now = Instant::now();
+                let w = waiting.get_or_insert_with(|| {
+                    bump(&counters.in_flight_waits);
+                    Waiting::new(&rt, &req.id, now)
+                });
+                if Op::OPTIONS.in_flight == InFlight::Reject || now >= w.deadline {
+                    bump(&counters.in_flight_rejections);
+                    return Err(Error::InFlight {
+                        op: op.to_owned(),
+                        key: req.key.to_string(),
+                    });
+                }
+                let pause = w.next_pause(now);
+                if let Some(n) = notified.as_pin_mut() {
+                    let _ = tokio::time::timeout(pause, n).await;
+                } else {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            Status::OutcomeUnknown => {
+                return Err(Error::OutcomeUnknown {
+                    op: op.to_owned(),
+                    key: req.key.to_string(),
+                });
+            }
+            _ => return Err(closed(&existing)),
+        }
+    }
+}
+
+fn closed(r: &Record) -> Error {
+    Error::Closed {
+        op: r.op.clone(),
+        key: r.key.to_string(),
+        status: r.status,
+    }
+}
+
+fn replay_output<Op: Operation>(r: &Record) -> Result<Result<Op::Output, Op::Error>, Error> {
+    let bytes = r.output.as_deref().unwrap_or(b"null");
+    serde_json::from_slice(bytes)
+        .map(Ok)
+        .map_err(|e| codec(Op::NAME, "decode", "the recorded output", e))
+}
+
+/// A duplicate waiting for the first call with its key.
+struct Waiting {
+    rt: Runtime,
+    id: RecordId,
+    notify: Arc<Notify>,
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Waiting {
+    fn new(rt: &Runtime, id: &RecordId, now: Instant) -> Self {
+        let notify = {
+            let mut running = lock(&rt.inner.running);
+            running.entry(id.clone()).or_default().clone()
+        };
+        Waiting {
+            rt: rt.clone(),
+            id: id.clone(),
+            notify,
+            deadline: now + rt.inner.config.in_flight_wait,
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// How long to wait before reading the store again: doubling from 1 ms to
+    /// 100 ms (a holder in another process cannot wake us), never past the deadline.
+    fn next_pause(&mut self, now: Instant) -> Duration {
+        let pause = self.pause.min(self.deadline.saturating_duration_since(now));
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        pause
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut running = lock(&self.rt.inner.running);
+        // The map and this waiter hold the only references: nobody else waits.
+        if running
+            .get(&self.id)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
+        {
+            running.remove(&self.id);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `fut` while renewing the lease of `held` every third of its length.
+///
+/// If the renewal finds the record taken over, renewing stops; the holder's
+/// final write will then be refused (`Fenced`).
+pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) -> F::Output {
+    let lease = held
+        .lease_until
+        .map(|until| {
+            until
+                .as_millis()
+                .saturating_sub(held.updated_at.as_millis())
+        })
+        .map_or(rt.inner.config.lease, Duration::from_millis);
+    let every = (lease / 3).max(Duration::from_millis(3));
+    tokio::pin!(fut);
+    let mut renewing = true;
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            () = tokio::time::sleep(every), if renewing => {
+                match rt.inner.store.renew(&held.id, held.status, held.token, lease).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        renewing = false;
+                        tracing::warn!(id = %held.id, token = held.token, "lease lost to a newer holder");
+                    }
+                    Err(e) => tracing::warn!(id = %held.id, error = %e, "lease renewal failed; will try again"),
+                }
+            }
+        }
+    }
+}
+
+/// The claim on a record, held while the body runs.
+///
+/// Dropping it without finishing (the caller's future was dropped) leaves the
+/// record `Pending`: the lease decides what happens next.
+#[derive(Debug)]
+pub struct Guard<Op: Operation> {
+    rt: Runtime,
+    record: Record,
+    span: tracing::Span,
+    _op: PhantomData<fn() -> Op>,
+}
+
+impl<Op: Operation> Guard<Op> {
+    fn new(rt: Runtime, record: Record, span: tracing::Span) -> Self {
+        Guard {
+            rt,
+            record,
+            span,
+            _op: PhantomData,
+        }
+    }
+
+    /// The record as claimed.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// Runs the body once and records its outcome.
+    pub async fn run<F>(self, body: F) -> Result<Op::Output, Op::Error>
+    where
+        F: Future<Output = Result<Op::Output, Op::Error>>,
+    {
+        bump(&self.rt.inner.counters.executions);
+        let span = self.span.clone();
+        let result = heartbeat(&self.rt, &self.record, body.instrument(span)).await;
+        self.finish(result).await
+    }
+
+    /// Runs the body, and again up to `retry` more times with backoff while it fails
+    /// with a retryable error (idempotent operations only), then records the
+    /// outcome. The claim is held throughout.
+    pub async fn run_retrying<F, Fut>(self, mut body: F) -> Result<Op::Output, Op::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Op::Output, Op::Error>>,
+    {
+        let retries = if Op::KIND == Kind::Idempotent {
+            Op::OPTIONS.retry.unwrap_or(0)
+        } else {
+            0
+        };
+        let rt = &self.rt;
+        let counters = &rt.inner.counters;
+        let attempts = async {
+            let mut run = 0;
+            loop {
+                bump(&counters.executions);
+                let result = body().await;
+                match &result {
+                    Err(e) if run < retries && Op::classify(e).1 => {
+                        run += 1;
+                        bump(&counters.retries);
+                        let delay = rt.inner.config.retry_backoff.delay(run);
+                        tracing::debug!(attempt = run, ?delay, error = %e, "retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    _ => return result,
+                }
+            }
+        };
+        let result = heartbeat(rt, &self.record, attempts.instrument(self.span.clone())).await;
+        self.finish(result).await
+    }
+
+    /// Feeds the probe's answer: `Ok(Some(output))` — the effect happened, record
+    /// it and answer with it; `Ok(None)` — it did not, so run the body
+    /// (`Ok(guard)`); `Err` — the probe failed, the record stays claimed until its
+    /// lease runs out.
+    pub async fn probed(
+        self,
+        found: Result<Option<Op::Output>, Op::Error>,
+    ) -> Result<Self, Result<Op::Output, Op::Error>> {
+        match found {
+            Ok(None) => Ok(self),
+            Ok(Some(output)) => Err(self.finish(Ok(output)).await),
+            Err(e) => Err(Err(e)),
+        }
+    }
+
+    fn error(&self, e: Error) -> Op::Error {
+        e.into()
+    }
+
+    async fn finish(self, result: Result<Op::Output, Op::Error>) -> Result<Op::Output, Op::Error> {
+        let r = &self.record;
+        let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Completed);
+        t.retention = Some(
+            Op::OPTIONS
+                .retention
+                .unwrap_or(self.rt.inner.config.retention),
+        );
+        let output = match result {
+            Ok(output) => match serde_json::to_vec(&output) {
+                Ok(bytes) => {
+                    t.output = Some(bytes);
+                    Ok(output)
+                }
+                Err(e) => {
+                    let e = codec(Op::NAME, "encode", "the output", e);
+                    // An effect that cannot be recorded is not run again blindly.
+                    t.to = if Op::KIND == Kind::Idempotent {
+                        Status::Released
+                    } else {
+                        Status::OutcomeUnknown
+                    };
+                    t.error = Some(e.to_string());
+                    Err(self.error(e))
+                }
+            },
+            Err(e) => {
+                let (outcome_unknown, _) = Op::classify(&e);
+                t.error = Some(e.to_string());
+                if outcome_unknown && Op::KIND == Kind::NonIdempotent {
+                    // Invariant 8: handled like a crash. With a probe, end the lease
+                    // now so the next call probes; without, park it.
+                    if Op::OPTIONS.probe {
+                        return self.expire_lease(e).await;
+                    }
+                    t.to = Status::OutcomeUnknown;
+                    t.retention = None;
+                    bump(&self.rt.inner.counters.dead_letters);
+                } else if let Some(error_codec) = Op::ERROR_CODEC {
+                    match (error_codec.encode)(&e) {
+                        Ok(bytes) => {
+                            t.to = Status::Failed;
+                            t.output = Some(bytes);
+                        }
+                        Err(codec_error) => {
+                            tracing::warn!(parent: &self.span, error = %codec_error, "cannot cache the error; releasing the key");
+                            t.to = Status::Released;
+                        }
+                    }
+                } else {
+                    t.to = Status::Released;
+                }
+                Err(e)
+            }
+        };
+        if !t.to.is_final() {
+            t.retention = None;
+        }
+        match self.rt.apply(&t).await {
+            Ok(_) => output,
+            Err(Error::Store { source }) => {
+                // Invariant 4: the record stays pending; the lease hands it on.
+                if let Err(e) = &output {
+                    tracing::warn!(parent: &self.span, error = %e, "the body's error could not be recorded");
+                }
+                Err(self.error(Error::OutcomeNotRecorded {
+                    op: Op::NAME.to_owned(),
+                    key: r.key.to_string(),
+                    source,
+                }))
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn expire_lease(self, e: Op::Error) -> Result<Op::Output, Op::Error> {
+        let r = &self.record;
+        let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Pending);
+        t.lease = LeaseChange::Clear;
+        t.error = Some(e.to_string());
+        if let Err(store_error) = self.rt.apply(&t).await {
+            tracing::warn!(parent: &self.span, error = %store_error, "could not end the lease; it runs out on its own");
+        }
+        Err(e)
+    }
+}
+
+impl<Op: Operation> Drop for Guard<Op> {
+    fn drop(&mut self) {
+        let notify = lock(&self.rt.inner.running).remove(&self.record.id);
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_keys_differ_and_are_valid() {
+        let a = unique_key();
+        let b = unique_key();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 28);
+    }
+}

@@ -1,0 +1,26 @@
+//! The runtime of [tempox](https://docs.rs/tempox): records, stores, the call
+//! path, the compensation catalog. Use it through the `tempox` crate, which
+//! re-exports everything here together with the attribute macros.
+
+pub mod catalog;
+pub mod clock;
+mod error;
+pub mod invoke;
+pub mod key;
+pub mod operation;
+pub mod record;
+mod runtime;
+pub mod store;
+
+pub use error::{Error, Result, StoreError, StoreErrorKind};
+pub use key::{Fingerprint, Key, KeyError};
+pub use operation::ErrorClass;
+pub use record::{Kind, Record, RecordId, Status, Timestamp};
+pub use runtime::{Backoff, Counters, Runtime, RuntimeBuilder};
+
+#[doc(hidden)]
+pub use linkme;
+#[doc(hidden)]
+pub use serde;
+#[doc(hidden)]
+pub use serde_json;

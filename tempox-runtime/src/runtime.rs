@@ -1,0 +1,526 @@
+//! The runtime: a store, the defaults every call uses, the catalog, and counters.
+//!
+//! Annotated functions find the runtime ambiently: the one whose
+//! [`Runtime::scope`] the call runs in, else the one made global with
+//! [`Runtime::install_global`]. With neither, a call returns
+//! [`Error::NoRuntime`](crate::Error::NoRuntime) and never panics.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::catalog::{Catalog, Compensation};
+use crate::error::{Error, Human, StoreError};
+use crate::record::{
+    AttemptsChange, LeaseChange, Record, RecordId, Status, Transition, Transitioned,
+};
+use crate::store::{Query, Store};
+
+tokio::task_local! {
+    static CURRENT: Runtime;
+}
+
+static GLOBAL: OnceLock<Runtime> = OnceLock::new();
+
+/// Exponential backoff with full jitter: attempt `n` waits a random time in
+/// `[0, min(cap, base * 2^(n-1))]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay's upper bound.
+    pub base: Duration,
+    /// The largest delay.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(31);
+        let ceiling = self.base.saturating_mul(1u32 << shift).min(self.cap);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=ms))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) lease: Duration,
+    pub(crate) retention: Duration,
+    pub(crate) in_flight_wait: Duration,
+    pub(crate) retry_backoff: Backoff,
+    pub(crate) compensation_attempts: u32,
+}
+
+/// Counts of what the runtime did since it was built; see [`Runtime::counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Calls of annotated functions.
+    pub calls: u64,
+    /// Bodies run (a claim was won).
+    pub executions: u64,
+    /// Calls answered from a record without running the body.
+    pub replays: u64,
+    /// Bodies run again by `retry = N`.
+    pub retries: u64,
+    /// Expired claims taken over.
+    pub takeovers: u64,
+    /// Calls that waited for an in-flight duplicate.
+    pub in_flight_waits: u64,
+    /// Calls refused with `InFlight`.
+    pub in_flight_rejections: u64,
+    /// Calls refused with `KeyReuse`.
+    pub key_reuses: u64,
+    /// Writes refused because a newer holder took over.
+    pub fenced: u64,
+    /// Compensations that succeeded.
+    pub compensations: u64,
+    /// Compensation runs that failed.
+    pub compensation_failures: u64,
+    /// Records this runtime moved to a dead-letter status.
+    pub dead_letters: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct AtomicCounters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) executions: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) takeovers: AtomicU64,
+    pub(crate) in_flight_waits: AtomicU64,
+    pub(crate) in_flight_rejections: AtomicU64,
+    pub(crate) key_reuses: AtomicU64,
+    pub(crate) fenced: AtomicU64,
+    pub(crate) compensations: AtomicU64,
+    pub(crate) compensation_failures: AtomicU64,
+    pub(crate) dead_letters: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Config,
+    pub(crate) catalog: Catalog,
+    pub(crate) counters: AtomicCounters,
+    /// Calls running in this process, so local duplicates wake when they finish
+    /// instead of polling the store.
+    pub(crate) running: Mutex<HashMap<RecordId, Arc<Notify>>>,
+}
+
+/// The tempox runtime: where annotated calls record themselves.
+///
+/// Cheap to clone; clones share everything.
+///
+/// ```
+/// use std::time::Duration;
+/// use tempox::{Runtime, store::MemoryStore};
+///
+/// # async fn demo() -> Result<(), tempox::Error> {
+/// let rt = Runtime::builder()
+///     .store(MemoryStore::new())
+///     .lease(Duration::from_secs(30))
+///     .retention(Duration::from_secs(86_400))
+///     .build()?;
+/// let answer = rt.scope(async { 42 }).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("store", &self.inner.store)
+            .field("config", &self.inner.config)
+            .field("operations", &self.inner.catalog.len())
+            .finish()
+    }
+}
+
+/// Builds a [`Runtime`]; see [`Runtime::builder`].
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    store: Option<Arc<dyn Store>>,
+    config: Config,
+}
+
+impl RuntimeBuilder {
+    /// The store records live in (required).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A store already shared behind an `Arc`.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// How long a claim holds before another caller may take it over; renewed every
+    /// third of it while the body runs. Default 30 s; at least 10 ms.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// How long final records are kept (and replayed). Default 24 h.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
+    /// How long a duplicate with `in_flight = wait` waits for the first call before
+    /// it gets `InFlight`. Default 30 s.
+    pub fn in_flight_wait(mut self, wait: Duration) -> Self {
+        self.config.in_flight_wait = wait;
+        self
+    }
+
+    /// Backoff between runs of `retry = N` bodies and failed compensations.
+    /// Default: base 100 ms, cap 10 s, full jitter.
+    pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.config.retry_backoff = Backoff { base, cap };
+        self
+    }
+
+    /// Runs of a failing compensation before it is dead-lettered as
+    /// `CompensationFailed`. Default 5.
+    pub fn compensation_attempts(mut self, attempts: u32) -> Self {
+        self.config.compensation_attempts = attempts;
+        self
+    }
+
+    /// Validates the settings and loads the catalog.
+    ///
+    /// # Errors
+    /// - [`Error::Config`] naming the setting: no `store`; a `lease` under 10 ms;
+    ///   a zero `retention`; a backoff whose cap is below its base; zero
+    ///   `compensation_attempts`.
+    /// - [`Error::DuplicateOperation`] when two operations share a name.
+    pub fn build(self) -> Result<Runtime, Error> {
+        let config = self.config;
+        let bad = |setting, message: String| Err(Error::Config { setting, message });
+        let Some(store) = self.store else {
+            return bad(
+                "store",
+                "no store was set; call `.store(..)` with e.g. `MemoryStore::new()`".into(),
+            );
+        };
+        if config.lease < Duration::from_millis(10) {
+            return bad(
+                "lease",
+                format!(
+                    "{} is too short; a lease is at least 10ms",
+                    Human(config.lease)
+                ),
+            );
+        }
+        if config.retention.is_zero() {
+            return bad("retention", "must be longer than zero".into());
+        }
+        if config.retry_backoff.cap < config.retry_backoff.base {
+            return bad(
+                "retry_backoff",
+                format!(
+                    "the cap ({}) is below the base ({})",
+                    Human(config.retry_backoff.cap),
+                    Human(config.retry_backoff.base)
+                ),
+            );
+        }
+        if config.compensation_attempts == 0 {
+            return bad("compensation_attempts", "must be at least 1".into());
+        }
+        let catalog = Catalog::load()?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                catalog,
+                counters: AtomicCounters::default(),
+                running: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl Runtime {
+    /// A builder with the default settings and no store.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            store: None,
+            config: Config {
+                lease: Duration::from_secs(30),
+                retention: Duration::from_secs(86_400),
+                in_flight_wait: Duration::from_secs(30),
+                retry_backoff: Backoff {
+                    base: Duration::from_millis(100),
+                    cap: Duration::from_secs(10),
+                },
+                compensation_attempts: 5,
+            },
+        }
+    }
+
+    /// Runs `fut` with this runtime as the ambient one for every annotated call it
+    /// makes (tasks it spawns need their own `scope`).
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        CURRENT.scope(self.clone(), fut).await
+    }
+
+    /// Makes this runtime the process-wide default, used by calls outside any
+    /// [`scope`](Self::scope).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if a global runtime is already installed.
+    pub fn install_global(&self) -> Result<(), Error> {
+        GLOBAL.set(self.clone()).map_err(|_| Error::Config {
+            setting: "install_global",
+            message: "a global runtime is already installed".into(),
+        })
+    }
+
+    /// The ambient runtime: the innermost [`scope`](Self::scope), else the global one.
+    pub fn current() -> Option<Runtime> {
+        CURRENT
+            .try_with(Runtime::clone)
+            .ok()
+            .or_else(|| GLOBAL.get().cloned())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The operations linked into this program.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// What this runtime has done so far.
+    pub fn counters(&self) -> Counters {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            calls: get(&c.calls),
+            executions: get(&c.executions),
+            replays: get(&c.replays),
+            retries: get(&c.retries),
+            takeovers: get(&c.takeovers),
+            in_flight_waits: get(&c.in_flight_waits),
+            in_flight_rejections: get(&c.in_flight_rejections),
+            key_reuses: get(&c.key_reuses),
+            fenced: get(&c.fenced),
+            compensations: get(&c.compensations),
+            compensation_failures: get(&c.compensation_failures),
+            dead_letters: get(&c.dead_letters),
+        }
+    }
+
+    /// The record with this id.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store fails.
+    pub async fn record(&self, id: &RecordId) -> Result<Option<Record>, Error> {
+        Ok(self.inner.store.get(id).await?)
+    }
+
+    /// Records parked for an operator (`CompensationFailed`, `OutcomeUnknown`).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store fails.
+    pub async fn dead_letters(&self) -> Result<Vec<Record>, Error> {
+        let mut all = Vec::new();
+        let mut query = Query {
+            limit: 1000,
+            ..Query::statuses(Status::DEAD_LETTERS)
+        };
+        loop {
+            let page = self.inner.store.list(&query).await?;
+            let done = page.len() < query.limit;
+            query.after = page.last().map(|r| r.id.clone());
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Operator: sends a `CompensationFailed` record back to be compensated, with
+    /// its attempts reset. The note is kept on the record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::WrongStatus`] if it is not
+    /// `CompensationFailed`, [`Error::Store`].
+    pub async fn retry(&self, id: &RecordId) -> Result<Record, Error> {
+        let r = self.expect_record(id).await?;
+        if r.status != Status::CompensationFailed {
+            return Err(Error::WrongStatus {
+                action: "retry",
+                id: id.to_string(),
+                status: r.status,
+            });
+        }
+        let mut t = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
+        t.attempts = AttemptsChange::Set(0);
+        t.note = Some(format!("{}: operator retry", self.now().await?));
+        self.apply(&t).await
+    }
+
+    /// Operator: closes a dead letter (or a stalled rollback) as `Resolved`, keeping
+    /// `note` on the record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::WrongStatus`] unless the record is a dead
+    /// letter or `PartiallyRolledBack`, [`Error::Store`].
+    pub async fn resolve(&self, id: &RecordId, note: &str) -> Result<Record, Error> {
+        let r = self.expect_record(id).await?;
+        if !crate::record::is_legal(r.status, Status::Resolved) {
+            return Err(Error::WrongStatus {
+                action: "resolve",
+                id: id.to_string(),
+                status: r.status,
+            });
+        }
+        let mut t = Transition::new(id.clone(), r.status, r.token, Status::Resolved);
+        t.note = Some(format!("{}: resolved: {note}", self.now().await?));
+        t.retention = Some(self.inner.config.retention);
+        self.apply(&t).await
+    }
+
+    /// Compensates a completed call from its record alone, through the catalog:
+    /// claims the compensation (compare-and-set to `Compensating` with a new
+    /// token), runs it, and records `Compensated`, or schedules a retry with
+    /// backoff, or parks it as `CompensationFailed` after the last attempt.
+    ///
+    /// Works in any process that links the operation: the original call need not
+    /// have run here (invariant 5).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::WrongStatus`] if the record is neither
+    /// `Completed` nor a `Compensating` whose lease has run out;
+    /// [`Error::Compensation`] when it ran and failed (the record says what
+    /// happens next); [`Error::Fenced`] if another holder took it over meanwhile.
+    pub async fn compensate(&self, id: &RecordId) -> Result<Record, Error> {
+        let r = self.expect_record(id).await?;
+        let now = self.now().await?;
+        let claimable = r.status == Status::Completed
+            || (r.status == Status::Compensating && r.lease_expired(now));
+        if !claimable {
+            return Err(Error::WrongStatus {
+                action: "compensate",
+                id: id.to_string(),
+                status: r.status,
+            });
+        }
+        let entry = self.inner.catalog.get(&r.op);
+        let mut claim = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
+        claim.lease = LeaseChange::Acquire(self.inner.config.lease);
+        claim.attempts = if r.status == Status::Completed {
+            AttemptsChange::Set(1)
+        } else {
+            AttemptsChange::Increment
+        };
+        // Invariant 5: the claim is a compare-and-set, so only one caller runs it.
+        let held = self.apply(&claim).await?;
+        let (compensation, run) = match entry.map(|e| e.compensation) {
+            Some(Compensation::Call { name, run }) => (name, run),
+            Some(Compensation::Noop) => return self.finish_compensation(&held, Ok(())).await,
+            Some(Compensation::None) => {
+                let message = format!("`{}` declares no compensation", r.op);
+                return self.finish_compensation(&held, Err(message)).await;
+            }
+            None => {
+                let message = format!("no operation named `{}` is linked into this program", r.op);
+                return self.finish_compensation(&held, Err(message)).await;
+            }
+        };
+        let output = held.output.clone().unwrap_or_else(|| b"null".to_vec());
+        let outcome = crate::invoke::heartbeat(self, &held, self.scope(run(output))).await;
+        let record = self.finish_compensation(&held, outcome.clone()).await?;
+        match outcome {
+            Ok(()) => Ok(record),
+            Err(message) => Err(Error::Compensation {
+                op: r.op,
+                compensation: compensation.to_owned(),
+                message,
+            }),
+        }
+    }
+
+    async fn finish_compensation(
+        &self,
+        held: &Record,
+        outcome: Result<(), String>,
+    ) -> Result<Record, Error> {
+        let c = &self.inner.counters;
+        let mut t = Transition::new(
+            held.id.clone(),
+            Status::Compensating,
+            held.token,
+            Status::Compensated,
+        );
+        match outcome {
+            Ok(()) => {
+                bump(&c.compensations);
+                t.retention = Some(self.inner.config.retention);
+            }
+            Err(message) => {
+                bump(&c.compensation_failures);
+                if held.attempts >= self.inner.config.compensation_attempts {
+                    bump(&c.dead_letters);
+                    t.to = Status::CompensationFailed;
+                    tracing::warn!(id = %held.id, attempts = held.attempts, error = %message, "compensation dead-lettered");
+                } else {
+                    t.to = Status::Compensating;
+                    t.retry_after = Some(self.inner.config.retry_backoff.delay(held.attempts));
+                }
+                t.error = Some(message);
+            }
+        }
+        self.apply(&t).await
+    }
+
+    async fn expect_record(&self, id: &RecordId) -> Result<Record, Error> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_string() })
+    }
+
+    async fn now(&self) -> Result<crate::record::Timestamp, StoreError> {
+        self.inner.store.now().await
+    }
+
+    /// Applies `t`, turning a lost compare-and-set into `Fenced`.
+    pub(crate) async fn apply(&self, t: &Transition) -> Result<Record, Error> {
+        match self.inner.store.transition(t).await? {
+            Transitioned::Applied(r) => {
+                tracing::debug!(id = %r.id, from = %t.from, to = %r.status, token = r.token, "transition");
+                Ok(r)
+            }
+            Transitioned::Conflict(_) => {
+                bump(&self.inner.counters.fenced);
+                Err(Error::Fenced {
+                    op: t.id.op().to_owned(),
+                    key: t.id.key().to_owned(),
+                    token: t.token,
+                })
+            }
+        }
+    }
+}
