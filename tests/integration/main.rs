@@ -1,4 +1,10 @@
-//! Integration tests: annotated functions against a real runtime.
+//! Integration tests: annotated functions against a real runtime and store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod basics;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod calls;
+mod common;
+mod compensation;
+mod invariants;
