@@ -30,6 +30,7 @@ impl Clock for SystemClock {
 /// A clock that moves only when told to; clones share the same time.
 ///
 /// ```
+/// # extern crate tempox_runtime as tempox;
 /// use std::time::Duration;
 /// use tempox::clock::{Clock, ManualClock};
 ///

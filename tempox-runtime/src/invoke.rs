@@ -5,11 +5,14 @@
 //! (replay, `KeyReuse`, `InFlight`, ...) or hands back a [`Guard`] holding the
 //! claim; the wrapper then runs its body through [`Guard::run`].
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -53,15 +56,22 @@ pub fn prepare<Op: Operation, A: Serialize + ?Sized>(
     let op = Op::NAME;
     let fingerprint =
         Fingerprint::of(args).map_err(|e| codec(op, "encode", "the arguments", e.message()))?;
-    let key = match (Op::OPTIONS.keying, key) {
-        (_, Some(key)) => key.map_err(|reason| Error::InvalidKey {
-            op: op.to_owned(),
-            reason,
-        })?,
-        (Keying::Unique, None) => unique_key(),
-        (_, None) => fingerprint.to_key(),
+    let id = match (Op::OPTIONS.keying, key) {
+        (_, Some(key)) => RecordId::new(
+            op,
+            &key.map_err(|reason| Error::InvalidKey {
+                op: op.to_owned(),
+                reason,
+            })?,
+        ),
+        (Keying::Unique, None) => RecordId::new(op, &unique_key()),
+        // Hex digits: always a valid key.
+        (_, None) => {
+            let hex = fingerprint.hex();
+            RecordId::from_parts(op, std::str::from_utf8(&hex).unwrap_or_default())
+        }
     };
-    let input = serde_json::to_vec(args).map_err(|e| codec(op, "encode", "the arguments", e))?;
+    let input = to_json(args).map_err(|e| codec(op, "encode", "the arguments", e))?;
     let on_expired = if Op::KIND == Kind::NonIdempotent && !Op::OPTIONS.probe {
         OnExpired::MarkUnknown
     } else {
@@ -69,10 +79,8 @@ pub fn prepare<Op: Operation, A: Serialize + ?Sized>(
     };
     Ok(Prepared {
         req: ClaimRequest {
-            id: RecordId::new(op, &key),
-            op: op.to_owned(),
+            id,
             kind: Op::KIND,
-            key,
             fingerprint,
             input,
             // Set from the runtime's default in `begin` unless the operation has one.
@@ -130,7 +138,7 @@ fn unique_key() -> Key {
 async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op>, Error> {
     let op = Op::NAME;
     let counters = &rt.inner.counters;
-    let span = tracing::debug_span!("tempox.call", op, key = %req.key);
+    let span = tracing::debug_span!("tempox.call", op, key = req.id.key());
     let mut waiting: Option<Waiting> = None;
     loop {
         let notified = waiting.as_ref().map(|w| w.notify.clone());
@@ -140,7 +148,7 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
             // Registered before the store is read, so a finish in between still wakes us.
             n.enable();
         }
-        let claimed = rt.inner.store.claim(&req).instrument(span.clone()).await?;
+        let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
         let existing = match claimed {
             Claimed::Acquired { record, previous } => {
                 if previous == Some(Status::Pending) {
@@ -161,7 +169,7 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
                 tracing::warn!(parent: &span, id = %record.id, "lease expired on a non-idempotent call without a probe; parked as outcome_unknown");
                 return Err(Error::OutcomeUnknown {
                     op: op.to_owned(),
-                    key: req.key.to_string(),
+                    key: req.id.key().to_owned(),
                 });
             }
             Claimed::Existing(record) => record,
@@ -171,7 +179,7 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
             bump(&counters.key_reuses);
             return Err(Error::KeyReuse {
                 op: op.to_owned(),
-                key: req.key.to_string(),
+                key: req.id.key().to_owned(),
             });
         }
         match existing.status {
@@ -200,7 +208,7 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
                     bump(&counters.in_flight_rejections);
                     return Err(Error::InFlight {
                         op: op.to_owned(),
-                        key: req.key.to_string(),
+                        key: req.id.key().to_owned(),
                     });
                 }
                 let pause = w.next_pause(now);
@@ -213,7 +221,7 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
             Status::OutcomeUnknown => {
                 return Err(Error::OutcomeUnknown {
                     op: op.to_owned(),
-                    key: req.key.to_string(),
+                    key: req.id.key().to_owned(),
                 });
             }
             _ => return Err(closed(&existing)),
@@ -221,10 +229,32 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
     }
 }
 
+/// JSON of `value` in one exactly-sized allocation (serialized into a reused
+/// buffer first: this runs twice on every fresh call).
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error> {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut own = Vec::new();
+        let mut borrowed = scratch.try_borrow_mut();
+        let buf = match borrowed.as_deref_mut() {
+            Ok(buf) => buf,
+            Err(_) => &mut own,
+        };
+        buf.clear();
+        let written = serde_json::to_writer(&mut *buf, value).map(|()| Bytes::copy_from_slice(buf));
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+        written
+    })
+}
+
 fn closed(r: &Record) -> Error {
     Error::Closed {
-        op: r.op.clone(),
-        key: r.key.to_string(),
+        op: r.op().to_owned(),
+        key: r.key().to_owned(),
         status: r.status,
     }
 }
@@ -247,6 +277,9 @@ struct Waiting {
 
 impl Waiting {
     fn new(rt: &Runtime, id: &RecordId, now: Instant) -> Self {
+        rt.inner
+            .waiters
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let notify = {
             let mut running = lock(&rt.inner.running);
             running.entry(id.clone()).or_default().clone()
@@ -271,6 +304,10 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        self.rt
+            .inner
+            .waiters
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let mut running = lock(&self.rt.inner.running);
         // The map and this waiter hold the only references: nobody else waits.
         if running
@@ -301,13 +338,17 @@ pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) ->
         .map_or(rt.inner.config.lease, Duration::from_millis);
     let every = (lease / 3).max(Duration::from_millis(3));
     tokio::pin!(fut);
+    // Most bodies finish without waiting on anything: no timer for them.
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return out;
+    }
     let mut renewing = true;
     loop {
         tokio::select! {
             biased;
             out = &mut fut => return out,
             () = tokio::time::sleep(every), if renewing => {
-                match rt.inner.store.renew(&held.id, held.status, held.token, lease).await {
+                match rt.store().renew(&held.id, held.status, held.token, lease).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         renewing = false;
@@ -422,7 +463,7 @@ impl<Op: Operation> Guard<Op> {
                 .unwrap_or(self.rt.inner.config.retention),
         );
         let output = match result {
-            Ok(output) => match serde_json::to_vec(&output) {
+            Ok(output) => match to_json(&output) {
                 Ok(bytes) => {
                     t.output = Some(bytes);
                     Ok(output)
@@ -455,7 +496,7 @@ impl<Op: Operation> Guard<Op> {
                     match (error_codec.encode)(&e) {
                         Ok(bytes) => {
                             t.to = Status::Failed;
-                            t.output = Some(bytes);
+                            t.output = Some(bytes.into());
                         }
                         Err(codec_error) => {
                             tracing::warn!(parent: &self.span, error = %codec_error, "cannot cache the error; releasing the key");
@@ -480,7 +521,7 @@ impl<Op: Operation> Guard<Op> {
                 }
                 Err(self.error(Error::OutcomeNotRecorded {
                     op: Op::NAME.to_owned(),
-                    key: r.key.to_string(),
+                    key: r.key().to_owned(),
                     source,
                 }))
             }
@@ -502,6 +543,16 @@ impl<Op: Operation> Guard<Op> {
 
 impl<Op: Operation> Drop for Guard<Op> {
     fn drop(&mut self) {
+        // Nobody in this process waits for any call: nothing to wake.
+        if self
+            .rt
+            .inner
+            .waiters
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            return;
+        }
         let notify = lock(&self.rt.inner.running).remove(&self.record.id);
         if let Some(n) = notify {
             n.notify_waiters();

@@ -492,11 +492,29 @@ impl Fingerprint {
     ///
     /// [`FingerprintError`] if `v`'s `Serialize` implementation fails.
     pub fn of<T: Serialize + ?Sized>(v: &T) -> Result<Fingerprint, FingerprintError> {
-        let bytes = canonical_bytes(v)?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(DOMAIN_V1);
-        hasher.update(&bytes);
-        let digest = hasher.finalize();
+        thread_local! {
+            // Reused across calls: fingerprinting is on the path of every call.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let digest = SCRATCH.with(|scratch| {
+            // A re-entrant call (a `Serialize` impl fingerprinting something) gets
+            // its own buffer.
+            let mut own = Vec::new();
+            let mut borrowed = scratch.try_borrow_mut();
+            let buf = match borrowed.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut own,
+            };
+            buf.clear();
+            buf.extend_from_slice(DOMAIN_V1);
+            v.serialize(Canonical { out: buf })
+                .map_err(|CanonicalError(message)| FingerprintError { message })?;
+            let digest = blake3::hash(buf);
+            if buf.capacity() > 64 * 1024 {
+                *buf = Vec::new();
+            }
+            Ok::<_, FingerprintError>(digest)
+        })?;
         let mut out = [0u8; 16];
         out.copy_from_slice(&digest.as_bytes()[..16]);
         Ok(Fingerprint(out))
@@ -517,16 +535,27 @@ impl Fingerprint {
     pub fn to_key(&self) -> Key {
         // 32 ASCII hex digits: never empty, never too long, no control
         // characters.
-        Key(self.to_string())
+        let hex = self.hex();
+        Key(String::from_utf8_lossy(&hex).into_owned())
+    }
+
+    /// The 32 lowercase hex digits, without going through `fmt` (this is on the
+    /// path of every call with a default key).
+    pub(crate) fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        out
     }
 }
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -644,7 +673,7 @@ impl FingerprintError {
 ///
 /// [`FingerprintError`] if `v`'s `Serialize` implementation fails.
 pub fn canonical_bytes<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, FingerprintError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(128);
     v.serialize(Canonical { out: &mut out })
         .map_err(|CanonicalError(message)| FingerprintError { message })?;
     Ok(out)

@@ -96,6 +96,7 @@ pub trait Operation: Send + Sync + 'static {
 /// An error type may implement this to tell tempox more about a failure.
 ///
 /// ```
+/// # extern crate tempox_runtime as tempox;
 /// use tempox::ErrorClass;
 ///
 /// #[derive(Debug)]

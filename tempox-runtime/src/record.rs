@@ -23,8 +23,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -276,18 +278,46 @@ pub fn is_legal(from: Status, to: Status) -> bool {
 /// A record's identity: its operation's name and its key, written `op/key`.
 ///
 /// Operation names never contain `/`, so the first `/` splits the two.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RecordId(String);
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId(Arc<str>);
+
+impl Serialize for RecordId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RecordId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 impl RecordId {
     /// The id of `op`'s record for `key`.
     pub fn new(op: &str, key: &Key) -> Self {
-        let mut s = String::with_capacity(op.len() + 1 + key.as_str().len());
+        Self::from_parts(op, key.as_str())
+    }
+
+    /// `op/key` from a key already known to be valid.
+    pub(crate) fn from_parts(op: &str, key: &str) -> Self {
+        // Joined on the stack when short, so the id costs one allocation.
+        let len = op.len() + 1 + key.len();
+        let mut buf = [0u8; 192];
+        if let Some(joined) = buf.get_mut(..len) {
+            joined[..op.len()].copy_from_slice(op.as_bytes());
+            joined[op.len()] = b'/';
+            joined[op.len() + 1..].copy_from_slice(key.as_bytes());
+            if let Ok(s) = std::str::from_utf8(joined) {
+                return RecordId(Arc::from(s));
+            }
+        }
+        let mut s = String::with_capacity(len);
         s.push_str(op);
         s.push('/');
-        s.push_str(key.as_str());
-        RecordId(s)
+        s.push_str(key);
+        RecordId(s.into())
     }
 
     /// Parses `op/key`, as printed by the CLI.
@@ -306,12 +336,12 @@ impl RecordId {
             ));
         }
         Key::new(key).map_err(|e| format!("`{s}` is not a record id: {e}"))?;
-        Ok(RecordId(s.to_owned()))
+        Ok(RecordId(s.into()))
     }
 
     /// The operation's name.
     pub fn op(&self) -> &str {
-        self.0.split_once('/').map_or(self.0.as_str(), |(op, _)| op)
+        self.0.split_once('/').map_or(&*self.0, |(op, _)| op)
     }
 
     /// The key.
@@ -334,20 +364,16 @@ impl fmt::Display for RecordId {
 /// One operation call, as the store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// `op/key`.
+    /// `op/key`: the operation's stable name and the idempotency key.
     pub id: RecordId,
-    /// The operation's stable name.
-    pub op: String,
     /// Idempotent, non-idempotent or workflow.
     pub kind: Kind,
-    /// The idempotency key.
-    pub key: Key,
     /// Hash of all arguments (see [`Fingerprint`]).
     pub fingerprint: Fingerprint,
     /// The arguments, as JSON.
-    pub input: Vec<u8>,
+    pub input: Bytes,
     /// The output as JSON once completed (for `Failed`, the cached error).
-    pub output: Option<Vec<u8>>,
+    pub output: Option<Bytes>,
     /// The last error's message.
     pub error: Option<String>,
     /// Where the record is in its life.
@@ -375,6 +401,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// The operation's stable name.
+    pub fn op(&self) -> &str {
+        self.id.op()
+    }
+
+    /// The idempotency key.
+    pub fn key(&self) -> &str {
+        self.id.key()
+    }
+
     /// Whether another holder may take the record over now: active with its lease
     /// run out.
     pub fn lease_expired(&self, now: Timestamp) -> bool {
@@ -404,16 +440,12 @@ pub enum OnExpired {
 pub struct ClaimRequest {
     /// `op/key`.
     pub id: RecordId,
-    /// The operation's name.
-    pub op: String,
     /// The operation's kind.
     pub kind: Kind,
-    /// The key.
-    pub key: Key,
     /// The arguments' fingerprint.
     pub fingerprint: Fingerprint,
     /// The arguments as JSON.
-    pub input: Vec<u8>,
+    pub input: Bytes,
     /// How long the claim holds before someone else may take over.
     pub lease: Duration,
     /// What to do with an expired `Pending` record.
@@ -481,7 +513,7 @@ pub struct Transition {
     /// The new status; `(from, to)` must be in [`TRANSITIONS`].
     pub to: Status,
     /// Output to record (`None` keeps the current one).
-    pub output: Option<Vec<u8>>,
+    pub output: Option<Bytes>,
     /// Error message to record (`None` keeps the current one).
     pub error: Option<String>,
     /// Lease and token handling.
@@ -545,9 +577,7 @@ pub fn plan_claim(existing: Option<&Record>, req: &ClaimRequest, now: Timestamp)
         let lease_until = now.plus(req.lease);
         Record {
             id: req.id.clone(),
-            op: req.op.clone(),
             kind: req.kind,
-            key: req.key.clone(),
             fingerprint: req.fingerprint,
             input: req.input.clone(),
             output: None,
@@ -682,7 +712,7 @@ mod tests {
         );
         assert_eq!(
             Timestamp::from_millis(1_795_000_000_123).to_string(),
-            "2026-11-18T08:26:40.123Z"
+            "2026-11-18T11:06:40.123Z"
         );
         assert_eq!(
             Timestamp::from_millis(951_782_400_000).to_string(),

@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     /// Calls running in this process, so local duplicates wake when they finish
     /// instead of polling the store.
     pub(crate) running: Mutex<HashMap<RecordId, Arc<Notify>>>,
+    /// How many calls wait in `running`; while zero, finishing calls skip the lock.
+    pub(crate) waiters: std::sync::atomic::AtomicUsize,
 }
 
 /// The tempox runtime: where annotated calls record themselves.
@@ -121,6 +123,7 @@ pub(crate) struct Inner {
 /// Cheap to clone; clones share everything.
 ///
 /// ```
+/// # extern crate tempox_runtime as tempox;
 /// use std::time::Duration;
 /// use tempox::{Runtime, store::MemoryStore};
 ///
@@ -251,6 +254,7 @@ impl RuntimeBuilder {
                 catalog,
                 counters: AtomicCounters::default(),
                 running: Mutex::new(HashMap::new()),
+                waiters: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -301,8 +305,10 @@ impl Runtime {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    pub fn store(&self) -> &dyn Store {
+        // Through `&dyn Store`, not `Arc<dyn Store>`'s own `Store` impl: one boxed
+        // future per store call instead of two.
+        &*self.inner.store
     }
 
     /// The operations linked into this program.
@@ -335,7 +341,7 @@ impl Runtime {
     /// # Errors
     /// [`Error::Store`] when the store fails.
     pub async fn record(&self, id: &RecordId) -> Result<Option<Record>, Error> {
-        Ok(self.inner.store.get(id).await?)
+        Ok(self.store().get(id).await?)
     }
 
     /// Records parked for an operator (`CompensationFailed`, `OutcomeUnknown`).
@@ -349,7 +355,7 @@ impl Runtime {
             ..Query::statuses(Status::DEAD_LETTERS)
         };
         loop {
-            let page = self.inner.store.list(&query).await?;
+            let page = self.store().list(&query).await?;
             let done = page.len() < query.limit;
             query.after = page.last().map(|r| r.id.clone());
             all.extend(page);
@@ -426,7 +432,7 @@ impl Runtime {
                 status: r.status,
             });
         }
-        let entry = self.inner.catalog.get(&r.op);
+        let entry = self.inner.catalog.get(r.op());
         let mut claim = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
         claim.lease = LeaseChange::Acquire(self.inner.config.lease);
         claim.attempts = if r.status == Status::Completed {
@@ -440,21 +446,24 @@ impl Runtime {
             Some(Compensation::Call { name, run }) => (name, run),
             Some(Compensation::Noop) => return self.finish_compensation(&held, Ok(())).await,
             Some(Compensation::None) => {
-                let message = format!("`{}` declares no compensation", r.op);
+                let message = format!("`{}` declares no compensation", r.op());
                 return self.finish_compensation(&held, Err(message)).await;
             }
             None => {
-                let message = format!("no operation named `{}` is linked into this program", r.op);
+                let message = format!(
+                    "no operation named `{}` is linked into this program",
+                    r.op()
+                );
                 return self.finish_compensation(&held, Err(message)).await;
             }
         };
-        let output = held.output.clone().unwrap_or_else(|| b"null".to_vec());
+        let output = held.output.as_deref().unwrap_or(b"null").to_vec();
         let outcome = crate::invoke::heartbeat(self, &held, self.scope(run(output))).await;
         let record = self.finish_compensation(&held, outcome.clone()).await?;
         match outcome {
             Ok(()) => Ok(record),
             Err(message) => Err(Error::Compensation {
-                op: r.op,
+                op: r.op().to_owned(),
                 compensation: compensation.to_owned(),
                 message,
             }),
@@ -495,20 +504,19 @@ impl Runtime {
     }
 
     async fn expect_record(&self, id: &RecordId) -> Result<Record, Error> {
-        self.inner
-            .store
+        self.store()
             .get(id)
             .await?
             .ok_or_else(|| Error::NotFound { id: id.to_string() })
     }
 
     async fn now(&self) -> Result<crate::record::Timestamp, StoreError> {
-        self.inner.store.now().await
+        self.store().now().await
     }
 
     /// Applies `t`, turning a lost compare-and-set into `Fenced`.
     pub(crate) async fn apply(&self, t: &Transition) -> Result<Record, Error> {
-        match self.inner.store.transition(t).await? {
+        match self.store().transition(t).await? {
             Transitioned::Applied(r) => {
                 tracing::debug!(id = %r.id, from = %t.from, to = %r.status, token = r.token, "transition");
                 Ok(r)

@@ -46,7 +46,10 @@ async fn in_flight_reject_fails_at_once() {
     });
     STARTED.notified().await;
     let err = rt.scope(rejecting("r".into())).await.unwrap_err();
-    assert!(matches!(err.tempox(), Some(Error::InFlight { key, .. }) if key == "r"), "{err:?}");
+    assert!(
+        matches!(err.tempox(), Some(Error::InFlight { key, .. }) if key == "r"),
+        "{err:?}"
+    );
     assert_eq!(rt.counters().in_flight_rejections, 1);
     OPEN.add_permits(1);
     assert_eq!(first.await.unwrap().unwrap(), 1);
@@ -68,7 +71,10 @@ async fn in_flight_wait_is_bounded() {
     });
     WAIT_STARTED.notified().await;
     let err = rt.scope(waiting("w".into())).await.unwrap_err();
-    assert!(matches!(err.tempox(), Some(Error::InFlight { .. })), "{err:?}");
+    assert!(
+        matches!(err.tempox(), Some(Error::InFlight { .. })),
+        "{err:?}"
+    );
     let c = rt.counters();
     assert_eq!((c.in_flight_waits, c.in_flight_rejections), (1, 1));
     WAIT_OPEN.add_permits(1);
@@ -84,7 +90,11 @@ mod retry {
     #[idempotent(key = id, retry = 3)]
     pub async fn flaky(id: String) -> Result<u32, TestError> {
         let n = FLAKY.fetch_add(1, SeqCst) + 1;
-        if n < 3 { Err(TestError::Boom(n)) } else { Ok(n) }
+        if n < 3 {
+            Err(TestError::Boom(n))
+        } else {
+            Ok(n)
+        }
     }
 
     #[idempotent(key = id, retry = 3)]
@@ -104,14 +114,21 @@ async fn retry_runs_a_failing_idempotent_body_again_with_backoff() {
     let c = rt.counters();
     assert_eq!((c.executions, c.retries), (3, 2));
     let r = only_record(&store, &format!("{}::retry::flaky", module_path!())).await;
-    assert_eq!((r.status, r.attempts), (Status::Completed, 1), "retries hold one claim");
+    assert_eq!(
+        (r.status, r.attempts),
+        (Status::Completed, 1),
+        "retries hold one claim"
+    );
 }
 
 #[tokio::test]
 async fn retry_stops_at_an_error_that_is_not_retryable() {
     use retry::*;
     let rt = runtime(MemoryStore::new());
-    assert!(matches!(rt.scope(declined("d")).await, Err(TestError::Declined)));
+    assert!(matches!(
+        rt.scope(declined("d")).await,
+        Err(TestError::Declined)
+    ));
     assert_eq!(DECLINED.load(SeqCst), 1);
     assert_eq!(rt.counters().retries, 0);
 }
@@ -145,7 +162,10 @@ async fn a_running_body_keeps_renewing_its_lease() {
     // is what is under test here, so time must really pass.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let err = rt.scope(long("h".into())).await.unwrap_err();
-    assert!(matches!(err.tempox(), Some(Error::InFlight { .. })), "taken over: {err:?}");
+    assert!(
+        matches!(err.tempox(), Some(Error::InFlight { .. })),
+        "taken over: {err:?}"
+    );
     let renewed = only_record(&store, &format!("{}::heartbeat::long", module_path!())).await;
     assert!(renewed.lease_until > claimed.lease_until);
     assert_eq!(renewed.token, claimed.token);
@@ -239,7 +259,10 @@ async fn a_dropped_non_idempotent_call_without_probe_is_outcome_unknown() {
     assert_eq!(only_record(&store, &op).await.status, Status::Pending);
     clock.advance(PAST_LEASE);
     let err = rt.scope(charge("c-2".into())).await.unwrap_err();
-    assert!(matches!(err.tempox(), Some(Error::OutcomeUnknown { key, .. }) if key == "c-2"), "{err:?}");
+    assert!(
+        matches!(err.tempox(), Some(Error::OutcomeUnknown { key, .. }) if key == "c-2"),
+        "{err:?}"
+    );
     assert_eq!(CHARGES.load(SeqCst), 1, "never run a second time");
     let r = only_record(&store, &op).await;
     assert_eq!(r.status, Status::OutcomeUnknown);
@@ -263,8 +286,15 @@ async fn a_probe_settles_a_dropped_non_idempotent_call() {
     assert_eq!(PROBED.load(SeqCst), 2);
     assert_eq!(PAYS.load(SeqCst), 3);
     let op = format!("{}::cancel::pay", module_path!());
-    let happened = rt.record(&RecordId::parse(&format!("{op}/p-happened")).unwrap()).await.unwrap().unwrap();
-    assert_eq!((happened.status, happened.output.as_deref()), (Status::Completed, Some(&b"41"[..])));
+    let happened = rt
+        .record(&RecordId::parse(&format!("{op}/p-happened")).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (happened.status, happened.output.as_deref()),
+        (Status::Completed, Some(&b"41"[..]))
+    );
     // Replays come from the record, not the probe.
     assert_eq!(rt.scope(pay("p-happened".into())).await.unwrap(), 41);
     assert_eq!(PROBED.load(SeqCst), 2);
@@ -289,12 +319,20 @@ async fn records_past_retention_are_forgotten() {
     let rt = runtime(store.clone());
     assert_eq!(rt.scope(kept_an_hour("t".into())).await.unwrap(), 1);
     clock.advance(Duration::from_secs(59 * 60));
-    assert_eq!(rt.scope(kept_an_hour("t".into())).await.unwrap(), 1, "replayed within retention");
+    assert_eq!(
+        rt.scope(kept_an_hour("t".into())).await.unwrap(),
+        1,
+        "replayed within retention"
+    );
     assert_eq!(store.expire(100).await.unwrap(), 0);
     clock.advance(Duration::from_secs(2 * 60));
     assert_eq!(store.expire(100).await.unwrap(), 1);
     assert!(store.is_empty());
-    assert_eq!(rt.scope(kept_an_hour("t".into())).await.unwrap(), 2, "a new call runs");
+    assert_eq!(
+        rt.scope(kept_an_hour("t".into())).await.unwrap(),
+        2,
+        "a new call runs"
+    );
 }
 
 mod keys {
@@ -336,15 +374,30 @@ async fn malformed_keys_are_invalid_key_and_write_nothing() {
 fn the_builder_names_the_bad_setting() {
     let cases = [
         (Runtime::builder(), "store"),
-        (Runtime::builder().store(MemoryStore::new()).lease(Duration::from_millis(5)), "lease"),
-        (Runtime::builder().store(MemoryStore::new()).retention(Duration::ZERO), "retention"),
+        (
+            Runtime::builder()
+                .store(MemoryStore::new())
+                .lease(Duration::from_millis(5)),
+            "lease",
+        ),
+        (
+            Runtime::builder()
+                .store(MemoryStore::new())
+                .retention(Duration::ZERO),
+            "retention",
+        ),
         (
             Runtime::builder()
                 .store(MemoryStore::new())
                 .retry_backoff(Duration::from_secs(2), Duration::from_secs(1)),
             "retry_backoff",
         ),
-        (Runtime::builder().store(MemoryStore::new()).compensation_attempts(0), "compensation_attempts"),
+        (
+            Runtime::builder()
+                .store(MemoryStore::new())
+                .compensation_attempts(0),
+            "compensation_attempts",
+        ),
     ];
     for (builder, bad) in cases {
         match builder.build() {
@@ -372,5 +425,8 @@ async fn install_global_serves_calls_outside_any_scope() {
     let out = tokio::spawn(global::double(21)).await.unwrap().unwrap();
     assert_eq!(out, 42);
     assert_eq!(store.len(), 1);
-    assert!(matches!(runtime(MemoryStore::new()).install_global(), Err(Error::Config { .. })));
+    assert!(matches!(
+        runtime(MemoryStore::new()).install_global(),
+        Err(Error::Config { .. })
+    ));
 }

@@ -42,7 +42,10 @@ pub struct Order {
 }
 
 pub fn order(id: &str, cents: u64) -> Order {
-    Order { id: id.to_owned(), cents }
+    Order {
+        id: id.to_owned(),
+        cents,
+    }
 }
 
 /// A runtime on `store` with a 30 s lease and fast retry backoff.

@@ -56,23 +56,38 @@ async fn inv5_a_fresh_runtime_compensates_from_the_record_alone_once() {
     assert_eq!(won.len(), 1, "{outcomes:?}");
     assert_eq!(won[0].status, Status::Compensated);
     for lost in outcomes.iter().filter_map(|r| r.as_ref().err()) {
-        assert!(matches!(lost, Error::Fenced { .. } | Error::WrongStatus { .. }), "{lost:?}");
+        assert!(
+            matches!(lost, Error::Fenced { .. } | Error::WrongStatus { .. }),
+            "{lost:?}"
+        );
     }
     assert_eq!(payments::REFUNDS.load(SeqCst), 1);
     assert_eq!(payments::REFUNDED_CENTS.load(SeqCst), 250);
     let r = only_record(&store, &op).await;
     assert_eq!((r.status, r.attempts), (Status::Compensated, 1));
     // Compensating again is refused: it is done.
-    assert!(matches!(a.compensate(&id).await, Err(Error::WrongStatus { status: Status::Compensated, .. })));
+    assert!(matches!(
+        a.compensate(&id).await,
+        Err(Error::WrongStatus {
+            status: Status::Compensated,
+            ..
+        })
+    ));
     // A compensated key can neither replay nor run again.
     let closed = a.scope(charge(&order("o-5", 250))).await;
-    assert!(closed.is_ok(), "an unkeyed charge is a new effect each call");
+    assert!(
+        closed.is_ok(),
+        "an unkeyed charge is a new effect each call"
+    );
 }
 
 #[test]
 fn the_catalog_knows_every_operation_and_its_compensation() {
     let rt = runtime(MemoryStore::new());
-    let entry = rt.catalog().get(&format!("{}::charge", module_path!())).unwrap();
+    let entry = rt
+        .catalog()
+        .get(&format!("{}::charge", module_path!()))
+        .unwrap();
     assert_eq!(entry.kind, tempox::Kind::NonIdempotent);
     assert_eq!(
         format!("{:?}", entry.compensation),
@@ -113,7 +128,10 @@ async fn a_compensation_that_keeps_failing_is_dead_lettered_with_its_error() {
     let id = only_record(&store, &op).await.id;
 
     let first = rt.compensate(&id).await.unwrap_err();
-    assert!(matches!(&first, Error::Compensation { message, .. } if message == "boom 1"), "{first:?}");
+    assert!(
+        matches!(&first, Error::Compensation { message, .. } if message == "boom 1"),
+        "{first:?}"
+    );
     let r = only_record(&store, &op).await;
     assert_eq!((r.status, r.attempts), (Status::Compensating, 1));
     assert!(r.due_at.is_some(), "a retry is scheduled");
@@ -127,15 +145,31 @@ async fn a_compensation_that_keeps_failing_is_dead_lettered_with_its_error() {
 
     // Operator: retry sends it back with attempts reset; resolve closes it.
     let retried = rt.retry(&id).await.unwrap();
-    assert_eq!((retried.status, retried.attempts), (Status::Compensating, 0));
-    assert!(retried.note.as_deref().is_some_and(|n| n.ends_with("operator retry")));
+    assert_eq!(
+        (retried.status, retried.attempts),
+        (Status::Compensating, 0)
+    );
+    assert!(
+        retried
+            .note
+            .as_deref()
+            .is_some_and(|n| n.ends_with("operator retry"))
+    );
     rt.compensate(&id).await.unwrap_err();
     rt.compensate(&id).await.unwrap_err();
     let resolved = rt.resolve(&id, "released by hand").await.unwrap();
     assert_eq!(resolved.status, Status::Resolved);
-    assert!(resolved.note.as_deref().is_some_and(|n| n.ends_with("resolved: released by hand")));
+    assert!(
+        resolved
+            .note
+            .as_deref()
+            .is_some_and(|n| n.ends_with("resolved: released by hand"))
+    );
     assert!(rt.dead_letters().await.unwrap().is_empty());
-    assert!(matches!(rt.retry(&id).await, Err(Error::WrongStatus { .. })));
+    assert!(matches!(
+        rt.retry(&id).await,
+        Err(Error::WrongStatus { .. })
+    ));
     assert_eq!(ATTEMPTS.load(SeqCst), 4);
 }
 
@@ -148,9 +182,20 @@ async fn compensate_noop_closes_the_record_without_running_anything() {
     let store = MemoryStore::new();
     let rt = runtime(store.clone());
     rt.scope(notify(9)).await.unwrap();
-    let id = only_record(&store, &format!("{}::notify", module_path!())).await.id;
+    let id = only_record(&store, &format!("{}::notify", module_path!()))
+        .await
+        .id;
     let r = rt.compensate(&id).await.unwrap();
     assert_eq!(r.status, Status::Compensated);
     let closed = rt.scope(notify(9)).await.unwrap_err();
-    assert!(matches!(closed.tempox(), Some(Error::Closed { status: Status::Compensated, .. })), "{closed:?}");
+    assert!(
+        matches!(
+            closed.tempox(),
+            Some(Error::Closed {
+                status: Status::Compensated,
+                ..
+            })
+        ),
+        "{closed:?}"
+    );
 }

@@ -76,7 +76,10 @@ async fn inv2_same_key_other_arguments_is_key_reuse() {
         );
         assert_eq!(
             err.to_string(),
-            format!("key `o-1` of `{}::key_reuse::place` was already used with different arguments", module_path!())
+            format!(
+                "key `o-1` of `{}::key_reuse::place` was already used with different arguments",
+                module_path!()
+            )
         );
     })
     .await;
@@ -100,10 +103,18 @@ async fn default_key_is_the_fingerprint_of_all_arguments() {
     let op = format!("{}::key_reuse::add", module_path!());
     let expected = Fingerprint::of(&(2u64, 3u64)).unwrap().to_key();
     assert_eq!(expected.as_str(), "c5b665c920fd687b20064f0a00c1530d");
-    let r = rt.record(&RecordId::new(&op, &expected)).await.unwrap().unwrap();
+    let r = rt
+        .record(&RecordId::new(&op, &expected))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, Status::Completed);
-    assert_eq!(r.input, b"[2,3]");
-    assert_eq!(rt.counters().replays, 0, "different arguments are different keys");
+    assert_eq!(&r.input[..], b"[2,3]");
+    assert_eq!(
+        rt.counters().replays,
+        0,
+        "different arguments are different keys"
+    );
 }
 
 mod fencing {
@@ -147,7 +158,10 @@ async fn inv3_a_stale_holder_cannot_complete() {
         "{err:?}"
     );
     let r = only_record(&store, &op).await;
-    assert_eq!((r.status, r.output.as_deref()), (Status::Completed, Some(&b"2"[..])));
+    assert_eq!(
+        (r.status, r.output.as_deref()),
+        (Status::Completed, Some(&b"2"[..]))
+    );
     assert!(r.token > stale.token);
     assert_eq!(r.attempts, 2);
     let c = rt.counters();
@@ -164,7 +178,9 @@ mod write_ahead {
         RUNS.fetch_add(1, SeqCst);
         let rt = tempox::Runtime::current().expect("runtime in scope");
         let op = concat!(module_path!(), "::observe");
-        let r = rt.record(&RecordId::parse(&format!("{op}/{id}")).unwrap()).await?;
+        let r = rt
+            .record(&RecordId::parse(&format!("{op}/{id}")).unwrap())
+            .await?;
         Ok(r.map(|r| r.status.to_string()).unwrap_or_default())
     }
 
@@ -197,21 +213,36 @@ async fn inv4_an_unrecorded_outcome_stays_pending_and_is_reported() {
     let outage = Outage::new(memory.clone());
     OUTAGE.set(outage.clone()).unwrap();
     let rt = runtime(outage.clone());
-    let err = rt.scope(store_dies_meanwhile("w-2".into())).await.unwrap_err();
-    assert!(matches!(err.tempox(), Some(Error::OutcomeNotRecorded { .. })), "{err:?}");
+    let err = rt
+        .scope(store_dies_meanwhile("w-2".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.tempox(), Some(Error::OutcomeNotRecorded { .. })),
+        "{err:?}"
+    );
     let op = format!("{}::write_ahead::store_dies_meanwhile", module_path!());
     assert_eq!(only_record(&memory, &op).await.status, Status::Pending);
 
     // While the store is down, nothing runs: the claim cannot be written.
     outage.set_down(true);
-    let err = rt.scope(store_dies_meanwhile("w-3".into())).await.unwrap_err();
-    assert!(matches!(err.tempox(), Some(Error::Store { source }) if source.is_unavailable()), "{err:?}");
+    let err = rt
+        .scope(store_dies_meanwhile("w-3".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.tempox(), Some(Error::Store { source }) if source.is_unavailable()),
+        "{err:?}"
+    );
     assert_eq!(DIES.load(SeqCst), 1);
     outage.set_down(false);
 
     // After the lease, the idempotent call is simply run again.
     clock.advance(PAST_LEASE);
-    assert_eq!(rt.scope(store_dies_meanwhile("w-2".into())).await.unwrap(), 2);
+    assert_eq!(
+        rt.scope(store_dies_meanwhile("w-2".into())).await.unwrap(),
+        2
+    );
     assert_eq!(only_record(&memory, &op).await.status, Status::Completed);
 }
 
@@ -225,7 +256,11 @@ mod errors {
     #[idempotent(key = id)]
     pub async fn flaky(id: String) -> Result<u32, TestError> {
         let n = FLAKY.fetch_add(1, SeqCst) + 1;
-        if n == 1 { Err(TestError::Boom(n)) } else { Ok(n) }
+        if n == 1 {
+            Err(TestError::Boom(n))
+        } else {
+            Ok(n)
+        }
     }
 
     #[idempotent(key = id, cache_errors)]
@@ -253,7 +288,10 @@ async fn inv8_an_error_releases_the_key() {
     assert!(matches!(err, TestError::Boom(1)));
     let op = format!("{}::errors::flaky", module_path!());
     let r = only_record(&store, &op).await;
-    assert_eq!((r.status, r.error.as_deref()), (Status::Released, Some("boom 1")));
+    assert_eq!(
+        (r.status, r.error.as_deref()),
+        (Status::Released, Some("boom 1"))
+    );
     assert_eq!(rt.scope(flaky("e-1".into())).await.unwrap(), 2);
     assert_eq!(only_record(&store, &op).await.attempts, 2);
 }
@@ -280,16 +318,36 @@ async fn inv8_non_idempotent_errors_mean_no_effect_unless_outcome_unknown() {
     let rt = runtime(store.clone());
     let op = format!("{}::errors::send", module_path!());
     // An ordinary error: no effect, the key is free again.
-    assert!(matches!(rt.scope(send("s-1".into(), Some(TestError::Declined))).await, Err(TestError::Declined)));
-    let r = rt.record(&RecordId::parse(&format!("{op}/s-1")).unwrap()).await.unwrap().unwrap();
+    assert!(matches!(
+        rt.scope(send("s-1".into(), Some(TestError::Declined)))
+            .await,
+        Err(TestError::Declined)
+    ));
+    let r = rt
+        .record(&RecordId::parse(&format!("{op}/s-1")).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, Status::Released);
     // The error says the outcome is unknown: parked, never run again.
-    let err = rt.scope(send("s-2".into(), Some(TestError::Timeout))).await.unwrap_err();
+    let err = rt
+        .scope(send("s-2".into(), Some(TestError::Timeout)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TestError::Timeout));
     let id = RecordId::parse(&format!("{op}/s-2")).unwrap();
-    assert_eq!(rt.record(&id).await.unwrap().unwrap().status, Status::OutcomeUnknown);
-    let again = rt.scope(send("s-2".into(), Some(TestError::Timeout))).await.unwrap_err();
-    assert!(matches!(again.tempox(), Some(Error::OutcomeUnknown { .. })), "{again:?}");
+    assert_eq!(
+        rt.record(&id).await.unwrap().unwrap().status,
+        Status::OutcomeUnknown
+    );
+    let again = rt
+        .scope(send("s-2".into(), Some(TestError::Timeout)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again.tempox(), Some(Error::OutcomeUnknown { .. })),
+        "{again:?}"
+    );
     let parked = rt.dead_letters().await.unwrap();
     assert_eq!(parked.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&id]);
     assert_eq!(rt.counters().dead_letters, 1);

@@ -1,5 +1,5 @@
 //! Integration tests: annotated functions against a real runtime and store.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,5 +1,5 @@
 //! Fixtures shared by the test binaries.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +19,10 @@ pub struct Outage<S> {
 
 impl<S: Store + Clone> Outage<S> {
     pub fn new(inner: S) -> Self {
-        Outage { inner, down: Arc::new(AtomicBool::new(false)) }
+        Outage {
+            inner,
+            down: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn set_down(&self, down: bool) {
@@ -28,7 +31,10 @@ impl<S: Store + Clone> Outage<S> {
 
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::new(StoreErrorKind::Unavailable, "store is down (test outage)"))
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "store is down (test outage)",
+            ))
         } else {
             Ok(())
         }
@@ -45,7 +51,13 @@ impl<S: Store + Clone> Store for Outage<S> {
         self.check()?;
         self.inner.transition(t).await
     }
-    async fn renew(&self, id: &RecordId, status: Status, token: u64, lease: Duration) -> Result<Option<Timestamp>, StoreError> {
+    async fn renew(
+        &self,
+        id: &RecordId,
+        status: Status,
+        token: u64,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>, StoreError> {
         self.check()?;
         self.inner.renew(id, status, token, lease).await
     }
@@ -68,7 +80,10 @@ impl<S: Store + Clone> Store for Outage<S> {
 
 /// The one record of `op` in `store`.
 pub async fn only_record(store: &MemoryStore, op: &str) -> Record {
-    let q = Query { op: Some(op.to_owned()), ..Query::default() };
+    let q = Query {
+        op: Some(op.to_owned()),
+        ..Query::default()
+    };
     let mut all = store.list(&q).await.expect("list");
     assert_eq!(all.len(), 1, "expected one record of {op}, found {all:?}");
     all.remove(0)

@@ -1,7 +1,9 @@
 //! An in-process store: a map behind a mutex, with indexes for due work and
 //! retention. Clones share the same records.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::RandomState;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::record::{
 /// `MemoryStore` see each other's calls.
 ///
 /// ```
+/// # extern crate tempox_runtime as tempox;
 /// use tempox::store::MemoryStore;
 /// use tempox::Runtime;
 ///
@@ -35,42 +38,75 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
 }
 
+/// The records and two time indexes. Index entries are ordered by
+/// `(time, seq)`, a number given to each record on insert, so keeping them in
+/// step compares integers, not ids.
 #[derive(Default)]
 struct Inner {
-    records: HashMap<RecordId, Record>,
-    due: BTreeSet<(Timestamp, RecordId)>,
-    expiry: BTreeSet<(Timestamp, RecordId)>,
+    // foldhash: fast on short keys, seeded per map against collision floods.
+    records: HashMap<RecordId, Slot, RandomState>,
+    due: BTreeMap<(Timestamp, u64), RecordId>,
+    expiry: BTreeMap<(Timestamp, u64), RecordId>,
+    next_seq: u64,
+}
+
+struct Slot {
+    record: Record,
+    seq: u64,
 }
 
 impl Inner {
+    fn get(&self, id: &RecordId) -> Option<&Record> {
+        self.records.get(id).map(|slot| &slot.record)
+    }
+
     /// Writes `r`, keeping both indexes in step with it.
     fn put(&mut self, r: Record) {
-        if let Some(old) = self.records.get(&r.id) {
-            if let Some(at) = old.due_at {
-                self.due.remove(&(at, old.id.clone()));
+        let id = r.id.clone();
+        let (due, expires) = (r.due_at, r.expires_at);
+        let (seq, old_due, old_expires) = match self.records.get_mut(&id) {
+            Some(slot) => {
+                let old = std::mem::replace(&mut slot.record, r);
+                (slot.seq, old.due_at, old.expires_at)
             }
-            if let Some(at) = old.expires_at {
-                self.expiry.remove(&(at, old.id.clone()));
+            None => {
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                self.records.insert(id.clone(), Slot { record: r, seq });
+                (seq, None, None)
             }
-        }
-        if let Some(at) = r.due_at {
-            self.due.insert((at, r.id.clone()));
-        }
-        if let Some(at) = r.expires_at {
-            self.expiry.insert((at, r.id.clone()));
-        }
-        self.records.insert(r.id.clone(), r);
+        };
+        reindex(&mut self.due, seq, old_due, due, &id);
+        reindex(&mut self.expiry, seq, old_expires, expires, &id);
     }
 
     fn remove(&mut self, id: &RecordId) {
-        if let Some(old) = self.records.remove(id) {
-            if let Some(at) = old.due_at {
-                self.due.remove(&(at, old.id.clone()));
+        if let Some(slot) = self.records.remove(id) {
+            if let Some(at) = slot.record.due_at {
+                self.due.remove(&(at, slot.seq));
             }
-            if let Some(at) = old.expires_at {
-                self.expiry.remove(&(at, old.id));
+            if let Some(at) = slot.record.expires_at {
+                self.expiry.remove(&(at, slot.seq));
             }
         }
+    }
+}
+
+fn reindex(
+    index: &mut BTreeMap<(Timestamp, u64), RecordId>,
+    seq: u64,
+    old: Option<Timestamp>,
+    new: Option<Timestamp>,
+    id: &RecordId,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(at) = old {
+        index.remove(&(at, seq));
+    }
+    if let Some(at) = new {
+        index.insert((at, seq), id.clone());
     }
 }
 
@@ -128,7 +164,7 @@ impl Store for MemoryStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let outcome = plan_claim(inner.records.get(&req.id), req, now);
+        let outcome = plan_claim(inner.get(&req.id), req, now);
         match &outcome {
             Claimed::Acquired { record, .. } | Claimed::MarkedUnknown(record) => {
                 inner.put(record.clone());
@@ -141,7 +177,7 @@ impl Store for MemoryStore {
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let outcome = plan_transition(inner.records.get(&t.id), t, now)?;
+        let outcome = plan_transition(inner.get(&t.id), t, now)?;
         if let Transitioned::Applied(record) = &outcome {
             inner.put(record.clone());
         }
@@ -157,7 +193,7 @@ impl Store for MemoryStore {
     ) -> Result<Option<Timestamp>, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let Some(current) = inner.records.get(id) else {
+        let Some(current) = inner.get(id) else {
             return Ok(None);
         };
         if current.status != status || current.token != token {
@@ -172,7 +208,7 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        Ok(self.lock().records.get(id).cloned())
+        Ok(self.lock().get(id).cloned())
     }
 
     async fn due(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
@@ -181,9 +217,9 @@ impl Store for MemoryStore {
         Ok(inner
             .due
             .iter()
-            .take_while(|(at, _)| *at <= now)
+            .take_while(|((at, _), _)| *at <= now)
             .take(limit)
-            .filter_map(|(_, id)| inner.records.get(id).cloned())
+            .filter_map(|(_, id)| inner.get(id).cloned())
             .collect())
     }
 
@@ -192,6 +228,7 @@ impl Store for MemoryStore {
         let mut found: Vec<&Record> = inner
             .records
             .values()
+            .map(|slot| &slot.record)
             .filter(|r| query.after.as_ref().is_none_or(|after| &r.id > after))
             .filter(|r| query.matches(r))
             .collect();
@@ -206,7 +243,7 @@ impl Store for MemoryStore {
         let ids: Vec<RecordId> = inner
             .expiry
             .iter()
-            .take_while(|(at, _)| *at <= now)
+            .take_while(|((at, _), _)| *at <= now)
             .map(|(_, id)| id.clone())
             .collect();
         let mut removed = 0;
@@ -214,10 +251,7 @@ impl Store for MemoryStore {
             if removed == limit {
                 break;
             }
-            let expired = inner
-                .records
-                .get(&id)
-                .is_some_and(|r| r.retention_passed(now));
+            let expired = inner.get(&id).is_some_and(|r| r.retention_passed(now));
             if expired {
                 inner.remove(&id);
                 removed += 1;

@@ -54,7 +54,7 @@ impl Query {
     /// Whether `r` matches every filter but `after` and `limit`.
     pub fn matches(&self, r: &Record) -> bool {
         (self.statuses.is_empty() || self.statuses.contains(&r.status))
-            && self.op.as_deref().is_none_or(|op| op == r.op)
+            && self.op.as_deref().is_none_or(|op| op == r.op())
             && self
                 .workflow
                 .as_ref()
