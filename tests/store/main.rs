@@ -1,0 +1,52 @@
+//! The store conformance suite: every promise of the `Store` trait, checked
+//! against every backend. Each check is written once (`checks.rs`) and stamped
+//! into one test per backend, so a failure names both.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod checks;
+mod fixture;
+
+/// Stamps one `#[tokio::test]` per check for a backend whose fixture is made by
+/// `$make` (an async expression returning a `fixture::Fixture`).
+macro_rules! conformance {
+    ($backend:ident => $make:expr; $($check:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let fixture = $make.await;
+                    crate::checks::$check(&fixture).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_checks {
+    ($backend:ident => $make:expr) => {
+        conformance!($backend => $make;
+            claim_writes_a_pending_record_with_a_lease,
+            claim_is_atomic_under_contention,
+            claim_is_atomic_across_handles,
+            claim_answers_existing_records_without_writing,
+            claim_takes_a_released_key_for_any_request,
+            claim_takes_over_an_expired_lease_with_a_newer_token,
+            claim_never_takes_over_for_other_arguments,
+            claim_parks_an_expired_non_idempotent_call,
+            transition_is_a_compare_and_set_on_status_and_token,
+            transition_refuses_what_the_table_does_not_allow,
+            transition_records_outcome_retention_and_due_time,
+            tokens_increase_across_takeovers_and_recreation,
+            renew_extends_only_the_holders_lease,
+            due_lists_expired_leases_and_retries_earliest_first,
+            expire_removes_only_final_records_past_retention,
+            records_round_trip_byte_for_byte,
+            list_filters_and_pages_by_id,
+        );
+    };
+}
+
+all_checks!(memory => crate::fixture::memory());
