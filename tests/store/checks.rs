@@ -20,7 +20,7 @@ fn id(op: &str, key: &str) -> RecordId {
     RecordId::new(op, &Key::new(key).unwrap())
 }
 
-fn request(op: &str, key: &str, args: &str) -> ClaimRequest {
+pub fn request(op: &str, key: &str, args: &str) -> ClaimRequest {
     ClaimRequest {
         id: id(op, key),
         kind: Kind::Idempotent,
@@ -40,7 +40,7 @@ async fn acquire(store: &dyn Store, req: &ClaimRequest) -> Record {
     }
 }
 
-fn complete(r: &Record, output: &[u8]) -> Transition {
+pub fn complete(r: &Record, output: &[u8]) -> Transition {
     let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Completed);
     t.output = Some(output.to_vec().into());
     t.retention = Some(Duration::from_secs(3600));
@@ -59,12 +59,22 @@ pub async fn claim_writes_a_pending_record_with_a_lease(f: &Fixture) {
     let before = store.now().await.unwrap();
     let req = request("conf.claim", "k1", "a");
     let r = acquire(store, &req).await;
-    assert_eq!((r.status, r.attempts, r.kind), (Status::Pending, 1, Kind::Idempotent));
+    assert_eq!(
+        (r.status, r.attempts, r.kind),
+        (Status::Pending, 1, Kind::Idempotent)
+    );
     assert_eq!(r.id, req.id);
     assert_eq!(r.fingerprint, req.fingerprint);
     let until = r.lease_until.expect("a lease");
-    assert!(until >= before.plus(LEASE), "lease ends {until}, claimed at {before}");
-    assert_eq!(r.due_at, Some(until), "an active record is due when its lease ends");
+    assert!(
+        until >= before.plus(LEASE),
+        "lease ends {until}, claimed at {before}"
+    );
+    assert_eq!(
+        r.due_at,
+        Some(until),
+        "an active record is due when its lease ends"
+    );
     assert_eq!(store.get(&req.id).await.unwrap(), Some(r));
 }
 
@@ -74,7 +84,13 @@ pub async fn claim_is_atomic_under_contention(f: &Fixture) {
 
 pub async fn claim_is_atomic_across_handles(f: &Fixture) {
     let handles = (0..32)
-        .map(|i| if i % 2 == 0 { f.store.clone() } else { f.other.clone() })
+        .map(|i| {
+            if i % 2 == 0 {
+                f.store.clone()
+            } else {
+                f.other.clone()
+            }
+        })
         .collect();
     contend(handles).await;
 }
@@ -109,7 +125,13 @@ async fn contend(handles: Vec<Arc<dyn Store>>) {
 }
 
 fn fastrand_key() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 pub async fn claim_answers_existing_records_without_writing(f: &Fixture) {
@@ -117,19 +139,33 @@ pub async fn claim_answers_existing_records_without_writing(f: &Fixture) {
     let req = request("conf.existing", "k", "a");
     let r = acquire(store, &req).await;
     // While the lease is live: the running record, unchanged.
-    assert_eq!(store.claim(&req).await.unwrap(), Claimed::Existing(r.clone()));
+    assert_eq!(
+        store.claim(&req).await.unwrap(),
+        Claimed::Existing(r.clone())
+    );
     let done = applied(store, &complete(&r, b"42")).await;
-    assert_eq!(store.claim(&req).await.unwrap(), Claimed::Existing(done.clone()));
+    assert_eq!(
+        store.claim(&req).await.unwrap(),
+        Claimed::Existing(done.clone())
+    );
     // Other arguments: the record is returned for the caller to refuse.
     let other = request("conf.existing", "k", "b");
-    assert_eq!(store.claim(&other).await.unwrap(), Claimed::Existing(done.clone()));
+    assert_eq!(
+        store.claim(&other).await.unwrap(),
+        Claimed::Existing(done.clone())
+    );
     assert_eq!(store.get(&req.id).await.unwrap(), Some(done));
 }
 
 pub async fn claim_takes_a_released_key_for_any_request(f: &Fixture) {
     let store = &*f.store;
     let first = acquire(store, &request("conf.released", "k", "a")).await;
-    let mut t = Transition::new(first.id.clone(), Status::Pending, first.token, Status::Released);
+    let mut t = Transition::new(
+        first.id.clone(),
+        Status::Pending,
+        first.token,
+        Status::Released,
+    );
     t.error = Some("declined".into());
     t.retention = Some(Duration::from_secs(60));
     applied(store, &t).await;
@@ -142,7 +178,11 @@ pub async fn claim_takes_a_released_key_for_any_request(f: &Fixture) {
             assert_eq!(record.fingerprint, again.fingerprint);
             assert_eq!(record.input, again.input);
             assert_eq!(record.expires_at, None);
-            assert_eq!(record.error.as_deref(), Some("declined"), "the last error is kept");
+            assert_eq!(
+                record.error.as_deref(),
+                Some("declined"),
+                "the last error is kept"
+            );
         }
         other => panic!("expected to acquire, got {other:?}"),
     }
@@ -164,7 +204,10 @@ pub async fn claim_takes_over_an_expired_lease_with_a_newer_token(f: &Fixture) {
     }
     // The stale holder is fenced off.
     let stale = store.transition(&complete(&first, b"1")).await.unwrap();
-    assert!(matches!(stale, Transitioned::Conflict(Some(_))), "{stale:?}");
+    assert!(
+        matches!(stale, Transitioned::Conflict(Some(_))),
+        "{stale:?}"
+    );
 }
 
 pub async fn claim_never_takes_over_for_other_arguments(f: &Fixture) {
@@ -192,7 +235,10 @@ pub async fn claim_parks_an_expired_non_idempotent_call(f: &Fixture) {
     }
     // Only once: the next claim finds the parked record.
     let again = store.claim(&req).await.unwrap();
-    assert!(matches!(again, Claimed::Existing(ref r) if r.status == Status::OutcomeUnknown), "{again:?}");
+    assert!(
+        matches!(again, Claimed::Existing(ref r) if r.status == Status::OutcomeUnknown),
+        "{again:?}"
+    );
 }
 
 pub async fn transition_is_a_compare_and_set_on_status_and_token(f: &Fixture) {
@@ -200,16 +246,43 @@ pub async fn transition_is_a_compare_and_set_on_status_and_token(f: &Fixture) {
     let r = acquire(store, &request("conf.cas", "k", "a")).await;
     let mut wrong_token = complete(&r, b"1");
     wrong_token.token += 1;
-    assert_eq!(store.transition(&wrong_token).await.unwrap(), Transitioned::Conflict(Some(r.clone())));
-    let mut wrong_status = Transition::new(r.id.clone(), Status::Completed, r.token, Status::Compensating);
+    assert_eq!(
+        store.transition(&wrong_token).await.unwrap(),
+        Transitioned::Conflict(Some(r.clone()))
+    );
+    let mut wrong_status = Transition::new(
+        r.id.clone(),
+        Status::Completed,
+        r.token,
+        Status::Compensating,
+    );
     wrong_status.lease = LeaseChange::Acquire(LEASE);
-    assert_eq!(store.transition(&wrong_status).await.unwrap(), Transitioned::Conflict(Some(r.clone())));
-    let missing = complete(&Record { id: id("conf.cas", "nobody"), ..r.clone() }, b"1");
-    assert_eq!(store.transition(&missing).await.unwrap(), Transitioned::Conflict(None));
-    assert_eq!(store.get(&r.id).await.unwrap(), Some(r.clone()), "nothing was written");
+    assert_eq!(
+        store.transition(&wrong_status).await.unwrap(),
+        Transitioned::Conflict(Some(r.clone()))
+    );
+    let missing = complete(
+        &Record {
+            id: id("conf.cas", "nobody"),
+            ..r.clone()
+        },
+        b"1",
+    );
+    assert_eq!(
+        store.transition(&missing).await.unwrap(),
+        Transitioned::Conflict(None)
+    );
+    assert_eq!(
+        store.get(&r.id).await.unwrap(),
+        Some(r.clone()),
+        "nothing was written"
+    );
     // The right (status, token) wins once; replaying the same request then conflicts.
     applied(store, &complete(&r, b"1")).await;
-    assert!(matches!(store.transition(&complete(&r, b"2")).await.unwrap(), Transitioned::Conflict(Some(_))));
+    assert!(matches!(
+        store.transition(&complete(&r, b"2")).await.unwrap(),
+        Transitioned::Conflict(Some(_))
+    ));
 }
 
 pub async fn transition_refuses_what_the_table_does_not_allow(f: &Fixture) {
@@ -233,7 +306,12 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
     let expires = done.expires_at.expect("final records expire");
     assert!(expires >= now.plus(Duration::from_secs(3600)));
     // Claiming a compensation: a new token and lease, attempts set.
-    let mut claim = Transition::new(done.id.clone(), Status::Completed, done.token, Status::Compensating);
+    let mut claim = Transition::new(
+        done.id.clone(),
+        Status::Completed,
+        done.token,
+        Status::Compensating,
+    );
     claim.lease = LeaseChange::Acquire(LEASE);
     claim.attempts = AttemptsChange::Set(1);
     let held = applied(store, &claim).await;
@@ -241,7 +319,12 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
     assert_eq!((held.attempts, held.expires_at), (1, None));
     assert_eq!(held.due_at, held.lease_until);
     // A failed run: lease dropped, retry scheduled, error and note kept.
-    let mut retry = Transition::new(held.id.clone(), Status::Compensating, held.token, Status::Compensating);
+    let mut retry = Transition::new(
+        held.id.clone(),
+        Status::Compensating,
+        held.token,
+        Status::Compensating,
+    );
     retry.retry_after = Some(Duration::from_secs(5));
     retry.error = Some("refund api down".into());
     retry.note = Some("first note".into());
@@ -250,11 +333,20 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
     let due = scheduled.due_at.expect("a retry is due");
     assert!(due >= now.plus(Duration::from_secs(5)));
     assert_eq!(scheduled.error.as_deref(), Some("refund api down"));
-    let mut noted = Transition::new(held.id.clone(), Status::Compensating, held.token, Status::CompensationFailed);
+    let mut noted = Transition::new(
+        held.id.clone(),
+        Status::Compensating,
+        held.token,
+        Status::CompensationFailed,
+    );
     noted.note = Some("second note".into());
     let parked = applied(store, &noted).await;
     assert_eq!(parked.note.as_deref(), Some("first note\nsecond note"));
-    assert_eq!((parked.due_at, parked.expires_at), (None, None), "dead letters never expire");
+    assert_eq!(
+        (parked.due_at, parked.expires_at),
+        (None, None),
+        "dead letters never expire"
+    );
 }
 
 pub async fn tokens_increase_across_takeovers_and_recreation(f: &Fixture) {
@@ -285,16 +377,41 @@ pub async fn renew_extends_only_the_holders_lease(f: &Fixture) {
     let req = request("conf.renew", "k", "a");
     let r = acquire(store, &req).await;
     f.pass(Duration::from_millis(100)).await;
-    let until = store.renew(&r.id, Status::Pending, r.token, LEASE).await.unwrap().expect("renewed");
+    let until = store
+        .renew(&r.id, Status::Pending, r.token, LEASE)
+        .await
+        .unwrap()
+        .expect("renewed");
     assert!(Some(until) > r.lease_until);
     let now = store.get(&r.id).await.unwrap().unwrap();
     assert_eq!((now.lease_until, now.due_at), (Some(until), Some(until)));
     // Renewed leases keep the record from being taken over.
     f.pass(Duration::from_millis(250)).await;
-    assert!(matches!(f.other.claim(&req).await.unwrap(), Claimed::Existing(_)));
-    assert_eq!(store.renew(&r.id, Status::Pending, r.token + 1, LEASE).await.unwrap(), None);
-    assert_eq!(store.renew(&r.id, Status::Completed, r.token, LEASE).await.unwrap(), None);
-    assert_eq!(store.renew(&id("conf.renew", "nobody"), Status::Pending, 1, LEASE).await.unwrap(), None);
+    assert!(matches!(
+        f.other.claim(&req).await.unwrap(),
+        Claimed::Existing(_)
+    ));
+    assert_eq!(
+        store
+            .renew(&r.id, Status::Pending, r.token + 1, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .renew(&r.id, Status::Completed, r.token, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .renew(&id("conf.renew", "nobody"), Status::Pending, 1, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 pub async fn due_lists_expired_leases_and_retries_earliest_first(f: &Fixture) {
@@ -305,10 +422,21 @@ pub async fn due_lists_expired_leases_and_retries_earliest_first(f: &Fixture) {
     let b = acquire(store, &request(&op, "b", "b")).await;
     let done = acquire(store, &request(&op, "c", "c")).await;
     applied(store, &complete(&done, b"1")).await;
-    let ours = |rs: Vec<Record>| rs.into_iter().filter(|r| r.op() == op).map(|r| r.id).collect::<Vec<_>>();
-    assert!(ours(store.due(100).await.unwrap()).is_empty(), "live leases are not due");
+    let ours = |rs: Vec<Record>| {
+        rs.into_iter()
+            .filter(|r| r.op() == op)
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        ours(store.due(100).await.unwrap()).is_empty(),
+        "live leases are not due"
+    );
     f.pass(PAST_LEASE).await;
-    assert_eq!(ours(store.due(1000).await.unwrap()), vec![a.id.clone(), b.id.clone()]);
+    assert_eq!(
+        ours(store.due(1000).await.unwrap()),
+        vec![a.id.clone(), b.id.clone()]
+    );
     let first = store.due(1).await.unwrap();
     assert_eq!(first.len(), 1);
 }
@@ -326,14 +454,24 @@ pub async fn expire_removes_only_final_records_past_retention(f: &Fixture) {
     let pending = acquire(store, &request(&op, "pending", "a")).await;
     // A dead letter: kept forever.
     let parked = acquire(store, &request(&op, "parked", "a")).await;
-    let mut t = Transition::new(parked.id.clone(), Status::Pending, parked.token, Status::OutcomeUnknown);
+    let mut t = Transition::new(
+        parked.id.clone(),
+        Status::Pending,
+        parked.token,
+        Status::OutcomeUnknown,
+    );
     t.retention = Some(short);
     applied(store, &t).await;
     // A workflow rolling back: kept.
     let mut wf = request(&op, "workflow", "a");
     wf.kind = Kind::Workflow;
     let wf = acquire(store, &wf).await;
-    let mut t = Transition::new(wf.id.clone(), Status::Pending, wf.token, Status::RollingBack);
+    let mut t = Transition::new(
+        wf.id.clone(),
+        Status::Pending,
+        wf.token,
+        Status::RollingBack,
+    );
     t.retention = Some(short);
     applied(store, &t).await;
     f.pass(PAST_LEASE).await;
@@ -348,7 +486,10 @@ pub async fn expire_removes_only_final_records_past_retention(f: &Fixture) {
     assert!(removed >= 1);
     assert_eq!(store.get(&done.id).await.unwrap(), None);
     for kept in [&pending.id, &parked.id, &wf.id] {
-        assert!(store.get(kept).await.unwrap().is_some(), "{kept} was removed");
+        assert!(
+            store.get(kept).await.unwrap().is_some(),
+            "{kept} was removed"
+        );
     }
 }
 
@@ -393,16 +534,48 @@ pub async fn list_filters_and_pages_by_id(f: &Fixture) {
         let op = op.clone();
         async move {
             let q = Query { op: Some(op), ..q };
-            store.list(&q).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
+            store
+                .list(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
         }
     };
     assert_eq!(by_op(Query::default()).await, ids);
-    assert_eq!(by_op(Query::statuses(&[Status::Completed])).await, ids[..2].to_vec());
-    assert_eq!(by_op(Query::statuses(&[Status::Pending, Status::Failed])).await, ids[2..].to_vec());
-    let steps = Query { workflow: Some(workflow.clone()), ..Query::default() };
-    assert_eq!(by_op(steps).await, vec![ids[0].clone(), ids[2].clone(), ids[4].clone()]);
-    let page1 = by_op(Query { limit: 2, ..Query::default() }).await;
-    let page2 = by_op(Query { limit: 2, after: page1.last().cloned(), ..Query::default() }).await;
-    let page3 = by_op(Query { limit: 2, after: page2.last().cloned(), ..Query::default() }).await;
+    assert_eq!(
+        by_op(Query::statuses(&[Status::Completed])).await,
+        ids[..2].to_vec()
+    );
+    assert_eq!(
+        by_op(Query::statuses(&[Status::Pending, Status::Failed])).await,
+        ids[2..].to_vec()
+    );
+    let steps = Query {
+        workflow: Some(workflow.clone()),
+        ..Query::default()
+    };
+    assert_eq!(
+        by_op(steps).await,
+        vec![ids[0].clone(), ids[2].clone(), ids[4].clone()]
+    );
+    let page1 = by_op(Query {
+        limit: 2,
+        ..Query::default()
+    })
+    .await;
+    let page2 = by_op(Query {
+        limit: 2,
+        after: page1.last().cloned(),
+        ..Query::default()
+    })
+    .await;
+    let page3 = by_op(Query {
+        limit: 2,
+        after: page2.last().cloned(),
+        ..Query::default()
+    })
+    .await;
     assert_eq!([page1, page2, page3].concat(), ids);
 }

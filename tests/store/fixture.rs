@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tempox::clock::ManualClock;
-use tempox::store::{MemoryStore, Store};
+use tempox::store::{MemoryStore, SqliteStore, Store};
 
 pub struct Fixture {
     pub store: Arc<dyn Store>,
@@ -36,5 +36,27 @@ pub async fn memory() -> Fixture {
         other: Arc::new(store),
         clock: Some(clock),
         _keep: Box::new(()),
+    }
+}
+
+/// A SQLite file in a fresh temporary directory, opened twice: two connections
+/// with two writer threads, as two processes would.
+pub async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tempox.db");
+    let clock = ManualClock::new();
+    let store = SqliteStore::builder(&path)
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let other = SqliteStore::builder(&path)
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    Fixture {
+        store: Arc::new(store),
+        other: Arc::new(other),
+        clock: Some(clock),
+        _keep: Box::new(dir),
     }
 }

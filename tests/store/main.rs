@@ -8,6 +8,7 @@ mod support;
 
 mod checks;
 mod fixture;
+mod sqlite_only;
 
 /// Stamps one `#[tokio::test]` per check for a backend whose fixture is made by
 /// `$make` (an async expression returning a `fixture::Fixture`).
@@ -50,3 +51,4 @@ macro_rules! all_checks {
 }
 
 all_checks!(memory => crate::fixture::memory());
+all_checks!(sqlite => crate::fixture::sqlite());

@@ -11,6 +11,8 @@
 //! durable stores. Every backend passes the same conformance suite.
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder, Synchronous, WriteStats};
 
 use crate::error::StoreError;
 use crate::record::{

@@ -1,0 +1,178 @@
+//! What only the SQLite backend promises: group commit, schema versions,
+//! refusing foreign or damaged files without touching them, durability.
+
+use std::sync::Arc;
+
+use tempox::record::{Claimed, Transitioned};
+use tempox::store::{SqliteStore, Store};
+use tempox::{Status, StoreErrorKind};
+
+use crate::checks::{complete, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_share_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim(&request("group", &format!("k{i}"), "a"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Claimed::Acquired { .. }));
+    }
+    let stats = store.write_stats();
+    assert_eq!(stats.commands, 200);
+    assert!(
+        stats.transactions < stats.commands,
+        "no group commit: {stats:?}"
+    );
+    // All durable: a fresh store on the file sees every claim.
+    drop(store);
+    let reopened = SqliteStore::open(&path).unwrap();
+    let q = tempox::store::Query {
+        op: Some("group".into()),
+        limit: 1000,
+        ..Default::default()
+    };
+    assert_eq!(reopened.list(&q).await.unwrap().len(), 200);
+}
+
+#[tokio::test]
+async fn records_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let r = match store.claim(&request("durable", "k", "a")).await.unwrap() {
+        Claimed::Acquired { record, .. } => record,
+        other => panic!("{other:?}"),
+    };
+    let Transitioned::Applied(done) = store.transition(&complete(&r, b"\"out\"")).await.unwrap()
+    else {
+        panic!("not applied")
+    };
+    drop(store);
+    let again = SqliteStore::open(&path).unwrap();
+    assert_eq!(again.get(&r.id).await.unwrap(), Some(done));
+}
+
+fn open_err(path: &std::path::Path) -> tempox::StoreError {
+    SqliteStore::open(path).map(|_| ()).unwrap_err()
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_a_clear_corrupt_error_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &garbage).unwrap();
+    let err = open_err(&path);
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("notes.db"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not a SQLite database, or it is corrupt"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == garbage,
+        "the file was changed"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_database_is_a_corrupt_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for i in 0..50 {
+        store
+            .claim(&request("damage", &format!("k{i}"), "a"))
+            .await
+            .unwrap();
+    }
+    drop(store);
+    // Fold the WAL into the file, then smash its pages after the header.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in bytes.iter_mut().skip(100) {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open_err(&path);
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+}
+
+#[test]
+fn another_applications_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'ada');").unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = open_err(&path);
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(
+        err.to_string()
+            .contains("not a tempox database: it already holds the tables users"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the file was changed"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_the_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA user_version = 7;").unwrap();
+    drop(conn);
+    let err = open_err(&path);
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(
+        err.to_string()
+            .contains("written by a newer tempox (schema version 7)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unopenable_path_is_unavailable_and_named() {
+    let err = open_err(std::path::Path::new("/nonexistent-dir/sub/t.db"));
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent-dir/sub/t.db"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_database_opens_at_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (app, version): (i64, i64) = conn
+        .query_row("SELECT (SELECT application_id FROM pragma_application_id), (SELECT user_version FROM pragma_user_version)", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((app, version), (0x5450_4f58, 1));
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.get(&request("x", "y", "z").id).await.unwrap(), None);
+    let _ = Status::Pending;
+}
