@@ -4,15 +4,18 @@
 //!
 //! Requests arrive twice, cards get declined, the mail server fails: the output
 //! shows what ran, what was replayed from a record and what was compensated.
+//! Records live in a SQLite file; `-- --again` keeps the file from the last run,
+//! so every request replays from it.
 //!
 //! ```text
 //! cargo run --example checkout
+//! cargo run --example checkout -- --again
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
-use tempox::store::MemoryStore;
+use tempox::store::SqliteStore;
 use tempox::{Key, RecordId, Runtime, idempotent, non_idempotent};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,7 +120,20 @@ async fn request(rt: &Runtime, title: &str, order: &Order) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = Runtime::builder().store(MemoryStore::new()).build()?;
+    let path = std::env::temp_dir().join("tempox-checkout.db");
+    let again = std::env::args().any(|a| a == "--again");
+    if !again {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            if let Err(e) = std::fs::remove_file(&file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(format!("cannot remove {file}: {e}").into());
+            }
+        }
+    }
+    let rt = Runtime::builder().store(SqliteStore::open(&path)?).build()?;
+    println!("records: {}{}\n", path.display(), if again { " (kept from the last run)" } else { "" });
 
     let o1 = Order {
         id: "order-1".into(),
@@ -183,5 +199,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\ncalls {}  bodies run {}  replayed {}  key reuse refused {}  compensations {}",
         c.calls, c.executions, c.replays, c.key_reuses, c.compensations
     );
+    if !again {
+        println!("run `cargo run --example checkout -- --again` to replay the same requests from the file");
+    }
     Ok(())
 }
