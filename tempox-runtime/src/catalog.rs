@@ -46,6 +46,8 @@ pub enum Compensation {
     None,
     /// `compensate = noop`: nothing can or need be undone.
     Noop,
+    /// A workflow: undone by rolling back its completed steps.
+    Rollback,
     /// `compensate = f`.
     Call {
         /// The compensation's operation name.
@@ -60,6 +62,7 @@ impl fmt::Debug for Compensation {
         match self {
             Compensation::None => f.write_str("None"),
             Compensation::Noop => f.write_str("Noop"),
+            Compensation::Rollback => f.write_str("Rollback"),
             Compensation::Call { name, .. } => write!(f, "Call({name})"),
         }
     }
@@ -82,10 +85,41 @@ pub struct OperationEntry {
 #[distributed_slice]
 pub static OPERATIONS: [OperationEntry];
 
+/// What recovery does with a workflow whose process died mid-way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recover {
+    /// Run it again from its recorded input; completed steps replay.
+    Resume,
+    /// Undo its completed steps, newest first.
+    Rollback,
+}
+
+/// Runs a workflow again from its recorded input (JSON of its arguments).
+pub type ResumeFn = fn(Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
+
+/// One `#[workflow]`, as registered at link time.
+#[derive(Debug)]
+pub struct WorkflowEntry {
+    /// The workflow's stable name.
+    pub name: &'static str,
+    /// `recover = resume | rollback`.
+    pub recover: Recover,
+    /// `rollback = continue`: a dead-lettered compensation does not stop the
+    /// rollback (default: it does).
+    pub continue_past_dead_letters: bool,
+    /// Decodes the input and calls the workflow.
+    pub resume: ResumeFn,
+}
+
+/// Every workflow linked into this program.
+#[distributed_slice]
+pub static WORKFLOWS: [WorkflowEntry];
+
 /// The operations of this program, by name.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     by_name: HashMap<&'static str, &'static OperationEntry>,
+    workflows: HashMap<&'static str, &'static WorkflowEntry>,
 }
 
 impl Catalog {
@@ -94,7 +128,14 @@ impl Catalog {
     /// # Errors
     /// [`Error::DuplicateOperation`] naming both definitions when two share a name.
     pub fn load() -> Result<Self, Error> {
-        Self::from_entries(OPERATIONS.iter())
+        let mut catalog = Self::from_entries(OPERATIONS.iter())?;
+        catalog.workflows = WORKFLOWS.iter().map(|w| (w.name, w)).collect();
+        Ok(catalog)
+    }
+
+    /// The workflow named `name`, if it is linked into this program.
+    pub fn workflow(&self, name: &str) -> Option<&'static WorkflowEntry> {
+        self.workflows.get(name).copied()
     }
 
     fn from_entries(entries: impl Iterator<Item = &'static OperationEntry>) -> Result<Self, Error> {
@@ -109,7 +150,10 @@ impl Catalog {
                 });
             }
         }
-        Ok(Catalog { by_name })
+        Ok(Catalog {
+            by_name,
+            workflows: HashMap::new(),
+        })
     }
 
     /// The operation named `name`, if it is linked into this program.

@@ -108,6 +108,14 @@ pub enum Error {
         called: String,
     },
 
+    /// A workflow is being rolled back during recovery: steps that never ran are
+    /// not started.
+    #[error("workflow `{workflow}` is being rolled back; no new step is started")]
+    RollbackRequested {
+        /// The workflow's record id.
+        workflow: String,
+    },
+
     /// The store failed; see [`StoreError`] for whether trying again can help.
     #[error("store error: {source}")]
     Store {

@@ -106,7 +106,10 @@ pub async fn begin<Op: Operation>(call: Result<Prepared, Error>) -> Begin<Op> {
             if Op::OPTIONS.lease.is_none() {
                 req.lease = rt.inner.config.lease;
             }
-            claim::<Op>(rt, req).await
+            match crate::workflow::assign_step(&mut req) {
+                Ok(()) => claim::<Op>(rt, req).await,
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
@@ -367,8 +370,8 @@ pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) ->
 /// record `Pending`: the lease decides what happens next.
 #[derive(Debug)]
 pub struct Guard<Op: Operation> {
-    rt: Runtime,
-    record: Record,
+    pub(crate) rt: Runtime,
+    pub(crate) record: Record,
     span: tracing::Span,
     _op: PhantomData<fn() -> Op>,
 }
@@ -444,7 +447,23 @@ impl<Op: Operation> Guard<Op> {
         found: Result<Option<Op::Output>, Op::Error>,
     ) -> Result<Self, Result<Op::Output, Op::Error>> {
         match found {
-            Ok(None) => Ok(self),
+            Ok(None) => match crate::workflow::rolling_back() {
+                // Recovery is rolling the workflow back: the effect never
+                // happened, and it is not started now.
+                Some(workflow) => {
+                    let r = &self.record;
+                    let mut t =
+                        Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
+                    t.retention = Some(self.rt.inner.config.retention);
+                    t.error = Some("not started: the workflow is being rolled back".into());
+                    let released = self.rt.apply(&t).await;
+                    Err(Err(self.error(match released {
+                        Ok(_) => Error::RollbackRequested { workflow },
+                        Err(e) => e,
+                    })))
+                }
+                None => Ok(self),
+            },
             Ok(Some(output)) => Err(self.finish(Ok(output)).await),
             Err(e) => Err(Err(e)),
         }
@@ -454,7 +473,10 @@ impl<Op: Operation> Guard<Op> {
         e.into()
     }
 
-    async fn finish(self, result: Result<Op::Output, Op::Error>) -> Result<Op::Output, Op::Error> {
+    pub(crate) async fn finish(
+        self,
+        result: Result<Op::Output, Op::Error>,
+    ) -> Result<Op::Output, Op::Error> {
         let r = &self.record;
         let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Completed);
         t.retention = Some(

@@ -11,6 +11,7 @@ pub mod operation;
 pub mod record;
 mod runtime;
 pub mod store;
+pub mod workflow;
 
 pub use error::{Error, Result, StoreError, StoreErrorKind};
 pub use key::{Fingerprint, Key, KeyError};

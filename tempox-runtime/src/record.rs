@@ -259,8 +259,10 @@ pub const TRANSITIONS: &[(Status, Status)] = {
         // A probe (reconciler or operator retry) learned what happened.
         (OutcomeUnknown, Completed),
         (OutcomeUnknown, Released),
-        // Workflows.
+        // Workflows. A completed workflow that is a step of another is rolled
+        // back when the outer one is.
         (Pending, RollingBack),
+        (Completed, RollingBack),
         (Pending, RolledBack),
         (RollingBack, RollingBack),
         (RollingBack, RolledBack),

@@ -433,6 +433,15 @@ impl Runtime {
             });
         }
         let entry = self.inner.catalog.get(r.op());
+        if let Some(Compensation::Rollback) = entry.map(|e| e.compensation) {
+            // A workflow that was a step: undone by rolling back its own steps.
+            let strict = self
+                .inner
+                .catalog
+                .workflow(r.op())
+                .is_none_or(|w| !w.continue_past_dead_letters);
+            return Box::pin(crate::workflow::roll_back_completed(self, &r, strict)).await;
+        }
         let mut claim = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
         claim.lease = LeaseChange::Acquire(self.inner.config.lease);
         claim.attempts = if r.status == Status::Completed {
@@ -445,7 +454,7 @@ impl Runtime {
         let (compensation, run) = match entry.map(|e| e.compensation) {
             Some(Compensation::Call { name, run }) => (name, run),
             Some(Compensation::Noop) => return self.finish_compensation(&held, Ok(())).await,
-            Some(Compensation::None) => {
+            Some(Compensation::None | Compensation::Rollback) => {
                 let message = format!("`{}` declares no compensation", r.op());
                 return self.finish_compensation(&held, Err(message)).await;
             }
