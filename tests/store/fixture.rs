@@ -60,3 +60,50 @@ pub async fn sqlite() -> Fixture {
         _keep: Box::new(dir),
     }
 }
+
+/// A redis-server of its own (AOF on, `appendfsync always`), reached through
+/// two connections; stopped when the fixture is dropped.
+#[cfg(feature = "redis")]
+pub async fn redis() -> Fixture {
+    use tempox::store::RedisStore;
+    let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let other = RedisStore::connect(&server.url()).await.unwrap();
+    Fixture {
+        store: Arc::new(store),
+        other: Arc::new(other),
+        clock: None,
+        _keep: Box::new(server),
+    }
+}
+
+/// The test binary's three-master Redis Cluster (started once: forming a
+/// cluster takes seconds), under a key prefix of this fixture's own, reached
+/// through two cluster connections.
+#[cfg(feature = "redis")]
+pub async fn redis_cluster() -> Fixture {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tempox::store::RedisStore;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cluster = tokio::task::spawn_blocking(crate::support::redis::RedisCluster::shared)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let prefix = format!("conformance-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let connect = || {
+        RedisStore::cluster_builder(&urls)
+            .prefix(prefix.clone())
+            .connect()
+    };
+    let store = connect().await.unwrap();
+    let other = connect().await.unwrap();
+    Fixture {
+        store: Arc::new(store),
+        other: Arc::new(other),
+        clock: None,
+        _keep: Box::new(()),
+    }
+}

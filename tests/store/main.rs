@@ -7,6 +7,8 @@
 mod support;
 
 mod checks;
+#[cfg(feature = "redis")]
+mod faults;
 mod fixture;
 mod sqlite_only;
 
@@ -52,3 +54,7 @@ macro_rules! all_checks {
 
 all_checks!(memory => crate::fixture::memory());
 all_checks!(sqlite => crate::fixture::sqlite());
+#[cfg(feature = "redis")]
+all_checks!(redis => crate::fixture::redis());
+#[cfg(feature = "redis")]
+all_checks!(redis_cluster => crate::fixture::redis_cluster());

@@ -1,6 +1,8 @@
 //! Fixtures shared by the test binaries.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -1,0 +1,159 @@
+-- Shared head of every tempox script. The tables marked "generated" are
+-- written from tempox's record module when the scripts are built, so the
+-- state machine lives in one place (tempox::record::TRANSITIONS).
+--
+-- Numbers that must be exact (tokens, timestamps, attempts) are kept as
+-- decimal strings and computed with ucmp/uadd: Lua's numbers are doubles.
+-- Strings are never compared with < (it follows the server's locale).
+
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+
+-- generated: legal "from>to" pairs, final and active statuses, status names
+local LEGAL = {--[[LEGAL]]}
+local FINAL = {--[[FINAL]]}
+local ACTIVE = {--[[ACTIVE]]}
+local STATUS = {--[[STATUS]]}
+local LEASE_EXPIRED_ERROR = --[[LEASE_EXPIRED_ERROR]]
+
+local FIELDS = {
+  'id', 'kind', 'fingerprint', 'input', 'output', 'error', 'status', 'token',
+  'lease_until', 'attempts', 'workflow', 'step', 'created_at', 'updated_at',
+  'due_at', 'expires_at', 'note',
+}
+local U64_MAX = '18446744073709551615'
+local U32_MAX = '4294967295'
+
+-- Compares two decimal strings without leading zeros: -1, 0 or 1.
+local function ucmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 end
+    return 1
+  end
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      if x < y then return -1 end
+      return 1
+    end
+  end
+  return 0
+end
+
+-- a + b on decimal strings, saturating at max.
+local function uadd(a, b, max)
+  local digits, carry = {}, 0
+  local i, j = #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48; i = i - 1 end
+    if j > 0 then d = d + string.byte(b, j) - 48; j = j - 1 end
+    digits[#digits + 1] = string.char(48 + d % 10)
+    carry = math.floor(d / 10)
+  end
+  local sum = string.reverse(table.concat(digits))
+  if ucmp(sum, max) > 0 then return max end
+  return sum
+end
+
+-- The server's clock in milliseconds since the epoch (tempox::Timestamp).
+local function now_ms()
+  local t = redis.call('TIME')
+  return string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+
+-- tempox::record::next_token: max(previous + 1, now_ms * 1000).
+local function next_token(previous, now)
+  local floor = now .. '000'
+  if now == '0' then floor = '0' end
+  if previous == nil then return floor end
+  local bumped = uadd(previous, '1', U64_MAX)
+  if ucmp(bumped, floor) >= 0 then return bumped end
+  return floor
+end
+
+-- Record::lease_expired
+local function lease_expired(r, now)
+  return ACTIVE[r.status] == true and (r.lease_until == nil or ucmp(r.lease_until, now) <= 0)
+end
+
+-- Record::retention_passed
+local function retention_passed(r, now)
+  return FINAL[r.status] == true and r.expires_at ~= nil and ucmp(r.expires_at, now) <= 0
+end
+
+-- The record hash at key as a table, or nil when there is none.
+local function load(key)
+  local raw = redis.call('HGETALL', key)
+  if #raw == 0 then return nil end
+  local r = {}
+  for i = 1, #raw, 2 do r[raw[i]] = raw[i + 1] end
+  return r
+end
+
+local function copy(r)
+  local c = {}
+  for k, v in pairs(r) do c[k] = v end
+  return c
+end
+
+-- A record as returned to the client: its id (from the key), then field, value.
+local function flat(id, r)
+  local out = {id}
+  for _, f in ipairs(FIELDS) do
+    if r[f] ~= nil then
+      out[#out + 1] = f
+      out[#out + 1] = r[f]
+    end
+  end
+  return out
+end
+
+-- Writes new over old (nil: no record) and keeps the bucket's indexes in step.
+-- K: rec (the hash), due, exp (score = time), ids, st, wf (lexicographic).
+local function write(K, id, old, new)
+  local set, del = {}, {}
+  for _, f in ipairs(FIELDS) do
+    local v = new[f]
+    if v == nil then
+      if old ~= nil and old[f] ~= nil then del[#del + 1] = f end
+    elseif old == nil or old[f] ~= v then
+      set[#set + 1] = f
+      set[#set + 1] = v
+    end
+  end
+  if #set > 0 then redis.call('HSET', K.rec, unpack(set)) end
+  if #del > 0 then redis.call('HDEL', K.rec, unpack(del)) end
+  if new.due_at ~= nil then
+    redis.call('ZADD', K.due, new.due_at, id)
+  else
+    redis.call('ZREM', K.due, id)
+  end
+  if new.expires_at ~= nil then
+    redis.call('ZADD', K.exp, new.expires_at, id)
+  else
+    redis.call('ZREM', K.exp, id)
+  end
+  redis.call('ZADD', K.ids, 0, id)
+  if old ~= nil and old.status ~= nil and old.status ~= new.status then
+    redis.call('ZREM', K.st, old.status .. '\0' .. id)
+  end
+  redis.call('ZADD', K.st, 0, new.status .. '\0' .. id)
+  if old ~= nil and old.workflow ~= nil and old.workflow ~= new.workflow then
+    redis.call('ZREM', K.wf, old.workflow .. '\0' .. id)
+  end
+  if new.workflow ~= nil then
+    redis.call('ZADD', K.wf, 0, new.workflow .. '\0' .. id)
+  end
+end
+
+-- Removes a record and every index entry of it.
+local function remove(K, id, status, workflow)
+  redis.call('DEL', K.rec)
+  redis.call('ZREM', K.due, id)
+  redis.call('ZREM', K.exp, id)
+  redis.call('ZREM', K.ids, id)
+  if status then redis.call('ZREM', K.st, status .. '\0' .. id) end
+  if workflow then redis.call('ZREM', K.wf, workflow .. '\0' .. id) end
+end
+
+-- ---------------------------------------------------------------------------

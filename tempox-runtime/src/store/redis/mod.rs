@@ -1,0 +1,1207 @@
+//! A store on Redis: a single server or a Redis Cluster, shared by any number
+//! of processes and machines.
+//!
+//! Each state change is one Lua script, so it is atomic, fenced and one round
+//! trip; leases are compared with the server's `TIME`; records are spread over a
+//! fixed number of buckets, each a Redis Cluster hash slot, with sorted sets
+//! for what is due and what may be removed. See [`RedisStore`].
+
+mod codec;
+mod scripts;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use ::redis::{Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use async_trait::async_trait;
+
+use self::scripts::scripts;
+use super::{Query, Store};
+use crate::error::{Human, StoreError, StoreErrorKind};
+use crate::record::{
+    AttemptsChange, ClaimRequest, Claimed, LeaseChange, OnExpired, Record, RecordId, Status,
+    Timestamp, Transition, Transitioned, plan_transition,
+};
+
+/// The version of the key layout and record encoding described on
+/// [`RedisStore`]; kept in every bucket's `meta` hash.
+const LAYOUT_VERSION: &str = "1";
+const DEFAULT_PREFIX: &str = "tempox";
+const DEFAULT_BUCKETS: u16 = 16;
+const MAX_BUCKETS: u16 = 16_384;
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most a single script is asked for at once (`due`, `list`, `expire`).
+const MAX_BATCH: usize = 100_000;
+
+/// Records in Redis, for many processes and machines: a single server
+/// ([`connect`](RedisStore::connect)) or a Redis Cluster
+/// ([`connect_cluster`](RedisStore::connect_cluster)).
+///
+/// ```no_run
+/// # extern crate tempox_runtime as tempox;
+/// use tempox::store::RedisStore;
+/// use tempox::Runtime;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+/// let rt = Runtime::builder().store(store).build()?;
+/// # Ok(()) }
+/// ```
+///
+/// Clones share one connection, which reconnects by itself after the server
+/// went away; a call made while it is away fails with a [`StoreError`] that
+/// [`is_unavailable`](StoreError::is_unavailable) (or
+/// [`is_timeout`](StoreError::is_timeout)), and a write sent just before the
+/// connection dropped may or may not have been applied.
+///
+/// # How it keeps the store's promises
+///
+/// - Every state change ([`Store::claim`], [`Store::transition`],
+///   [`Store::renew`], [`Store::expire`]) is one Lua script that reads the
+///   record, compares status and token and writes, atomically and in one round
+///   trip. The scripts mirror [`plan_claim`](crate::record::plan_claim) and
+///   [`plan_transition`](crate::record::plan_transition); their table of legal
+///   transitions is generated from [`TRANSITIONS`](crate::record::TRANSITIONS).
+/// - A lease is a field compared with the server's `TIME`, never a key expiry:
+///   an expiring key would take the fingerprint and the token with it and invite
+///   a second execution. Records leave only through [`Store::expire`].
+/// - Fencing tokens are `max(previous + 1, now_ms × 1000)` on the server's
+///   clock, so they keep increasing across takeovers, server restarts, and a
+///   record removed and created again.
+///
+/// # Durability
+///
+/// Redis acknowledges a write before it reaches the disk unless told
+/// otherwise. tempox's guarantees (at most once per key, nothing completed is
+/// lost) hold across a crash of Redis only with
+///
+/// ```text
+/// appendonly yes
+/// appendfsync always
+/// ```
+///
+/// (and, with replicas, only as far as Redis's asynchronous replication
+/// allows). The store reads `CONFIG GET append*` when it connects and logs a
+/// `tracing` warning when either setting is off, or when `CONFIG` is disabled
+/// and it cannot tell.
+///
+/// # Keys
+///
+/// Records are spread over a fixed number of buckets (16 by default, see
+/// [`RedisStoreBuilder::buckets`]); bucket `b` of prefix `p` owns the keys
+/// that start with the hash tag `{p:b}`, so each bucket is one Redis Cluster
+/// slot and every script touches one slot. The tag comes first, so braces in
+/// a user's key never move it.
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `{p:b}:r:<id>` | hash | the record `<id>` (`op/key`): one field per [`Record`] field, input and output as raw bytes |
+/// | `{p:b}:due` | sorted set | ids by `due_at` (ms): expired leases and retries |
+/// | `{p:b}:exp` | sorted set | ids by `expires_at` (ms): final records and their retention |
+/// | `{p:b}:ids` | sorted set | every id, lexicographic |
+/// | `{p:b}:st` | sorted set | `<status>\0<id>`, lexicographic |
+/// | `{p:b}:wf` | sorted set | `<workflow id>\0<id>` of workflow steps, lexicographic |
+/// | `{p:b}:meta` | hash | the number of buckets and the layout version |
+///
+/// A record's bucket is the first 8 bytes of the BLAKE3 hash of its id
+/// (little-endian) modulo the number of buckets, so it is found from the id
+/// alone. [`Store::due`], [`Store::list`] and [`Store::expire`] visit every
+/// bucket concurrently: they cost the number of buckets plus what they return,
+/// not what is stored.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    /// Where the store connects, for messages (addresses only, no credentials).
+    target: String,
+    prefix: String,
+    buckets: u16,
+    timeout: Duration,
+    /// The keys of every bucket, by bucket.
+    keys: Vec<Keys>,
+}
+
+/// The two kinds of connection, both reconnecting by themselves. Cloned per call.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Options of a [`RedisStore`], from [`RedisStore::builder`] or
+/// [`RedisStore::cluster_builder`].
+///
+/// ```no_run
+/// # extern crate tempox_runtime as tempox;
+/// use std::time::Duration;
+/// use tempox::store::RedisStore;
+///
+/// # async fn run() -> Result<(), tempox::StoreError> {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .prefix("payments")
+///     .response_timeout(Duration::from_secs(2))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStoreBuilder {
+    urls: Vec<String>,
+    cluster: bool,
+    prefix: String,
+    buckets: u16,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact(u)).collect();
+        f.debug_struct("RedisStoreBuilder")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .field("buckets", &self.buckets)
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .finish()
+    }
+}
+
+/// `url` without the credentials it may carry.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisStoreBuilder {
+    fn new(urls: Vec<String>, cluster: bool) -> Self {
+        RedisStoreBuilder {
+            urls,
+            cluster,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            buckets: DEFAULT_BUCKETS,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+        }
+    }
+
+    /// The prefix of every key (default `tempox`). Stores with different
+    /// prefixes share a server without seeing each other's records. It must not
+    /// be empty nor contain `{` or `}` (it is part of the hash tag).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The number of buckets records are spread over (default 16, at most
+    /// 16384). On Redis Cluster each bucket is one hash slot, so more buckets
+    /// spread the records over more nodes, and [`Store::due`],
+    /// [`Store::list`] and [`Store::expire`] visit each bucket. Fixed for the
+    /// life of the data: opening data written with another number fails.
+    pub fn buckets(mut self, buckets: u16) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
+    /// The longest one store call waits for Redis, reconnecting included
+    /// (default 5 s). A call that takes longer fails with a
+    /// [`StoreError`] that [`is_timeout`](StoreError::is_timeout); a write may
+    /// or may not have been applied.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The longest one attempt to open a connection may take (default 2 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Connects, checks that the data under the prefix was written with the
+    /// same number of buckets (and records it on first use), and checks the
+    /// server's durability settings (see [Durability](RedisStore#durability)).
+    ///
+    /// # Errors
+    /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
+    ///   prefix, 0 or more than 16384 buckets, or a zero timeout.
+    /// - [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]: the
+    ///   server cannot be reached.
+    /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
+    ///   with another number of buckets or another layout version.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        self.validate()?;
+        let target = self.target()?;
+        let deadline = self.connection_timeout + self.response_timeout;
+        let connecting = async {
+            if self.cluster {
+                let client = ClusterClient::builder(self.urls.clone())
+                    .connection_timeout(self.connection_timeout)
+                    .response_timeout(self.response_timeout)
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(500)
+                    .build()?;
+                client.get_async_connection().await.map(Conn::Cluster)
+            } else {
+                let url = self.urls.first().map_or("", String::as_str);
+                let client = ::redis::Client::open(url)?;
+                // No reconnection retries inside the manager: a call made while
+                // the server is away fails at once, and the next one tries again.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(self.connection_timeout)
+                    .set_response_timeout(self.response_timeout);
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map(Conn::Single)
+            }
+        };
+        let conn = match tokio::time::timeout(deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(redis_error(&target, Action::Connect, e));
+            }
+            Err(_) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "redis at {target} did not accept a connection within {}",
+                        Human(deadline)
+                    ),
+                ));
+            }
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                target,
+                keys: (0..self.buckets)
+                    .map(|b| Keys::new(&self.prefix, b))
+                    .collect(),
+                prefix: self.prefix,
+                buckets: self.buckets,
+                timeout: self.response_timeout,
+            }),
+        };
+        store.check_layout().await?;
+        store.check_durability().await;
+        Ok(store)
+    }
+
+    fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |setting: &str, message: String| {
+            Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                format!("invalid setting `{setting}` of the redis store: {message}"),
+            ))
+        };
+        if self.urls.is_empty() {
+            return invalid("urls", "no server address given".into());
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return invalid(
+                "prefix",
+                format!(
+                    "`{}` must be non-empty and free of `{{` and `}}`",
+                    self.prefix
+                ),
+            );
+        }
+        if self.buckets == 0 || self.buckets > MAX_BUCKETS {
+            return invalid(
+                "buckets",
+                format!(
+                    "{} is not between 1 and {MAX_BUCKETS} (one hash slot each)",
+                    self.buckets
+                ),
+            );
+        }
+        if self.response_timeout.is_zero() {
+            return invalid("response_timeout", "must be longer than zero".into());
+        }
+        if self.connection_timeout.is_zero() {
+            return invalid("connection_timeout", "must be longer than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The servers' addresses, for messages.
+    fn target(&self) -> Result<String, StoreError> {
+        let mut addrs = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            let info = url.as_str().into_connection_info().map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Invalid,
+                    format!("invalid redis url `{}`: {e}", redact(url)),
+                )
+                .with_source(e)
+            })?;
+            addrs.push(info.addr.to_string());
+        }
+        Ok(if self.cluster {
+            format!("cluster {}", addrs.join(", "))
+        } else {
+            addrs.join(", ")
+        })
+    }
+}
+
+impl RedisStore {
+    /// Connects to a single Redis server, e.g. `redis://127.0.0.1:6379/`, with
+    /// the default options (see [`RedisStore::builder`]).
+    ///
+    /// # Errors
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes, with the default
+    /// options (see [`RedisStore::cluster_builder`]).
+    ///
+    /// # Errors
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect_cluster(urls: &[&str]) -> Result<RedisStore, StoreError> {
+        Self::cluster_builder(urls).connect().await
+    }
+
+    /// Options for a store on a single server at `url`.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(vec![url.to_owned()], false)
+    }
+
+    /// Options for a store on the Redis Cluster that `urls` (some of its nodes)
+    /// belong to.
+    pub fn cluster_builder(urls: &[&str]) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(urls.iter().map(|&u| u.to_owned()).collect(), true)
+    }
+
+    /// The key of the hash that holds record `id`, for looking at it with
+    /// `redis-cli`.
+    pub fn record_key(&self, id: &RecordId) -> String {
+        let bucket = self.bucket_of(id);
+        self.keys(bucket).record(id)
+    }
+
+    fn bucket_of(&self, id: &RecordId) -> u16 {
+        let hash = blake3::hash(id.as_str().as_bytes());
+        let &[b0, b1, b2, b3, b4, b5, b6, b7, ..] = hash.as_bytes();
+        let n = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+        u16::try_from(n % u64::from(self.inner.buckets)).unwrap_or(0)
+    }
+
+    fn keys(&self, bucket: u16) -> &Keys {
+        // Buckets are always below `buckets`, the length of `keys`.
+        &self.inner.keys[usize::from(bucket) % self.inner.keys.len().max(1)]
+    }
+
+    fn all_buckets(&self) -> impl Iterator<Item = u16> {
+        0..self.inner.buckets
+    }
+
+    /// Runs one request with the store's deadline, mapping failures.
+    async fn run<T>(
+        &self,
+        action: Action<'_>,
+        request: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(redis_error(&self.inner.target, action, e)),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "redis at {} did not answer within {} ({action}){}",
+                    self.inner.target,
+                    Human(self.inner.timeout),
+                    action.maybe_applied()
+                ),
+            )),
+        }
+    }
+
+    /// Invokes a script (EVALSHA, loading the script first when the server
+    /// does not know it, e.g. after a restart).
+    async fn invoke(
+        &self,
+        action: Action<'_>,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.run(action, invocation.invoke_async::<Value>(&mut conn))
+            .await
+    }
+
+    async fn query(&self, action: Action<'_>, cmd: &Cmd) -> Result<Value, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.run(action, cmd.query_async::<Value>(&mut conn)).await
+    }
+
+    /// Checks (or records, on first use) the layout of every bucket.
+    async fn check_layout(&self) -> Result<(), StoreError> {
+        let checks = self.all_buckets().map(|b| {
+            Box::pin(async move {
+                let keys = self.keys(b);
+                let mut inv = scripts().init.prepare_invoke();
+                inv.key(&keys.meta)
+                    .arg(self.inner.buckets)
+                    .arg(LAYOUT_VERSION);
+                let reply = self.invoke(Action::Connect, &inv).await?;
+                let mut items = codec::array("the layout check", reply)?.into_iter();
+                let outcome = match items.next() {
+                    Some(v) => codec::text("the layout check", v)?,
+                    None => String::new(),
+                };
+                let theirs = match items.next() {
+                    Some(v) => codec::text("the layout check", v)?,
+                    None => String::new(),
+                };
+                let inner = &self.inner;
+                match outcome.as_str() {
+                    "ok" | "created" => Ok(()),
+                    "buckets" => Err(StoreError::new(
+                        StoreErrorKind::Schema,
+                        format!(
+                            "redis at {} holds tempox data under prefix `{}` written with {theirs} buckets, \
+                             but this store is configured with {}; connect with `.buckets({theirs})` or use another prefix",
+                            inner.target, inner.prefix, inner.buckets
+                        ),
+                    )),
+                    "version" => Err(StoreError::new(
+                        StoreErrorKind::Schema,
+                        format!(
+                            "redis at {} holds tempox data under prefix `{}` in layout version `{theirs}`; \
+                             this version of tempox reads layout version {LAYOUT_VERSION}",
+                            inner.target, inner.prefix
+                        ),
+                    )),
+                    _ => Err(codec::unexpected(
+                        "the layout check",
+                        &Value::SimpleString(outcome),
+                    )),
+                }
+            }) as Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>
+        });
+        join_all(checks.collect())
+            .await
+            .into_iter()
+            .collect::<Result<(), StoreError>>()
+    }
+
+    /// Warns once when the server may acknowledge writes it would lose in a crash.
+    async fn check_durability(&self) {
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("GET").arg("append*");
+        let target = &self.inner.target;
+        let reply = match &self.inner.conn {
+            Conn::Single(_) => self.query(Action::Connect, &cmd).await,
+            Conn::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let mut c = c.clone();
+                self.run(Action::Connect, c.route_command(&cmd, routing))
+                    .await
+            }
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                tracing::warn!(
+                    "could not check the durability settings of redis at {target} (CONFIG GET failed: {why}); \
+                     tempox's guarantees hold across a crash of redis only with `appendonly yes` and `appendfsync always`"
+                );
+                return;
+            }
+        };
+        let mut strings = Vec::new();
+        flatten(reply, &mut strings);
+        let setting = |name: &str| -> Vec<String> {
+            strings
+                .windows(2)
+                .filter(|w| w[0].eq_ignore_ascii_case(name))
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        let (appendonly, appendfsync) = (setting("appendonly"), setting("appendfsync"));
+        if appendonly.is_empty() || appendfsync.is_empty() {
+            tracing::warn!(
+                "could not read the durability settings of redis at {target}; \
+                 tempox's guarantees hold across a crash of redis only with `appendonly yes` and `appendfsync always`"
+            );
+        } else if appendonly.iter().any(|v| v != "yes") || appendfsync.iter().any(|v| v != "always")
+        {
+            tracing::warn!(
+                "redis at {target} runs with appendonly {} and appendfsync {}: a write it acknowledged just before \
+                 a crash can be lost, and with it tempox's guarantees; strict guarantees need `appendonly yes` and \
+                 `appendfsync always`",
+                appendonly.join("/"),
+                appendfsync.join("/")
+            );
+        }
+    }
+
+    async fn due_scan(
+        &self,
+        bucket: u16,
+        limit: usize,
+    ) -> Result<Vec<(f64, String, u16)>, StoreError> {
+        let keys = self.keys(bucket);
+        let mut inv = scripts().due_scan.prepare_invoke();
+        inv.key(&keys.due).arg(limit);
+        let reply = self.invoke(Action::Due, &inv).await?;
+        let mut items = codec::array("the due scan", reply)?.into_iter();
+        let mut found = Vec::new();
+        while let (Some(id), Some(score)) = (items.next(), items.next()) {
+            let id = codec::text("the due scan", id)?;
+            let score = codec::text("the due scan", score)?;
+            let score = score
+                .parse::<f64>()
+                .map_err(|_| codec::unexpected("the due scan", &Value::SimpleString(score)))?;
+            found.push((score, id, bucket));
+        }
+        Ok(found)
+    }
+
+    async fn due_fetch(&self, bucket: u16, ids: Vec<String>) -> Result<Vec<Record>, StoreError> {
+        let keys = self.keys(bucket);
+        let mut inv = scripts().due_fetch.prepare_invoke();
+        inv.key(&keys.due).arg(&keys.record_prefix);
+        for id in &ids {
+            inv.arg(id);
+        }
+        let reply = self.invoke(Action::Due, &inv).await?;
+        codec::array("the due fetch", reply)?
+            .into_iter()
+            .map(|r| codec::record("the due fetch", r))
+            .collect()
+    }
+
+    async fn list_bucket(
+        &self,
+        bucket: u16,
+        index: Index,
+        ranges: &[LexRange],
+        keep: &[Status],
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let keys = self.keys(bucket);
+        let mut inv = scripts().list.prepare_invoke();
+        inv.key(match index {
+            Index::Ids => &keys.ids,
+            Index::Statuses => &keys.st,
+            Index::Workflow => &keys.wf,
+        })
+        .arg(&keys.record_prefix)
+        .arg(limit)
+        .arg(ranges.len());
+        for range in ranges {
+            inv.arg(range.strip)
+                .arg(range.min.as_slice())
+                .arg(range.max.as_slice());
+        }
+        for status in keep {
+            inv.arg(status.as_str());
+        }
+        let reply = self.invoke(Action::List, &inv).await?;
+        codec::array("the list", reply)?
+            .into_iter()
+            .map(|r| codec::record("the list", r))
+            .collect()
+    }
+
+    async fn expire_count(&self, bucket: u16) -> Result<u64, StoreError> {
+        let keys = self.keys(bucket);
+        let mut inv = scripts().expire_count.prepare_invoke();
+        inv.key(&keys.exp);
+        let reply = self.invoke(Action::Expire, &inv).await?;
+        codec::number("the expiry count", reply)
+    }
+
+    async fn expire_bucket(&self, bucket: u16, limit: usize) -> Result<usize, StoreError> {
+        let keys = self.keys(bucket);
+        let mut inv = scripts().expire.prepare_invoke();
+        inv.key(&keys.due)
+            .key(&keys.exp)
+            .key(&keys.ids)
+            .key(&keys.st)
+            .key(&keys.wf)
+            .arg(&keys.record_prefix)
+            .arg(limit);
+        let reply = self.invoke(Action::Expire, &inv).await?;
+        let n = codec::number("the expiry", reply)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisStore")
+            .field("target", &inner.target)
+            .field("prefix", &inner.prefix)
+            .field("buckets", &inner.buckets)
+            .field("response_timeout", &inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys of one bucket.
+struct Keys {
+    due: String,
+    exp: String,
+    ids: String,
+    st: String,
+    wf: String,
+    meta: String,
+    /// Prepended to a record id for the record's key.
+    record_prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str, bucket: u16) -> Self {
+        let tag = format!("{{{prefix}:{bucket}}}");
+        Keys {
+            due: format!("{tag}:due"),
+            exp: format!("{tag}:exp"),
+            ids: format!("{tag}:ids"),
+            st: format!("{tag}:st"),
+            wf: format!("{tag}:wf"),
+            meta: format!("{tag}:meta"),
+            record_prefix: format!("{tag}:r:"),
+        }
+    }
+
+    fn record(&self, id: &RecordId) -> String {
+        format!("{}{id}", self.record_prefix)
+    }
+}
+
+/// Which lexicographic index a listing reads.
+#[derive(Clone, Copy)]
+enum Index {
+    Ids,
+    Statuses,
+    Workflow,
+}
+
+/// A `ZRANGEBYLEX` range over members `<base><id>`, and how many bytes of
+/// base to strip for the id.
+struct LexRange {
+    strip: usize,
+    min: Vec<u8>,
+    max: Vec<u8>,
+}
+
+impl LexRange {
+    /// Members `<base><id>` whose id is of `op` (if given) and after `after`
+    /// (if given). `base` is empty or ends with `\0`.
+    fn new(base: &[u8], op: Option<&str>, after: Option<&RecordId>) -> Self {
+        let mut low = base.to_vec();
+        if let Some(op) = op {
+            low.extend_from_slice(op.as_bytes());
+            low.push(b'/');
+        }
+        let min = match after {
+            Some(after) if [base, after.as_str().as_bytes()].concat() >= low => {
+                [b"(", base, after.as_str().as_bytes()].concat()
+            }
+            _ if low.is_empty() => b"-".to_vec(),
+            _ => [b"[".as_slice(), &low].concat(),
+        };
+        let max = match (op, base.split_last()) {
+            // Ids of `op` are `op/...`, all below `op0` ('0' follows '/').
+            (Some(op), _) => [b"(", base, op.as_bytes(), b"0"].concat(),
+            // `<base>\0...` are all below `<base>\x01`.
+            (None, Some((_, head))) => [b"(", head, b"\x01"].concat(),
+            (None, None) => b"+".to_vec(),
+        };
+        LexRange {
+            strip: base.len(),
+            min,
+            max,
+        }
+    }
+}
+
+/// What a request was doing, for messages.
+#[derive(Clone, Copy)]
+enum Action<'a> {
+    Connect,
+    Claim(&'a RecordId),
+    Transition(&'a RecordId),
+    Renew(&'a RecordId),
+    Get(&'a RecordId),
+    Due,
+    List,
+    Expire,
+    Time,
+}
+
+impl Action<'_> {
+    fn writes(self) -> bool {
+        matches!(
+            self,
+            Action::Claim(_) | Action::Transition(_) | Action::Renew(_) | Action::Expire
+        )
+    }
+
+    fn maybe_applied(self) -> &'static str {
+        if self.writes() {
+            "; the write may or may not have been applied"
+        } else {
+            ""
+        }
+    }
+}
+
+impl fmt::Display for Action<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Connect => f.write_str("connecting"),
+            Action::Claim(id) => write!(f, "claiming `{id}`"),
+            Action::Transition(id) => write!(f, "changing the status of `{id}`"),
+            Action::Renew(id) => write!(f, "renewing the lease of `{id}`"),
+            Action::Get(id) => write!(f, "reading `{id}`"),
+            Action::Due => f.write_str("listing due records"),
+            Action::List => f.write_str("listing records"),
+            Action::Expire => f.write_str("removing expired records"),
+            Action::Time => f.write_str("reading the server's clock"),
+        }
+    }
+}
+
+/// A [`RedisError`] as a [`StoreError`] that classifies itself.
+fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
+    let kind = if e.is_timeout() {
+        StoreErrorKind::Timeout
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        StoreErrorKind::Unavailable
+    } else {
+        match e.kind() {
+            ErrorKind::ClusterDown
+            | ErrorKind::MasterDown
+            | ErrorKind::TryAgain
+            | ErrorKind::BusyLoadingError
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::ReadOnly => StoreErrorKind::Unavailable,
+            ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
+            _ => StoreErrorKind::Other,
+        }
+    };
+    let message = match kind {
+        StoreErrorKind::Unavailable => format!(
+            "redis at {target} is unavailable ({action}): {e}{}",
+            action.maybe_applied()
+        ),
+        StoreErrorKind::Timeout => format!(
+            "redis at {target} did not answer in time ({action}): {e}{}",
+            action.maybe_applied()
+        ),
+        _ => format!("redis at {target} failed ({action}): {e}"),
+    };
+    StoreError::new(kind, message).with_source(e)
+}
+
+/// Every string in a reply, depth first.
+fn flatten(value: Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(b) => out.push(String::from_utf8_lossy(&b).into_owned()),
+        Value::SimpleString(s) => out.push(s),
+        Value::Array(items) | Value::Set(items) => {
+            for v in items {
+                flatten(v, out);
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                flatten(k, out);
+                flatten(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Milliseconds of `d`, saturating like [`Timestamp::plus`].
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Drives `futures` concurrently (on this task) and returns their outputs in
+/// order: one request per bucket in flight at once.
+async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut done: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+        let keys = self.keys(self.bucket_of(&req.id));
+        let on_expired = match req.on_expired {
+            OnExpired::TakeOver => "take_over",
+            OnExpired::MarkUnknown => "mark_unknown",
+        };
+        let mut inv = scripts().claim.prepare_invoke();
+        inv.key(keys.record(&req.id))
+            .key(&keys.due)
+            .key(&keys.exp)
+            .key(&keys.ids)
+            .key(&keys.st)
+            .key(&keys.wf)
+            .arg(req.id.as_str())
+            .arg(req.kind.as_str())
+            .arg(req.fingerprint.to_string())
+            .arg(req.input.as_ref())
+            .arg(millis(req.lease))
+            .arg(on_expired)
+            .arg(req.workflow.as_ref().map_or("", RecordId::as_str))
+            .arg(req.step.map(|s| s.to_string()).unwrap_or_default());
+        let reply = self.invoke(Action::Claim(&req.id), &inv).await?;
+        let what = "the claim script";
+        let mut items = codec::array(what, reply)?.into_iter();
+        let (Some(outcome), Some(previous), Some(record)) =
+            (items.next(), items.next(), items.next())
+        else {
+            return Err(codec::unexpected(what, &Value::Nil));
+        };
+        let outcome = codec::text(what, outcome)?;
+        let previous = codec::text(what, previous)?;
+        let record = codec::record(what, record)?;
+        match outcome.as_str() {
+            "acquired" => {
+                let previous = if previous.is_empty() {
+                    None
+                } else {
+                    Some(previous.parse::<Status>().map_err(|_| {
+                        codec::unexpected(what, &Value::SimpleString(previous.clone()))
+                    })?)
+                };
+                Ok(Claimed::Acquired { record, previous })
+            }
+            "existing" => Ok(Claimed::Existing(record)),
+            "marked_unknown" => Ok(Claimed::MarkedUnknown(record)),
+            _ => Err(codec::unexpected(what, &Value::SimpleString(outcome))),
+        }
+    }
+
+    async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
+        // An illegal pair is the caller's bug, refused before any I/O with
+        // plan_transition's own error.
+        plan_transition(None, t, Timestamp::from_millis(0))?;
+        let keys = self.keys(self.bucket_of(&t.id));
+        let flag = |present: bool| if present { "1" } else { "0" };
+        let (lease, lease_ms) = match t.lease {
+            LeaseChange::Keep => ("keep", 0),
+            LeaseChange::Clear => ("clear", 0),
+            LeaseChange::Acquire(d) => ("acquire", millis(d)),
+        };
+        let (attempts, attempts_n) = match t.attempts {
+            AttemptsChange::Keep => ("keep", 0),
+            AttemptsChange::Increment => ("increment", 0),
+            AttemptsChange::Set(n) => ("set", n),
+        };
+        let mut inv = scripts().transition.prepare_invoke();
+        inv.key(keys.record(&t.id))
+            .key(&keys.due)
+            .key(&keys.exp)
+            .key(&keys.ids)
+            .key(&keys.st)
+            .key(&keys.wf)
+            .arg(t.id.as_str())
+            .arg(t.from.as_str())
+            .arg(t.token)
+            .arg(t.to.as_str())
+            .arg(flag(t.output.is_some()))
+            .arg(t.output.as_deref().unwrap_or_default())
+            .arg(flag(t.error.is_some()))
+            .arg(t.error.as_deref().unwrap_or_default())
+            .arg(lease)
+            .arg(lease_ms)
+            .arg(attempts)
+            .arg(attempts_n)
+            .arg(flag(t.note.is_some()))
+            .arg(t.note.as_deref().unwrap_or_default())
+            .arg(millis(t.retry_after.unwrap_or_default()))
+            .arg(flag(t.retention.is_some()))
+            .arg(millis(t.retention.unwrap_or_default()));
+        let reply = self.invoke(Action::Transition(&t.id), &inv).await?;
+        let what = "the transition script";
+        let mut items = codec::array(what, reply)?.into_iter();
+        let outcome = match items.next() {
+            Some(v) => codec::text(what, v)?,
+            None => return Err(codec::unexpected(what, &Value::Nil)),
+        };
+        let record = items.next().map(|r| codec::record(what, r)).transpose()?;
+        match (outcome.as_str(), record) {
+            ("applied", Some(record)) => Ok(Transitioned::Applied(record)),
+            ("conflict", record) => Ok(Transitioned::Conflict(record)),
+            ("illegal", _) => Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                format!(
+                    "the redis transition script refused {} -> {} for `{}`: its table of transitions \
+                     differs from this build of tempox",
+                    t.from, t.to, t.id
+                ),
+            )),
+            _ => Err(codec::unexpected(what, &Value::SimpleString(outcome))),
+        }
+    }
+
+    async fn renew(
+        &self,
+        id: &RecordId,
+        status: Status,
+        token: u64,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let keys = self.keys(self.bucket_of(id));
+        let mut inv = scripts().renew.prepare_invoke();
+        inv.key(keys.record(id))
+            .key(&keys.due)
+            .arg(id.as_str())
+            .arg(status.as_str())
+            .arg(token)
+            .arg(millis(lease));
+        match self.invoke(Action::Renew(id), &inv).await? {
+            Value::Nil => Ok(None),
+            until => {
+                codec::number("the renew script", until).map(|ms| Some(Timestamp::from_millis(ms)))
+            }
+        }
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let mut cmd = ::redis::cmd("HGETALL");
+        cmd.arg(self.record_key(id));
+        let what = "HGETALL";
+        let pairs = match self.query(Action::Get(id), &cmd).await? {
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .map(|(f, v)| Ok((codec::bytes(what, f)?, codec::bytes(what, v)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?,
+            other => {
+                let mut items = codec::array(what, other)?.into_iter();
+                let mut pairs = Vec::new();
+                while let (Some(f), Some(v)) = (items.next(), items.next()) {
+                    pairs.push((codec::bytes(what, f)?, codec::bytes(what, v)?));
+                }
+                pairs
+            }
+        };
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        codec::decode(id.as_str(), pairs).map(Some)
+    }
+
+    async fn due(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(MAX_BATCH);
+        // First the ids and due times of every bucket, then the records of the
+        // earliest `limit` only.
+        let scans: Vec<BoxFuture<'_, Result<Vec<(f64, String, u16)>, StoreError>>> = self
+            .all_buckets()
+            .map(|b| Box::pin(self.due_scan(b, limit)) as BoxFuture<'_, _>)
+            .collect();
+        let mut due = Vec::new();
+        for found in join_all(scans).await {
+            due.extend(found?);
+        }
+        due.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        due.truncate(limit);
+        let mut by_bucket: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for (_, id, bucket) in due {
+            by_bucket.entry(bucket).or_default().push(id);
+        }
+        let fetches: Vec<BoxFuture<'_, Result<Vec<Record>, StoreError>>> = by_bucket
+            .into_iter()
+            .map(|(b, ids)| Box::pin(self.due_fetch(b, ids)) as BoxFuture<'_, _>)
+            .collect();
+        let mut records = Vec::new();
+        for fetched in join_all(fetches).await {
+            records.extend(fetched?);
+        }
+        records.sort_by(|a, b| a.due_at.cmp(&b.due_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(records)
+    }
+
+    async fn list(&self, query: &Query) -> Result<Vec<Record>, StoreError> {
+        let limit = query.effective_limit().min(MAX_BATCH);
+        let op = query.op.as_deref();
+        let after = query.after.as_ref();
+        let (index, ranges, keep) = if let Some(workflow) = &query.workflow {
+            let base = [workflow.as_str().as_bytes(), b"\0"].concat();
+            (
+                Index::Workflow,
+                vec![LexRange::new(&base, op, after)],
+                query.statuses.as_slice(),
+            )
+        } else if !query.statuses.is_empty() {
+            let ranges = query
+                .statuses
+                .iter()
+                .map(|s| LexRange::new(&[s.as_str().as_bytes(), b"\0"].concat(), op, after))
+                .collect();
+            (Index::Statuses, ranges, &[][..])
+        } else {
+            (Index::Ids, vec![LexRange::new(b"", op, after)], &[][..])
+        };
+        let lists: Vec<BoxFuture<'_, Result<Vec<Record>, StoreError>>> = self
+            .all_buckets()
+            .map(|b| Box::pin(self.list_bucket(b, index, &ranges, keep, limit)) as BoxFuture<'_, _>)
+            .collect();
+        let mut records = Vec::new();
+        for listed in join_all(lists).await {
+            records.extend(listed?);
+        }
+        records.retain(|r| query.matches(r) && after.is_none_or(|a| &r.id > a));
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records.dedup_by(|a, b| a.id == b.id);
+        records.truncate(limit);
+        Ok(records)
+    }
+
+    async fn expire(&self, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        // Counted first, so the removals can run concurrently and still stay
+        // within `limit` in all.
+        let counts: Vec<BoxFuture<'_, Result<u64, StoreError>>> = self
+            .all_buckets()
+            .map(|b| Box::pin(self.expire_count(b)) as BoxFuture<'_, _>)
+            .collect();
+        let mut left = limit.min(MAX_BATCH);
+        let mut removals: Vec<BoxFuture<'_, Result<usize, StoreError>>> = Vec::new();
+        for (bucket, count) in self.all_buckets().zip(join_all(counts).await) {
+            let take = usize::try_from(count?).unwrap_or(usize::MAX).min(left);
+            if take > 0 {
+                left -= take;
+                removals.push(Box::pin(self.expire_bucket(bucket, take)) as BoxFuture<'_, _>);
+            }
+        }
+        let mut removed = 0;
+        for n in join_all(removals).await {
+            removed += n?;
+        }
+        Ok(removed)
+    }
+
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        let reply = self.query(Action::Time, &::redis::cmd("TIME")).await?;
+        let what = "TIME";
+        let mut items = codec::array(what, reply)?.into_iter();
+        let (Some(secs), Some(micros)) = (items.next(), items.next()) else {
+            return Err(codec::unexpected(what, &Value::Nil));
+        };
+        let (secs, micros) = (codec::number(what, secs)?, codec::number(what, micros)?);
+        Ok(Timestamp::from_millis(
+            secs.saturating_mul(1000).saturating_add(micros / 1000),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lex_ranges_cover_an_operation_and_page_after_an_id() {
+        let r = LexRange::new(b"", None, None);
+        assert_eq!((r.min.as_slice(), r.max.as_slice()), (&b"-"[..], &b"+"[..]));
+        let r = LexRange::new(b"", Some("shop"), None);
+        assert_eq!(
+            (r.min.as_slice(), r.max.as_slice()),
+            (&b"[shop/"[..], &b"(shop0"[..])
+        );
+        let after = RecordId::parse("shop/k1").unwrap_or_else(|e| panic!("{e}"));
+        let r = LexRange::new(b"pending\0", Some("shop"), Some(&after));
+        assert_eq!(r.min, b"(pending\0shop/k1".to_vec());
+        assert_eq!(r.max, b"(pending\0shop0".to_vec());
+        assert_eq!(r.strip, 8);
+        let before = RecordId::parse("a/k").unwrap_or_else(|e| panic!("{e}"));
+        let r = LexRange::new(b"w/1\0", Some("shop"), Some(&before));
+        assert_eq!(r.min, b"[w/1\0shop/".to_vec());
+        let r = LexRange::new(b"w/1\0", None, None);
+        assert_eq!((r.min, r.max), (b"[w/1\0".to_vec(), b"(w/1\x01".to_vec()));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://host:6379/"), "redis://host:6379/");
+    }
+}

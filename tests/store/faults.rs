@@ -1,0 +1,372 @@
+//! `RedisStore` under faults: a server killed and restarted under load, its
+//! script cache flushed, data opened with another layout, corrupt records.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use tempox::record::{ClaimRequest, Claimed, OnExpired};
+use tempox::store::{RedisStore, Store};
+use tempox::{Error, Fingerprint, Key, Kind, RecordId, Runtime, Status, StoreErrorKind};
+
+use crate::support::redis::RedisServer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error(transparent)]
+    Tempox(#[from] tempox::Error),
+}
+
+/// How often each key's body ran.
+static RUNS: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Mutex::default);
+
+#[tempox::idempotent(key = id, name = "faults.work")]
+async fn work(id: String) -> Result<String, FaultError> {
+    *RUNS.lock().unwrap().entry(id.clone()).or_default() += 1;
+    Ok(format!("done {id}"))
+}
+
+fn record_id(key: &str) -> RecordId {
+    RecordId::new("faults.work", &Key::new(key).unwrap())
+}
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const RESTARTING: u8 = 2;
+const BACK: u8 = 3;
+
+struct Call {
+    key: String,
+    started: u8,
+    ended: u8,
+    result: Result<String, FaultError>,
+}
+
+async fn store_on(server: &RedisServer) -> RedisStore {
+    RedisStore::builder(&server.url())
+        .response_timeout(Duration::from_secs(1))
+        .connection_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A server killed mid-load and restarted on the same port: calls during the
+/// outage fail as `Store` errors that say the store is unavailable (or timed
+/// out), the same runtime works again once it is back, nothing that completed
+/// is lost, and no body runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_under_load_loses_nothing_and_comes_back() {
+    let started = Instant::now();
+    let mut server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    let rt = Runtime::builder().store(store.clone()).build().unwrap();
+    let phase = Arc::new(AtomicU8::new(UP));
+    let stop = Arc::new(AtomicBool::new(false));
+    let successes_back = Arc::new(Mutex::new(HashMap::<usize, usize>::new()));
+
+    let tasks: Vec<_> = (0..4)
+        .map(|task| {
+            let (rt, phase, stop, back) = (
+                rt.clone(),
+                phase.clone(),
+                stop.clone(),
+                successes_back.clone(),
+            );
+            tokio::spawn(async move {
+                let mut calls = Vec::new();
+                for i in 0..5_000 {
+                    if stop.load(SeqCst) {
+                        break;
+                    }
+                    let key = format!("load-{task}-{i}");
+                    let started = phase.load(SeqCst);
+                    let result = rt.scope(work(key.clone())).await;
+                    let ended = phase.load(SeqCst);
+                    if started == BACK && result.is_ok() {
+                        *back.lock().unwrap().entry(task).or_default() += 1;
+                    }
+                    calls.push(Call {
+                        key,
+                        started,
+                        ended,
+                        result,
+                    });
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                calls
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    })
+    .await
+    .unwrap();
+    phase.store(DOWN, SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    phase.store(RESTARTING, SeqCst);
+    server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    phase.store(BACK, SeqCst);
+    // The same runtime works again: every load task completes calls.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while successes_back
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|&&n| n >= 20)
+        .count()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "calls did not succeed again after the restart: {successes_back:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, SeqCst);
+    let mut calls = Vec::new();
+    for t in tasks {
+        calls.extend(t.await.unwrap());
+    }
+
+    let count = |f: &dyn Fn(&Call) -> bool| calls.iter().filter(|c| f(c)).count();
+    let during = |c: &Call| c.started == DOWN && c.ended == DOWN;
+    eprintln!(
+        "calls: {} ok before the kill, {} during the outage, {} across the kill or restart, {} ok after the restart",
+        count(&|c| c.started == UP && c.result.is_ok()),
+        count(&during),
+        count(&|c| c.started != c.ended),
+        count(&|c| c.started == BACK && c.result.is_ok()),
+    );
+    assert!(
+        count(&|c| c.started == UP && c.result.is_ok()) >= 20,
+        "too little load before the kill"
+    );
+    assert!(count(&during) >= 10, "too few calls during the outage");
+    for c in calls.iter().filter(|c| during(c)) {
+        match &c.result {
+            Err(FaultError::Tempox(Error::Store { source })) => {
+                assert!(source.is_unavailable() || source.is_timeout(), "{source:?}");
+                assert!(
+                    source
+                        .to_string()
+                        .contains(&format!("redis at 127.0.0.1:{}", server.port())),
+                    "the message names the server: {source}"
+                );
+            }
+            other => panic!("a call during the outage returned {other:?}"),
+        }
+    }
+    // After its first success back, each task's calls all succeed.
+    for task in 0..4 {
+        let prefix = format!("load-{task}-");
+        let back: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.key.starts_with(&prefix) && c.started == BACK)
+            .collect();
+        let first_ok = back
+            .iter()
+            .position(|c| c.result.is_ok())
+            .expect("a success after the restart");
+        for c in &back[first_ok..] {
+            assert!(c.result.is_ok(), "{}: {:?}", c.key, c.result);
+        }
+    }
+
+    // Nothing completed is lost; replays return the recorded output without
+    // running the body again.
+    let completed: Vec<&Call> = calls.iter().filter(|c| c.result.is_ok()).collect();
+    for c in &completed {
+        let record = store
+            .get(&record_id(&c.key))
+            .await
+            .unwrap()
+            .expect("the record survived");
+        assert_eq!(record.status, Status::Completed, "{}", c.key);
+        let expected = serde_json::to_vec(&format!("done {}", c.key)).unwrap();
+        assert_eq!(
+            record.output.as_deref(),
+            Some(expected.as_slice()),
+            "{}",
+            c.key
+        );
+    }
+    for c in completed.iter().filter(|c| c.started == UP).take(200) {
+        assert_eq!(
+            rt.scope(work(c.key.clone())).await.unwrap(),
+            format!("done {}", c.key)
+        );
+    }
+    let runs = RUNS.lock().unwrap();
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "bodies ran more than once: {twice:?}");
+    for c in &completed {
+        assert_eq!(runs.get(&c.key), Some(&1), "{}", c.key);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+fn claim_request(key: &str) -> ClaimRequest {
+    ClaimRequest {
+        id: RecordId::new("faults.claim", &Key::new(key).unwrap()),
+        kind: Kind::Idempotent,
+        fingerprint: Fingerprint::of(key).unwrap(),
+        input: b"{}".to_vec().into(),
+        lease: Duration::from_secs(30),
+        on_expired: OnExpired::TakeOver,
+        workflow: None,
+        step: None,
+    }
+}
+
+/// A server that forgot the scripts (`SCRIPT FLUSH`, as after a restart) gets
+/// them loaded again by the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_loaded_again_when_the_server_forgot_them() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    assert!(matches!(
+        store.claim(&claim_request("a")).await.unwrap(),
+        Claimed::Acquired { .. }
+    ));
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert!(matches!(
+        store.claim(&claim_request("b")).await.unwrap(),
+        Claimed::Acquired { .. }
+    ));
+    assert!(matches!(
+        store.claim(&claim_request("a")).await.unwrap(),
+        Claimed::Existing(_)
+    ));
+}
+
+/// Data is spread over a fixed number of buckets; opening it with another
+/// number is refused with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_written_with_another_number_of_buckets_is_refused() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    store.claim(&claim_request("a")).await.unwrap();
+    for buckets in [8, 32] {
+        let err = RedisStore::builder(&server.url())
+            .buckets(buckets)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+        assert!(err.to_string().contains("written with 16 buckets"), "{err}");
+        assert!(err.to_string().contains("`.buckets(16)`"), "{err}");
+    }
+    // Another prefix is another store.
+    let other = RedisStore::builder(&server.url())
+        .prefix("other")
+        .buckets(8)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(other.get(&claim_request("a").id).await.unwrap(), None);
+    assert!(
+        RedisStore::builder(&server.url())
+            .buckets(16)
+            .connect()
+            .await
+            .is_ok()
+    );
+}
+
+/// A record hash that cannot be decoded is a `Corrupt` error naming the
+/// record and the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_records_name_the_record_and_the_field() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    let req = claim_request("corrupt");
+    store.claim(&req).await.unwrap();
+    let key = store.record_key(&req.id);
+    assert!(key.starts_with("{tempox:"), "{key}");
+    server.cli(&["HSET", &key, "token", "12x"]);
+    let err = store.get(&req.id).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt);
+    assert!(err.to_string().contains("`faults.claim/corrupt`"), "{err}");
+    assert!(err.to_string().contains("field `token`"), "{err}");
+}
+
+/// Connecting to nothing, and settings that cannot work, fail clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_reports_unreachable_servers_and_bad_settings() {
+    let mut server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = server.url();
+    server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    })
+    .await
+    .unwrap();
+    let err = RedisStore::connect(&url).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("redis at 127.0.0.1:{}", server.port())),
+        "{err}"
+    );
+    let bad = [
+        RedisStore::builder(&url).buckets(0),
+        RedisStore::builder(&url).prefix("a{b}"),
+        RedisStore::builder(&url).response_timeout(Duration::ZERO),
+        RedisStore::builder("http://nowhere"),
+    ];
+    for builder in bad {
+        let err = builder.connect().await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    }
+}
+
+/// Tokens are computed on decimal strings inside the scripts, so they stay
+/// exact where Lua's numbers (doubles) are not: above 2^53, up to `u64::MAX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_stay_exact_beyond_what_lua_numbers_hold() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    let mut req = claim_request("big-token");
+    req.lease = Duration::from_millis(1);
+    store.claim(&req).await.unwrap();
+    let key = store.record_key(&req.id);
+    for (stored, next) in [
+        ("9007199254740993", 9_007_199_254_740_994),
+        ("18446744073709551614", u64::MAX),
+        ("18446744073709551615", u64::MAX),
+    ] {
+        server.cli(&["HSET", &key, "token", stored]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        match store.claim(&req).await.unwrap() {
+            Claimed::Acquired { record, .. } => assert_eq!(record.token, next, "after {stored}"),
+            other => panic!("expected a takeover, got {other:?}"),
+        }
+    }
+}

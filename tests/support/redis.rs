@@ -1,0 +1,374 @@
+//! Real Redis servers for tests, on free loopback ports: a single server that
+//! can be killed and restarted on the same port with its data, and a
+//! three-master Redis Cluster.
+//!
+//! Each `redis-server` runs under a small `sh` watchdog that holds the read
+//! end of a pipe from the test process: when the test process exits, however
+//! it exits, the pipe closes and the watchdog kills the server. Servers are
+//! killed (SIGKILL) and waited for on `kill()` and on drop.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a server may take to accept connections (AOF loading included).
+const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How many free ports a server tries before giving up.
+const PORT_ATTEMPTS: usize = 10;
+
+/// Runs `redis-server "$@"` until its standard input closes, then kills it
+/// (and, when `TEMPOX_REDIS_RM` is set, removes that directory).
+const WATCHDOG: &str = r#"
+redis-server "$@" </dev/null &
+pid=$!
+cat >/dev/null
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+if [ -n "$TEMPOX_REDIS_RM" ]; then rm -rf "$TEMPOX_REDIS_RM"; fi
+exit 0
+"#;
+
+/// One `redis-server` with AOF on (`appendfsync always`), no RDB snapshots, a
+/// data directory and a log in a temporary directory.
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    cluster: bool,
+    /// Remove the data directory when the test process exits (shared servers,
+    /// which are never dropped).
+    remove_at_exit: bool,
+    watchdog: Option<Child>,
+}
+
+/// Why a start failed.
+enum StartError {
+    /// Someone else took the port: try another.
+    PortTaken,
+    Failed(String),
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits until it answers.
+    ///
+    /// Panics, with the server's log, if it does not start.
+    pub fn start() -> RedisServer {
+        Self::start_with(false, false)
+    }
+
+    fn start_with(cluster: bool, remove_at_exit: bool) -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("tempox-redis-")
+                .tempdir()
+                .expect("a temporary directory");
+            let mut server = RedisServer {
+                port: free_port(cluster),
+                dir,
+                cluster,
+                remove_at_exit,
+                watchdog: None,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(StartError::PortTaken) => {
+                    last = server.log();
+                    server.kill();
+                }
+                Err(StartError::Failed(why)) => panic!("{why}"),
+            }
+        }
+        panic!("redis-server found no free port in {PORT_ATTEMPTS} attempts; last log:\n{last}");
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The data directory (AOF, `nodes.conf`, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Whether the server is running (started and not killed).
+    pub fn is_running(&self) -> bool {
+        self.watchdog.is_some()
+    }
+
+    /// Kills the server (SIGKILL, as a crash would) and waits until it is gone.
+    /// Its data directory stays, for [`restart`](Self::restart).
+    pub fn kill(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Closing the pipe makes the watchdog kill the server and wait for it.
+            drop(watchdog.stdin.take());
+            let _ = watchdog.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port with
+    /// the same data directory (so what the AOF holds survives), and waits
+    /// until it answers.
+    ///
+    /// Panics, with the log, if it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        match self.spawn() {
+            Ok(()) => {}
+            Err(StartError::PortTaken) => panic!(
+                "redis-server could not get port {} back on restart:\n{}",
+                self.port,
+                self.log()
+            ),
+            Err(StartError::Failed(why)) => panic!("{why}"),
+        }
+    }
+
+    /// Runs `redis-cli -p <port> <args>` and returns what it printed.
+    ///
+    /// Panics if redis-cli fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), StartError> {
+        let dir = self.dir.path();
+        let offset = fs::metadata(self.log_path()).map_or(0, |m| m.len());
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir.display().to_string(),
+            "--logfile",
+            &self.log_path().display().to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if self.cluster {
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &dir.join("nodes.conf").display().to_string(),
+                ]
+                .map(str::to_owned),
+            );
+        }
+        let stderr = fs::File::create(dir.join("stderr.log")).expect("stderr.log");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if self.remove_at_exit {
+            command.env("TEMPOX_REDIS_RM", dir);
+        }
+        let watchdog = command.spawn().unwrap_or_else(|e| {
+            panic!("cannot run redis-server (is it installed? scripts/test.sh installs it): {e}")
+        });
+        self.watchdog = Some(watchdog);
+        self.wait_ready(offset)
+    }
+
+    /// Waits until this start logged that it accepts connections and the port
+    /// answers `PING`. The log is ours, so a `PONG` then comes from our server.
+    fn wait_ready(&self, offset: u64) -> Result<(), StartError> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let log = self.log();
+            let new = log
+                .get(usize::try_from(offset).unwrap_or(0)..)
+                .unwrap_or("");
+            if new.contains("Address already in use")
+                || new.contains("Could not create server TCP listening socket")
+                || new.contains("Failed listening on port")
+            {
+                return Err(StartError::PortTaken);
+            }
+            if new.contains("Ready to accept connections") && ping(self.port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let stderr =
+                    fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+                return Err(StartError::Failed(format!(
+                    "redis-server on port {} was not ready within {READY_WITHIN:?}\n--- log ---\n{log}\n--- stderr ---\n{stderr}",
+                    self.port
+                )));
+            }
+            sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three Redis Cluster masters (no replicas) on free loopback ports, joined
+/// with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes, creates the cluster and waits until every node says
+    /// `cluster_state:ok`. Stopped on drop.
+    ///
+    /// Panics, with the logs, if the cluster does not form.
+    pub fn start() -> RedisCluster {
+        Self::start_with(false)
+    }
+
+    /// One cluster for the whole test binary, started on first use and stopped
+    /// (its files removed) when the test process exits. Share it only between
+    /// tests that use distinct keys, e.g. through a key prefix each.
+    pub fn shared() -> &'static RedisCluster {
+        static SHARED: OnceLock<RedisCluster> = OnceLock::new();
+        SHARED.get_or_init(|| Self::start_with(true))
+    }
+
+    fn start_with(remove_at_exit: bool) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(true, remove_at_exit))
+            .collect();
+        let cluster = RedisCluster { nodes };
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        if !output.status.success() {
+            panic!(
+                "redis-cli --cluster create failed:\n{}{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                cluster.logs()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            if Instant::now() > deadline {
+                panic!(
+                    "the redis cluster never reached cluster_state:ok\n{}",
+                    cluster.logs()
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:<port>/` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- node {} ---\n{}", n.port(), n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A loopback port nobody listens on (and, for a cluster node, whose bus port
+/// `port + 10000` is free too).
+fn free_port(cluster: bool) -> u16 {
+    for _ in 0..1000 {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind a loopback port");
+        if !cluster {
+            return port;
+        }
+        if port <= 55_535 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port");
+}
+
+/// Whether a server answers `PING` on `port` (bounded by short timeouts).
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns what it printed.
+fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
