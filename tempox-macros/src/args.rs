@@ -137,11 +137,24 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
         let message = match (kind, n.as_str()) {
             (Kind::Idempotent, "probe") => "`probe` is for `#[non_idempotent]` operations; an idempotent operation is simply run again after a crash".to_owned(),
             (Kind::NonIdempotent, "retry") => "`retry` is for `#[idempotent]` operations; a non-idempotent effect is never run again automatically".to_owned(),
-            _ => format!(
-                "unknown argument `{n}` for `{}`; supported arguments are: {}",
-                kind.attr(),
-                kind.allowed().join(", ")
-            ),
+            _ => {
+                let supported = kind
+                    .allowed()
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                match closest(&n, kind.allowed()) {
+                    Some(near) => format!(
+                        "unknown argument `{n}` for `{}`: did you mean `{near}`? supported arguments are: {supported}",
+                        kind.attr()
+                    ),
+                    None => format!(
+                        "unknown argument `{n}` for `{}`; supported arguments are: {supported}",
+                        kind.attr()
+                    ),
+                }
+            }
         };
         errors.push(name, message);
         return;
@@ -163,7 +176,10 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
         "name" => match lit_str(&value) {
             Some(s) => match check_name(&s.value()) {
                 Ok(()) => set(&mut args.name, name, s.clone(), errors),
-                Err(why) => errors.push(s, format!("invalid operation name: {why}")),
+                Err(why) => errors.push(
+                    s,
+                    format!("invalid operation name `{:?}`: {why}", s.value()),
+                ),
             },
             None => wrong(errors, &value),
         },
@@ -206,7 +222,7 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
             };
             match parsed {
                 Some((_, Ok(ms))) if n == "lease" && ms < 10 => {
-                    errors.push(&value, "a lease is at least \"10ms\"");
+                    errors.push(&value, "`lease` must be at least `\"10ms\"`");
                 }
                 Some((_, Ok(ms))) => set(slot, name, ms, errors),
                 Some((span, Err(why))) => {
@@ -246,7 +262,7 @@ fn expected(name: &str) -> &'static str {
         "in_flight" => "`wait` or `reject`",
         "recover" => "`resume` or `rollback`",
         "retention" | "lease" => {
-            "a duration string such as \"500ms\", \"30s\", \"15m\", \"24h\" or \"7d\""
+            "a duration string such as `\"500ms\"`, `\"30s\"`, `\"15m\"`, `\"24h\"` or `\"7d\"`"
         }
         "retry" => {
             "a positive integer: how many more times to run a failing body, e.g. `retry = 3`"
@@ -275,18 +291,58 @@ fn ident(e: &Expr) -> Option<String> {
 /// An operation name: the record id is `name/key`, so no `/`; no whitespace or
 /// control characters, so it prints and parses back.
 fn check_name(name: &str) -> Result<(), String> {
+    const ALLOWED: &str = "use letters, digits, `.`, `_`, `-` and `:`, as in `\"payments.charge\"`";
     if name.is_empty() {
-        return Err("it is empty".into());
+        return Err(format!("it is empty; {ALLOWED}"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
-    {
+    if name.contains('/') {
         return Err(format!(
-            "it contains {c:?}; use letters, digits and `.`, `_`, `-`, `:`"
+            "`/` separates the name from the key in record ids; {ALLOWED}"
         ));
     }
+    if name.chars().any(char::is_whitespace) {
+        return Err(format!("it contains whitespace; {ALLOWED}"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("it contains a control character; {ALLOWED}"));
+    }
     Ok(())
+}
+
+/// The allowed argument nearest to a misspelt one, if any is near.
+fn closest(name: &str, allowed: &[&'static str]) -> Option<&'static str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(name, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 3) && *d < a.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// Levenshtein distance, with a transposition counted as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// `"500ms"`, `"30s"`, `"15m"`, `"24h"`, `"7d"` → milliseconds.
@@ -311,4 +367,43 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
         return Err("it is zero".into());
     }
     Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_to_milliseconds() {
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("15m"), Ok(900_000));
+        assert_eq!(parse_duration("24h"), Ok(86_400_000));
+        assert_eq!(parse_duration("7d"), Ok(604_800_000));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("7y").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn a_misspelt_argument_gets_the_nearest_name() {
+        let allowed = Kind::Idempotent.allowed();
+        assert_eq!(closest("kye", allowed), Some("key"));
+        assert_eq!(closest("nmae", allowed), Some("name"));
+        assert_eq!(closest("compensation", allowed), Some("compensate"));
+        assert_eq!(closest("inflight", allowed), Some("in_flight"));
+        assert_eq!(closest("colour", allowed), None);
+        assert_eq!(closest("timeout", allowed), None);
+    }
+
+    #[test]
+    fn operation_names_exclude_slash_and_whitespace() {
+        assert!(check_name("payments.charge").is_ok());
+        assert!(check_name("shop:v2-reserve_1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name("a\u{7}b").is_err());
+    }
 }

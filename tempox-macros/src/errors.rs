@@ -28,6 +28,13 @@ impl Errors {
         }
     }
 
+    /// Records every error of `other`, after those already recorded.
+    pub(crate) fn append(&mut self, other: Errors) {
+        if let Some(e) = other.combined {
+            self.push_error(e);
+        }
+    }
+
     /// Whether any error was recorded.
     pub(crate) fn is_empty(&self) -> bool {
         self.combined.is_none()

@@ -1,7 +1,8 @@
 //! The annotated function: its signature is checked, its body kept as tokens.
 
 use proc_macro2::TokenStream;
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, GenericParam, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 use crate::args::Kind;
@@ -24,6 +25,12 @@ pub(crate) struct Item {
     pub(crate) output: TokenStream,
     /// `E` of `Result<T, E>`.
     pub(crate) error: TokenStream,
+    /// Whether the return type is written `Result<T, E>` (else it is an alias, or
+    /// not a `Result` at all, and only the type checker can tell).
+    pub(crate) written_result: bool,
+    /// Whether the function takes `self` (it is a method: no companion struct can
+    /// sit next to it).
+    pub(crate) is_method: bool,
 }
 
 /// Parses the annotated item. `None` if it is not a function at all (the error is
@@ -76,7 +83,7 @@ pub(crate) fn parse_item(tokens: TokenStream, kind: Kind, errors: &mut Errors) -
     if !typed_generics.is_empty() {
         errors.push(
             &sig.generics,
-            format!("`{attr}` functions cannot have type or const parameters: records and the compensation catalog need concrete types; use a concrete type for each argument and the output"),
+            format!("`{attr}` functions cannot be generic: records and the compensation catalog need concrete types; give each argument and the output a concrete type"),
         );
     }
     let mut params = Vec::new();
@@ -98,7 +105,7 @@ pub(crate) fn parse_item(tokens: TokenStream, kind: Kind, errors: &mut Errors) -
                     }),
                     other => errors.push(
                         other,
-                        "give this argument a plain name; destructure it inside the body",
+                        format!("`{attr}` needs a plain name for each argument, as in `order: Order`; destructure it inside the body"),
                     ),
                 }
             }
@@ -110,6 +117,8 @@ pub(crate) fn parse_item(tokens: TokenStream, kind: Kind, errors: &mut Errors) -
             format!("`{attr}` functions take at most 16 arguments; group them in a struct"),
         );
     }
+    let is_method = sig.receiver().is_some();
+    let mut written_result = false;
     let (ret, output, error) = match &sig.output {
         ReturnType::Default => {
             errors.push(
@@ -121,11 +130,19 @@ pub(crate) fn parse_item(tokens: TokenStream, kind: Kind, errors: &mut Errors) -
         }
         ReturnType::Type(_, ty) => {
             let (output, error) = match result_args(ty) {
-                Some((t, e)) => (t.to_token_stream(), e.to_token_stream()),
-                None => (
-                    quote!(<#ty as ::tempox::__private::ResultType>::Ok),
-                    quote!(<#ty as ::tempox::__private::ResultType>::Err),
-                ),
+                Some((t, e)) => {
+                    written_result = true;
+                    (t.to_token_stream(), e.to_token_stream())
+                }
+                None => {
+                    // Spanned at the return type, so a return type that is not a
+                    // `Result` is reported there, once.
+                    let span = ty.span();
+                    (
+                        quote_spanned!(span=> <#ty as ::tempox::__private::ResultType>::Ok),
+                        quote_spanned!(span=> <#ty as ::tempox::__private::ResultType>::Err),
+                    )
+                }
             };
             ((**ty).clone(), output, error)
         }
@@ -136,6 +153,8 @@ pub(crate) fn parse_item(tokens: TokenStream, kind: Kind, errors: &mut Errors) -
         ret,
         output,
         error,
+        written_result,
+        is_method,
     })
 }
 

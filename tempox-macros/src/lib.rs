@@ -1,5 +1,7 @@
 //! The attribute macros of [tempox](https://docs.rs/tempox). Use them through the
 //! `tempox` crate (`tempox::idempotent`, ...), which documents them in full.
+//!
+//! Set `TEMPOX_MACROS_DEBUG=1` while building to print every expansion.
 
 mod args;
 mod errors;

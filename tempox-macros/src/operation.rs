@@ -2,6 +2,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::args::{Args, Compensate, Kind, parse_args};
@@ -11,19 +12,30 @@ use crate::item::{Item, borrows, parse_item, strip_ref};
 /// Parse → check → expand. On any error the user's function is still emitted
 /// unchanged, with its companion struct, so callers see no second error.
 pub(crate) fn operation(attr: TokenStream, item: TokenStream, kind: Kind) -> TokenStream {
+    let output = expand(attr, item, kind);
+    // `TEMPOX_MACROS_DEBUG=1` prints every expansion (while a build runs).
+    if std::env::var_os("TEMPOX_MACROS_DEBUG").is_some() {
+        eprintln!("{output}");
+    }
+    output
+}
+
+fn expand(attr: TokenStream, item: TokenStream, kind: Kind) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse_args(attr, kind, &mut errors);
-    let Some(parsed) = parse_item(item.clone(), kind, &mut errors) else {
+    let mut signature_errors = Errors::default();
+    let parsed = parse_item(item.clone(), kind, &mut signature_errors);
+    let signature_ok = signature_errors.is_empty();
+    errors.append(signature_errors);
+    let Some(parsed) = parsed else {
         let errors = errors.into_compile_errors();
         return quote!(#item #errors);
     };
-    let signature_ok = errors.is_empty();
     check_operation(&args, kind, &mut errors);
     if !signature_ok {
         let errors = errors.into_compile_errors();
-        let fun = &parsed.fun;
-        let companion = companion_struct(&parsed);
-        return quote!(#fun #companion #errors);
+        let fallback = expand_fallback(&parsed, kind);
+        return quote!(#fallback #errors);
     }
     // Argument mistakes are reported, but the expansion goes on with what was
     // valid: the function keeps working for its callers and for `compensate`.
@@ -42,18 +54,74 @@ fn check_operation(args: &Args, kind: Kind, errors: &mut Errors) {
     }
 }
 
+/// `::tempox::__private`, spanned at `span` so that a bound of a helper it
+/// names is reported at the user's tokens, and nowhere else.
+fn private_at(span: Span) -> TokenStream {
+    quote_spanned!(span=> ::tempox::__private)
+}
+
 /// The hidden struct sharing the function's name (types and values are separate
-/// namespaces), which carries the operation's identity at the type level.
-fn companion_struct(item: &Item) -> TokenStream {
+/// namespaces), which carries the operation's identity at the type level, and
+/// its name. It has the function's visibility, so `compensate = path::to::f`
+/// works wherever `f` is visible, and no type of the signature: a `pub`
+/// function may take or return private types.
+///
+/// Spanned at the function's name, so that rustc's "the trait is not implemented
+/// for `refund`" points at `fn refund`.
+fn companion_struct(item: &Item, name: &TokenStream) -> TokenStream {
     let ident = &item.fun.sig.ident;
     let vis = &item.fun.vis;
     let cfgs = cfg_attrs(item);
-    quote! {
+    let span = generated_at(ident.span());
+    let mut companion = ident.clone();
+    companion.set_span(span);
+    let private = private_at(span);
+    quote_spanned! {span=>
         #(#cfgs)*
         #[doc(hidden)]
-        #[allow(non_camel_case_types, dead_code)]
-        #vis struct #ident {}
+        #[allow(
+            non_camel_case_types,
+            missing_docs,
+            missing_debug_implementations,
+            unreachable_pub
+        )]
+        #vis struct #companion {}
+        #(#cfgs)*
+        #[automatically_derived]
+        impl #private::Companion for #companion {
+            const NAME: &'static str = #name;
+        }
     }
+}
+
+/// A span in the macro's own expansion, shown at `at`.
+///
+/// `dead_code` is not reported for such items (rustc skips lints in external
+/// macros), which is why the generated structs need no `#[allow(dead_code)]`:
+/// that allow would make them roots of the dead-code analysis, and through the
+/// `Compensates` impl keep the user's function alive, hiding "function is never
+/// used". Diagnostics about them still point at `at`.
+fn generated_at(at: Span) -> Span {
+    Span::call_site().located_at(at)
+}
+
+/// The private struct that implements `Operation`: its associated types are the
+/// signature's, which may be less visible than the function.
+fn operation_struct(item: &Item) -> (syn::Ident, TokenStream) {
+    let ident = &item.fun.sig.ident;
+    let op = format_ident!(
+        "__tempox_op_{}",
+        ident.unraw(),
+        span = generated_at(ident.span())
+    );
+    let cfgs = cfg_attrs(item);
+    let tokens = quote! {
+        #(#cfgs)*
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, missing_debug_implementations)]
+        struct #op {}
+    };
+    (op, tokens)
 }
 
 fn cfg_attrs(item: &Item) -> Vec<&syn::Attribute> {
@@ -71,48 +139,108 @@ fn millis(ms: Option<u64>) -> TokenStream {
     }
 }
 
+/// The operation's name: `name = ".."`, else the module path and function name.
+fn operation_name(args: Option<&Args>, item: &Item) -> TokenStream {
+    match args.and_then(|a| a.name.as_ref()) {
+        Some(n) => n.value.to_token_stream(),
+        None => {
+            let fn_name = item.fun.sig.ident.unraw().to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+        }
+    }
+}
+
+// Input: a function whose signature was rejected (the errors are emitted with it).
+// Output:
+//     fn reserve(..) { .. }                                    // exactly as written
+//     #[doc(hidden)] pub struct reserve {}
+//     impl Companion for reserve { NAME }
+//     const _: () = {
+//         impl IdempotentOperation for reserve {}               // idempotent only
+//         impl<O> Compensates<O> for reserve { .. }
+//     };
+// Callers and `compensate = reserve` elsewhere then raise no second error: the
+// one that matters is the signature's.
+fn expand_fallback(item: &Item, kind: Kind) -> TokenStream {
+    let fun = &item.fun;
+    if item.is_method {
+        // A struct cannot sit in an `impl` block; the method is reported.
+        return fun.to_token_stream();
+    }
+    let private = private_at(Span::call_site());
+    let ident = &fun.sig.ident;
+    let cfgs = cfg_attrs(item);
+    let companion = companion_struct(item, &operation_name(None, item));
+    let idempotent_marker = (kind == Kind::Idempotent)
+        .then(|| quote!(#[automatically_derived] impl #private::IdempotentOperation for #ident {}));
+    quote! {
+        #fun
+        #companion
+        #(#cfgs)*
+        const _: () = {
+            #idempotent_marker
+            #[automatically_derived]
+            #[diagnostic::do_not_recommend]
+            impl<O> #private::Compensates<O> for #ident {
+                fn compensate(
+                    _: O,
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<(), ::std::string::String>> + 'static {
+                    ::core::future::ready(::core::result::Result::Ok(()))
+                }
+            }
+        };
+    }
+}
+
+fn kind_tokens(kind: Kind) -> TokenStream {
+    match kind {
+        Kind::Idempotent => quote!(::tempox::__private::Kind::Idempotent),
+        Kind::NonIdempotent | Kind::Workflow => quote!(::tempox::__private::Kind::NonIdempotent),
+    }
+}
+
 // Input:
 //     #[idempotent(key = order.id)]
 //     pub async fn reserve(order: &Order) -> Result<Reservation, ShopError> { body }
 // Output:
-//     #[doc(hidden)] pub struct reserve {}
+//     #[doc(hidden)] pub struct reserve {}                     // the companion
+//     impl Companion for reserve { NAME }
+//     #[doc(hidden)] struct __tempox_op_reserve {}             // private
 //     const _: () = {
-//         impl Operation for reserve { NAME, KIND, OPTIONS, Output, Error, .. }
+//         struct __tempox_error_type(ErrorType<ShopError>);    // checks `E`
+//         impl Operation for __tempox_op_reserve { NAME, KIND, OPTIONS, Output, Error, .. }
 //         impl IdempotentOperation for reserve {}              // idempotent only
 //         impl<O: Borrow<Order>> Compensates<O> for reserve {}  // one argument only
+//         type __tempox_compensation = refund;                 // `compensate = refund`
+//         fn __tempox_compensate(output: Vec<u8>) -> BoxFuture<..> { .. }
 //         #[distributed_slice(OPERATIONS)] static ENTRY: OperationEntry = ..;
 //     };
 //     pub async fn reserve(order: &Order) -> Result<Reservation, ShopError> {
-//         let guard = match begin::<reserve, _>(Some(key_of(&order.id)), &(argument(&order),)).await {
+//         let call = prepare::<__tempox_op_reserve, _>(Some(key_of(&order.id)), &(argument(&order),));
+//         let guard = match begin::<__tempox_op_reserve>(call).await {
 //             Begin::Done(result) => return result,
 //             Begin::Run(guard) => guard,
 //             Begin::Probe(guard) => /* probe, then */ guard,
 //         };
 //         guard.run(async move { body }).await
 //     }
+// A return type not written `Result<T, E>` (an alias) goes through `ResultType`
+// on the way in and out.
 fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
-    let private = quote!(::tempox::__private);
+    let private = private_at(Span::call_site());
     let fun = &item.fun;
     let attrs = &fun.attrs;
     let vis = &fun.vis;
-    let sig = &fun.sig;
     let block = &fun.block;
-    let ident = &sig.ident;
+    let ident = &fun.sig.ident;
     let ret = &item.ret;
+    let ret_span = ret.span();
     let cfgs = cfg_attrs(item);
-    let companion = companion_struct(item);
+    let name = operation_name(Some(args), item);
+    let companion = companion_struct(item, &name);
+    let (op, op_struct) = operation_struct(item);
 
-    let name = match &args.name {
-        Some(n) => n.value.to_token_stream(),
-        None => {
-            let fn_name = ident.to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
-        }
-    };
-    let kind_tokens = match kind {
-        Kind::Idempotent => quote!(#private::Kind::Idempotent),
-        Kind::NonIdempotent | Kind::Workflow => quote!(#private::Kind::NonIdempotent),
-    };
+    let kind_tokens = kind_tokens(kind);
     let keying = match (&args.key, kind) {
         (Some(_), _) => quote!(Explicit),
         (None, Kind::Idempotent) => quote!(Arguments),
@@ -137,45 +265,80 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
 
     let output_ty = &item.output;
     let error_ty = &item.error;
-    let output_span = span_of_tokens(output_ty, ret.span());
-    let error_span = span_of_tokens(error_ty, ret.span());
+    let output_span = span_of_tokens(output_ty, ret_span);
+    let error_span = span_of_tokens(error_ty, ret_span);
     let output_assoc = quote_spanned!(output_span=> type Output = #output_ty;);
     let error_assoc = quote_spanned!(error_span=> type Error = #error_ty;);
+    // `type Error` alone is reported by rustc through `OperationError`'s
+    // supertraits ("the trait bound `E: From<tempox::Error>` is not
+    // satisfied"), which bypasses its `on_unimplemented`; this check, placed
+    // first, says what to write.
+    let error_check = item.written_result.then(|| {
+        let at = private_at(error_span);
+        let check = format_ident!("__tempox_error_type", span = error_span);
+        quote_spanned! {error_span=>
+            #[allow(dead_code, non_camel_case_types)]
+            struct #check(#at::ErrorType<#error_ty>);
+        }
+    });
     let error_codec = match &args.cache_errors {
         Some(a) if a.value => {
+            // The codec's type is inferred from `Self::Error`, so an error type
+            // that cannot be cached is reported at `cache_errors`.
             let span = a.name.span();
+            let private = private_at(span);
             quote_spanned! {span=>
-                const ERROR_CODEC: ::core::option::Option<#private::ErrorCodec<#error_ty>> =
-                    ::core::option::Option::Some(#private::error_codec::<#error_ty>());
+                const ERROR_CODEC: ::core::option::Option<#private::ErrorCodec<Self::Error>> =
+                    ::core::option::Option::Some(#private::error_codec());
             }
         }
         _ => TokenStream::new(),
     };
 
+    // Spanned at `E`: when the return type is no `Result`, `Self::Error` is
+    // reported there, with the same error as `type Error`.
+    let classify = quote_spanned! {error_span=>
+        fn classify(error: &Self::Error) -> (bool, bool) {
+            #[allow(unused_imports)]
+            use #private::{ClassifyByDefault as _, ClassifyByTrait as _};
+            (&#private::Classify(error)).__tempox_classify()
+        }
+    };
+
     let idempotent_marker = (kind == Kind::Idempotent)
-        .then(|| quote!(impl #private::IdempotentOperation for #ident {}));
-    let compensates = compensates_impl(item);
+        .then(|| quote!(#[automatically_derived] impl #private::IdempotentOperation for #ident {}));
+    let compensates = compensates_impl(item, kind);
 
     let compensate_fn = format_ident!("__tempox_compensate", span = Span::mixed_site());
     let (compensation, compensation_fn) = match args.compensate.as_ref().map(|a| &a.value) {
         Some(Compensate::Noop) => (quote!(#private::Compensation::Noop), TokenStream::new()),
         None => (quote!(#private::Compensation::None), TokenStream::new()),
         Some(Compensate::Call(path)) => {
+            // The path is named once, in an alias: a path that is no
+            // `#[idempotent]` operation at all is then one error, not one per use.
+            // Every check is spanned at the path.
             let span = path.span();
-            let target = quote_spanned!(span=> <#path as #private::Compensates<#output_ty>>);
-            let idempotent_check = quote_spanned!(span=> #private::assert_idempotent::<#path>());
-            let name = quote_spanned!(span=> <#path as #private::Operation>::NAME);
+            let at = private_at(span);
+            let target = format_ident!("__tempox_compensation", span = span);
+            let output = format_ident!("__tempox_output", span = Span::mixed_site());
+            // The boxing too: its coercion re-checks the bound, at the same span.
+            let boxed = quote_spanned! {span=>
+                ::std::boxed::Box::pin(#at::call_compensation::<#target, #output_ty>(#output))
+            };
             (
-                quote!(#private::Compensation::Call { name: #name, run: #compensate_fn }),
+                quote_spanned! {span=>
+                    #private::Compensation::Call {
+                        name: #at::idempotent_compensation::<#target>(),
+                        run: #compensate_fn,
+                    }
+                },
                 quote! {
-                    const _: () = #idempotent_check;
+                    #[allow(non_camel_case_types)]
+                    type #target = #path;
                     fn #compensate_fn(
-                        output: ::std::vec::Vec<u8>,
+                        #output: ::std::vec::Vec<u8>,
                     ) -> #private::BoxFuture<'static, ::core::result::Result<(), ::std::string::String>> {
-                        ::std::boxed::Box::pin(async move {
-                            let output = #private::decode_output::<#output_ty>(&output)?;
-                            #target::compensate(output).await
-                        })
+                        #boxed
                     }
                 },
             )
@@ -186,8 +349,9 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
     let operation_impl = quote! {
         #(#cfgs)*
         const _: () = {
+            #error_check
             #[automatically_derived]
-            impl #private::Operation for #ident {
+            impl #private::Operation for #op {
                 const NAME: &'static str = #name;
                 const KIND: #private::Kind = #kind_tokens;
                 const OPTIONS: #private::Options = #private::Options {
@@ -202,11 +366,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
                 #output_assoc
                 #error_assoc
                 #error_codec
-                fn classify(error: &Self::Error) -> (bool, bool) {
-                    #[allow(unused_imports)]
-                    use #private::{ClassifyByDefault as _, ClassifyByTrait as _};
-                    (&#private::Classify(error)).__tempox_classify()
-                }
+                #classify
             }
             #idempotent_marker
             #compensates
@@ -214,7 +374,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
             #[#private::linkme::distributed_slice(#private::OPERATIONS)]
             #[linkme(crate = #private::linkme)]
             static #entry: #private::OperationEntry = #private::OperationEntry {
-                name: <#ident as #private::Operation>::NAME,
+                name: <#op as #private::Operation>::NAME,
                 kind: #kind_tokens,
                 compensation: #compensation,
                 location: #private::Location {
@@ -230,36 +390,95 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
         Some(k) => {
             let expr = &k.value;
             let span = expr.span();
-            quote_spanned!(span=> ::core::option::Option::Some(#private::key_of(&(#expr))))
+            let at = private_at(span);
+            // Without parentheses where precedence allows: rustc then reports a
+            // key that is not `Serialize` across the whole expression.
+            let borrowed = match expr {
+                syn::Expr::Path(_)
+                | syn::Expr::Field(_)
+                | syn::Expr::MethodCall(_)
+                | syn::Expr::Call(_)
+                | syn::Expr::Index(_)
+                | syn::Expr::Lit(_)
+                | syn::Expr::Macro(_)
+                | syn::Expr::Paren(_)
+                | syn::Expr::Tuple(_) => quote_spanned!(span=> &#expr),
+                _ => quote_spanned!(span=> &(#expr)),
+            };
+            quote_spanned!(span=> ::core::option::Option::Some(#at::key_of(#borrowed)))
         }
         None => quote!(::core::option::Option::None),
     };
     let arguments = item.params.iter().map(|p| {
-        let name = &p.ident;
-        let span = p.ty.span();
-        quote_spanned!(span=> #private::argument(&#name))
+        // `&` at the type's first token and the name at its last: rustc reports a
+        // type that is not `Serialize` at the type, not across `order: &Order`.
+        let (first, last) = first_and_last_span(&p.ty);
+        let at = private_at(first);
+        let mut name = p.ident.clone();
+        name.set_span(last);
+        quote_spanned!(first=> #at::argument(&#name))
     });
-    let guard = format_ident!("__tempox_guard", span = Span::mixed_site());
-    let call = format_ident!("__tempox_call", span = Span::mixed_site());
-    let result = format_ident!("__tempox_result", span = Span::mixed_site());
+    let retrying = args.retry.is_some() && kind == Kind::Idempotent;
+    // When only the type checker can tell whether the return type is a `Result`,
+    // the wrapper's own tokens are spanned at it: if it is not, every use of
+    // `Output` and `Error` fails there with the same error, which rustc reports
+    // once.
+    let wrapper_span = if item.written_result {
+        Span::call_site()
+    } else {
+        ret_span
+    };
+    // (At the return type these locals take its hygiene too: a mixed-site
+    // binding would make rustc report the same error a second time "in this
+    // attribute macro expansion". Their `__tempox_` names keep them apart.)
+    let hygienic = if item.written_result {
+        Span::mixed_site()
+    } else {
+        ret_span
+    };
+    let guard = format_ident!("__tempox_guard", span = hygienic);
+    let call = format_ident!("__tempox_call", span = hygienic);
+    let result = format_ident!("__tempox_result", span = hygienic);
+    // `Result<T, E>` as written is returned as is; anything else goes through
+    // `ResultType`, which reports a return type that is not a `Result` once.
+    let from_result = |tokens: TokenStream| {
+        if item.written_result {
+            tokens
+        } else {
+            let at = private_at(ret_span);
+            quote_spanned!(ret_span=> <#ret as #at::ResultType>::from_result(#tokens))
+        }
+    };
     let probe_arm = match &args.probe {
         Some(probe) => {
             let probe = &probe.value;
+            // Spanned at the probe's path: a probe that does not fit is
+            // reported there.
+            let span = probe.span();
             let refs = item.params.iter().map(|p| {
                 let name = &p.ident;
-                quote!(&#name)
+                quote_spanned!(span=> &#name)
             });
+            let early = from_result(quote!(#result));
+            let at = private_at(span);
+            let probed = quote_spanned! {span=>
+                #guard.probed(#at::probe_answer::<
+                    <#op as #at::Operation>::Output,
+                    <#op as #at::Operation>::Error,
+                    _,
+                >(#probe(#(#refs),*).await)).await
+            };
             quote! {
-                match #guard.probed(#probe(#(#refs),*).await).await {
+                match #probed {
                     ::core::result::Result::Ok(#guard) => #guard,
-                    ::core::result::Result::Err(#result) => return #result,
+                    ::core::result::Result::Err(#result) => return #early,
                 }
             }
         }
         None => quote!(#guard),
     };
     let fake_return = format_ident!("__tempox_fake_return", span = Span::mixed_site());
-    let body = quote! {
+    let typed_block = quote! {
         async move {
             // Gives the block its type up front, so `?` and `return` inside it infer
             // as in the original function and type errors stay in the body.
@@ -271,37 +490,78 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
             #block
         }
     };
-    let run = if args.retry.is_some() && kind == Kind::Idempotent {
+    let body = if item.written_result {
+        typed_block
+    } else {
+        let at = private_at(ret_span);
+        quote_spanned! {ret_span=>
+            async move { <#ret as #at::ResultType>::into_result(#typed_block.await) }
+        }
+    };
+    let run = if retrying {
         let clones = item.params.iter().map(|p| {
             let name = &p.ident;
             let mutability = &p.mutability;
             let span = p.ty.span();
-            quote_spanned!(span=> let #mutability #name = #private::retry_clone(&#name);)
+            let at = private_at(span);
+            let mut source = name.clone();
+            source.set_span(span);
+            // Used by the key and the fingerprint even when the body ignores it.
+            quote_spanned! {span=>
+                #[allow(unused_variables)]
+                let #mutability #name = #at::retry_clone(&#source);
+            }
         });
-        quote!(#guard.run_retrying(move || { #(#clones)* #body }).await)
+        quote_spanned!(wrapper_span=> #guard.run_retrying(move || { #(#clones)* #body }).await)
     } else {
-        quote!(#guard.run(#body).await)
+        quote_spanned!(wrapper_span=> #guard.run(#body).await)
     };
+    let done = from_result(quote!(#result));
+    let finish = from_result(run);
 
+    // With `retry`, each run binds its own copy (`let mut order = ..` above);
+    // the arguments themselves are only borrowed, so they lose a `mut` that
+    // would otherwise be reported as unused.
+    let mut sig = fun.sig.clone();
+    if retrying {
+        for input in &mut sig.inputs {
+            if let syn::FnArg::Typed(t) = input
+                && let syn::Pat::Ident(p) = &mut *t.pat
+            {
+                p.mutability = None;
+            }
+        }
+    }
+
+    // The braces of the body are the user's (their span, from the original
+    // block): with the macro's, the function would count as macro-generated
+    // and rustc would not report it as dead code.
+    let at = private_at(wrapper_span);
+    let wrapper_body = quote_spanned! {wrapper_span=>
+        let #call = #at::prepare::<#op, _>(#key, &(#(#arguments,)*));
+        let #guard = match #at::begin::<#op>(#call).await {
+            #at::Begin::Done(#result) => return #done,
+            #at::Begin::Run(#guard) => #guard,
+            #at::Begin::Probe(#guard) => #probe_arm,
+        };
+        #finish
+    };
+    let mut wrapper_block = TokenStream::new();
+    fun.block
+        .brace_token
+        .surround(&mut wrapper_block, |tokens| tokens.extend(wrapper_body));
     quote! {
         #companion
+        #op_struct
         #operation_impl
         #(#attrs)*
-        #vis #sig {
-            let #call = #private::prepare::<#ident, _>(#key, &(#(#arguments,)*));
-            let #guard = match #private::begin::<#ident>(#call).await {
-                #private::Begin::Done(#result) => return #result,
-                #private::Begin::Run(#guard) => #guard,
-                #private::Begin::Probe(#guard) => #probe_arm,
-            };
-            #run
-        }
+        #vis #sig #wrapper_block
     }
 }
 
 /// `impl Compensates<O> for f` when `f` takes exactly one argument whose type
 /// names no lifetime: such a function can be called as `f(output)`.
-fn compensates_impl(item: &Item) -> Option<TokenStream> {
+fn compensates_impl(item: &Item, kind: Kind) -> Option<TokenStream> {
     let private = quote!(::tempox::__private);
     let [param] = item.params.as_slice() else {
         return None;
@@ -313,34 +573,72 @@ fn compensates_impl(item: &Item) -> Option<TokenStream> {
     }
     let by_ref = !std::ptr::eq(inner, &param.ty);
     let output = format_ident!("__tempox_output", span = Span::mixed_site());
+    // As in the wrapper: a return type that is no `Result` is reported at it, once.
+    let as_result = |call: TokenStream| {
+        if item.written_result {
+            quote!(#private::compensation_result(#call))
+        } else {
+            let ret = &item.ret;
+            let span = ret.span();
+            let at = private_at(span);
+            quote_spanned! {span=>
+                #at::compensation_result(<#ret as #at::ResultType>::into_result(#call))
+            }
+        }
+    };
+    let compensate_ret = quote! {
+        impl ::core::future::Future<Output = ::core::result::Result<(), ::std::string::String>> + 'static
+    };
+    // `do_not_recommend` where rustc's hints would mislead: a non-idempotent
+    // operation is never a compensation, and when an output does not borrow as
+    // `inner`, rustc should report `f: Compensates<Output>` with its own message,
+    // not the `Borrow` bound inside. A by-value compensation stays visible, so a
+    // mismatch reads "but `Compensates<String>` is implemented for it".
+    let hidden =
+        (by_ref || kind != Kind::Idempotent).then(|| quote!(#[diagnostic::do_not_recommend]));
     Some(if by_ref {
+        let call = as_result(quote! {
+            #ident(::core::borrow::Borrow::<#inner>::borrow(&#output)).await
+        });
         quote! {
+            #[automatically_derived]
+            #hidden
             impl<O> #private::Compensates<O> for #ident
             where
                 O: ::core::borrow::Borrow<#inner> + ::core::marker::Send + 'static,
             {
-                fn compensate(
-                    #output: O,
-                ) -> impl ::core::future::Future<Output = ::core::result::Result<(), ::std::string::String>> + 'static {
-                    async move {
-                        #private::compensation_result(
-                            #ident(::core::borrow::Borrow::<#inner>::borrow(&#output)).await,
-                        )
-                    }
+                fn compensate(#output: O) -> #compensate_ret {
+                    async move { #call }
                 }
             }
         }
     } else {
-        quote! {
-            impl #private::Compensates<#inner> for #ident {
-                fn compensate(
-                    #output: #inner,
-                ) -> impl ::core::future::Future<Output = ::core::result::Result<(), ::std::string::String>> + 'static {
-                    async move { #private::compensation_result(#ident(#output).await) }
-                }
+        let call = as_result(quote!(#ident(#output).await));
+        // The header at the argument's type, which rustc then shows as what the
+        // compensation takes.
+        let span = inner.span();
+        let at = private_at(span);
+        let mut companion = ident.clone();
+        companion.set_span(span);
+        let body = quote! {
+            fn compensate(#output: #inner) -> #compensate_ret {
+                async move { #call }
             }
+        };
+        quote_spanned! {span=>
+            #[automatically_derived]
+            #hidden
+            impl #at::Compensates<#inner> for #companion { #body }
         }
     })
+}
+
+/// The spans of the first and the last token of `tokens`.
+fn first_and_last_span(tokens: &impl ToTokens) -> (Span, Span) {
+    let mut iter = tokens.to_token_stream().into_iter();
+    let first = iter.next().map_or_else(Span::call_site, |t| t.span());
+    let last = iter.last().map_or(first, |t| t.span());
+    (first, last)
 }
 
 /// The span of the first token of `tokens`, or `fallback`.

@@ -124,13 +124,25 @@ pub trait ErrorClass {
     }
 }
 
+/// The companion struct of an annotated function: it shares the function's name
+/// and visibility, so `compensate = path::to::f` names it.
+///
+/// It carries no types of the function's signature, so a `pub` function may
+/// use private argument, output or error types; the [`Operation`] impl is on a
+/// private type of its own.
+#[doc(hidden)]
+pub trait Companion: 'static {
+    /// The operation's name ([`Operation::NAME`]).
+    const NAME: &'static str;
+}
+
 /// Marks operations declared `#[idempotent]`: only they may be compensations.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not `#[idempotent]`, so it cannot be a compensation",
     label = "not an `#[idempotent]` operation",
     note = "a compensation may run more than once (after a crash, or from several reconcilers), so it must be safe to repeat: annotate it with `#[tempox::idempotent]`, or write `compensate = noop` if nothing can undo this effect"
 )]
-pub trait IdempotentOperation: Operation {}
+pub trait IdempotentOperation: Companion {}
 
 /// A one-argument `#[idempotent]` operation that can be called as `f(output)`.
 #[diagnostic::on_unimplemented(
@@ -138,7 +150,7 @@ pub trait IdempotentOperation: Operation {}
     label = "this compensation does not take `{O}`",
     note = "a compensation is called as `f(output)`: it takes exactly one argument, the compensated operation's output, by value (`{O}`) or by reference (`&{O}`)"
 )]
-pub trait Compensates<O>: Operation {
+pub trait Compensates<O>: Companion {
     /// Calls the compensation with `output`; `Err` is its error's message.
     fn compensate(output: O) -> impl Future<Output = Result<(), String>> + 'static;
 }
@@ -184,11 +196,29 @@ pub trait ResultType {
     type Ok;
     /// `E`.
     type Err;
+
+    /// The value as a `Result` (the identity for `Result` itself).
+    #[doc(hidden)]
+    fn into_result(self) -> Result<Self::Ok, Self::Err>;
+
+    /// A `Result` as the return type (the identity for `Result` itself).
+    #[doc(hidden)]
+    fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
 }
 
 impl<T, E> ResultType for Result<T, E> {
     type Ok = T;
     type Err = E;
+
+    #[inline(always)]
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+
+    #[inline(always)]
+    fn from_result(result: Result<T, E>) -> Self {
+        result
+    }
 }
 
 /// The error type of an annotated function.
@@ -198,6 +228,7 @@ impl<T, E> ResultType for Result<T, E> {
     note = "runtime failures (store outages, key reuse, ...) reach the caller through the function's own error type: add `impl From<tempox::Error> for {Self}` (with thiserror: a `#[error(transparent)] Tempox(#[from] tempox::Error)` variant), and implement `Display`"
 )]
 pub trait OperationError: From<Error> + Display + Send + 'static {}
+#[diagnostic::do_not_recommend]
 impl<E: From<Error> + Display + Send + 'static> OperationError for E {}
 
 /// The output type of an annotated function.
@@ -207,6 +238,7 @@ impl<E: From<Error> + Display + Send + 'static> OperationError for E {}
     note = "tempox records the output to replay it for later calls with the same key: derive `serde::Serialize` and `serde::Deserialize` for it (outputs cannot borrow)"
 )]
 pub trait Output: Serialize + DeserializeOwned + Send + 'static {}
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned + Send + 'static> Output for T {}
 
 /// An argument of an annotated function.
@@ -216,6 +248,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Output for T {}
     note = "derive `serde::Serialize` for it; arguments are recorded with the call and hashed into its fingerprint, so a reused key with other arguments is caught"
 )]
 pub trait Argument: Serialize {}
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + ?Sized> Argument for T {}
 
 /// The value of a `key = <expr>`.
@@ -225,6 +258,7 @@ impl<T: Serialize + ?Sized> Argument for T {}
     note = "a key is made from a value that implements `serde::Serialize`, such as a `String`, an integer or a newtype of one (e.g. `key = order.id`)"
 )]
 pub trait KeyValue: Serialize {}
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + ?Sized> KeyValue for T {}
 
 /// An error type that `cache_errors` records and replays.
@@ -234,6 +268,7 @@ impl<T: Serialize + ?Sized> KeyValue for T {}
     note = "a cached error is recorded and handed back to later calls with the key: derive `serde::Serialize` and `serde::Deserialize` for it, or drop `cache_errors`"
 )]
 pub trait CacheableError: Serialize + DeserializeOwned {}
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> CacheableError for T {}
 
 /// An argument of an operation with `retry = N`.
@@ -243,6 +278,7 @@ impl<T: Serialize + DeserializeOwned> CacheableError for T {}
     note = "derive or implement `Clone` for it, take it by reference, or drop `retry`"
 )]
 pub trait RetryArgument: Clone {}
+#[diagnostic::do_not_recommend]
 impl<T: Clone> RetryArgument for T {}
 
 /// Selects [`ErrorClass`] when the error implements it, a default otherwise
@@ -273,9 +309,54 @@ impl<E> ClassifyByDefault for &Classify<'_, E> {
     }
 }
 
-/// Checks that a compensation target is `#[idempotent]`.
+/// What a `probe = f` returns.
 #[doc(hidden)]
-pub const fn assert_idempotent<C: IdempotentOperation>() {}
+#[diagnostic::on_unimplemented(
+    message = "a probe returns `Result<Option<{T}>, {E}>`, not `{Self}`",
+    label = "this probe does not answer with `Result<Option<{T}>, {E}>`",
+    note = "after a crash, the probe tells whether the effect happened: `Ok(Some(output))` if it did (the output is recorded), `Ok(None)` if it did not (the body runs), `Err(e)` if it cannot tell yet"
+)]
+pub trait ProbeAnswer<T, E> {
+    /// The answer.
+    fn into_answer(self) -> Result<Option<T>, E>;
+}
+
+impl<T, E> ProbeAnswer<T, E> for Result<Option<T>, E> {
+    fn into_answer(self) -> Self {
+        self
+    }
+}
+
+/// A probe's answer (the bound is the check that it has the right shape).
+#[doc(hidden)]
+pub fn probe_answer<T, E, A: ProbeAnswer<T, E>>(answer: A) -> Result<Option<T>, E> {
+    answer.into_answer()
+}
+
+/// Names an operation's error type; the bound is the check (rustc quotes this
+/// type's name when it fails).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ErrorType<E: OperationError>(std::marker::PhantomData<E>);
+
+/// The name of a compensation, which must be `#[idempotent]` (the bound is the
+/// check; rustc quotes this function's name when it fails).
+#[doc(hidden)]
+pub const fn idempotent_compensation<C: IdempotentOperation>() -> &'static str {
+    C::NAME
+}
+
+/// Decodes a recorded output and calls the compensation `C` with it (the bound is
+/// the check that `C` takes the output).
+#[doc(hidden)]
+pub async fn call_compensation<C, O>(output: Vec<u8>) -> Result<(), String>
+where
+    C: Compensates<O>,
+    O: DeserializeOwned + 'static,
+{
+    let output = decode_output::<O>(&output)?;
+    C::compensate(output).await
+}
 
 /// The key made from a `key = <expr>` value.
 #[doc(hidden)]
