@@ -88,7 +88,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(inline)]
-pub use tempox_macros::{idempotent, non_idempotent};
+pub use tempox_macros::{idempotent, non_idempotent, workflow};
 
 #[doc(inline)]
 pub use tempox_runtime::{
@@ -113,9 +113,11 @@ pub mod store {
 #[doc(hidden)]
 pub mod __private {
     pub use tempox_runtime::catalog::{
-        BoxFuture, Compensation, Location, OPERATIONS, OperationEntry,
+        BoxFuture, Compensation, Location, OPERATIONS, OperationEntry, Recover, WORKFLOWS,
+        WorkflowEntry,
     };
     pub use tempox_runtime::invoke::{Begin, Guard, Prepared, begin, prepare};
     pub use tempox_runtime::operation::*;
+    pub use tempox_runtime::workflow::Workflow;
     pub use tempox_runtime::{Kind, linkme, serde, serde_json};
 }

@@ -10,5 +10,6 @@ fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/idempotent/*.rs");
     t.compile_fail("tests/ui/non_idempotent/*.rs");
+    t.compile_fail("tests/ui/workflow/*.rs");
     t.pass("tests/ui/pass/*.rs");
 }

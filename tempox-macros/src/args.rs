@@ -13,7 +13,6 @@ use crate::errors::Errors;
 pub(crate) enum Kind {
     Idempotent,
     NonIdempotent,
-    #[allow(dead_code)] // `#[workflow]` lands with the workflow engine
     Workflow,
 }
 
@@ -48,7 +47,15 @@ impl Kind {
                 "lease",
                 "cache_errors",
             ],
-            Kind::Workflow => &["key", "name", "recover", "in_flight", "retention", "lease"],
+            Kind::Workflow => &[
+                "key",
+                "name",
+                "recover",
+                "rollback",
+                "in_flight",
+                "retention",
+                "lease",
+            ],
         }
     }
 }
@@ -86,6 +93,8 @@ pub(crate) struct Args {
     pub(crate) retry: Option<Arg<u32>>,
     pub(crate) cache_errors: Option<Arg<bool>>,
     pub(crate) recover: Option<Arg<Recover>>,
+    /// `rollback = continue`: go on past a dead-lettered compensation.
+    pub(crate) rollback_continue: Option<Arg<bool>>,
 }
 
 /// Stores `value` unless the argument was given before (a duplicate is an error,
@@ -137,6 +146,8 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
         let message = match (kind, n.as_str()) {
             (Kind::Idempotent, "probe") => "`probe` is for `#[non_idempotent]` operations; an idempotent operation is simply run again after a crash".to_owned(),
             (Kind::NonIdempotent, "retry") => "`retry` is for `#[idempotent]` operations; a non-idempotent effect is never run again automatically".to_owned(),
+            (Kind::Workflow, "compensate") => "a `#[workflow]` takes no `compensate`: it is undone by rolling back its completed steps, each through its own compensation".to_owned(),
+            (Kind::Workflow, "retry" | "probe" | "cache_errors") => format!("`{n}` is an argument of the operations a workflow calls, not of `#[workflow]`"),
             _ => {
                 let supported = kind
                     .allowed()
@@ -213,6 +224,14 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
             Some("rollback") => set(&mut args.recover, name, Recover::Rollback, errors),
             _ => wrong(errors, &value),
         },
+        "rollback" => match (&value, ident(&value).as_deref()) {
+            (_, Some("strict")) => set(&mut args.rollback_continue, name, false, errors),
+            // `continue` is a keyword: it parses as a `continue` expression.
+            (Expr::Continue(c), _) if c.label.is_none() => {
+                set(&mut args.rollback_continue, name, true, errors);
+            }
+            _ => wrong(errors, &value),
+        },
         "retention" | "lease" => {
             let parsed = lit_str(&value).map(|s| (s.span(), parse_duration(&s.value())));
             let slot = if n == "lease" {
@@ -261,6 +280,7 @@ fn expected(name: &str) -> &'static str {
         "probe" => "the path of a function, e.g. `probe = find_charge`",
         "in_flight" => "`wait` or `reject`",
         "recover" => "`resume` or `rollback`",
+        "rollback" => "`strict` (stop at a dead-lettered compensation, the default) or `continue`",
         "retention" | "lease" => {
             "a duration string such as `\"500ms\"`, `\"30s\"`, `\"15m\"`, `\"24h\"` or `\"7d\"`"
         }

@@ -24,3 +24,10 @@ pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn non_idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     operation::operation(attr.into(), item.into(), Kind::NonIdempotent).into()
 }
+
+/// Makes an `async fn` a workflow whose annotated calls are checkpointed steps.
+/// See `tempox::workflow`.
+#[proc_macro_attribute]
+pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    operation::operation(attr.into(), item.into(), Kind::Workflow).into()
+}

@@ -25,6 +25,9 @@ fn expand(attr: TokenStream, item: TokenStream, kind: Kind) -> TokenStream {
     let args = parse_args(attr, kind, &mut errors);
     let mut signature_errors = Errors::default();
     let parsed = parse_item(item.clone(), kind, &mut signature_errors);
+    if let (Kind::Workflow, Some(parsed)) = (kind, &parsed) {
+        check_workflow_arguments(parsed, &mut signature_errors);
+    }
     let signature_ok = signature_errors.is_empty();
     errors.append(signature_errors);
     let Some(parsed) = parsed else {
@@ -51,6 +54,22 @@ fn check_operation(args: &Args, kind: Kind, errors: &mut Errors) {
             Span::call_site(),
             "`#[non_idempotent]` needs `compensate = <fn>`: the `#[idempotent]` function that undoes this effect when a workflow rolls back; write `compensate = noop` if nothing can undo it",
         );
+    }
+}
+
+/// A crashed workflow is resumed from its record: each argument is decoded from
+/// it, so none may borrow.
+fn check_workflow_arguments(item: &Item, errors: &mut Errors) {
+    for p in &item.params {
+        if let syn::Type::Reference(r) = &p.ty {
+            let owned = r.elem.to_token_stream();
+            errors.push(
+                &p.ty,
+                format!(
+                    "`#[workflow]` arguments must be owned: a crashed workflow is resumed from its record, which cannot hold a borrow; take `{owned}` instead"
+                ),
+            );
+        }
     }
 }
 
@@ -195,7 +214,8 @@ fn expand_fallback(item: &Item, kind: Kind) -> TokenStream {
 fn kind_tokens(kind: Kind) -> TokenStream {
     match kind {
         Kind::Idempotent => quote!(::tempox::__private::Kind::Idempotent),
-        Kind::NonIdempotent | Kind::Workflow => quote!(::tempox::__private::Kind::NonIdempotent),
+        Kind::NonIdempotent => quote!(::tempox::__private::Kind::NonIdempotent),
+        Kind::Workflow => quote!(::tempox::__private::Kind::Workflow),
     }
 }
 
@@ -243,7 +263,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
     let kind_tokens = kind_tokens(kind);
     let keying = match (&args.key, kind) {
         (Some(_), _) => quote!(Explicit),
-        (None, Kind::Idempotent) => quote!(Arguments),
+        (None, Kind::Idempotent | Kind::Workflow) => quote!(Arguments),
         (None, _) => quote!(Unique),
     };
     let in_flight = if args.in_flight_reject.as_ref().is_some_and(|a| a.value) {
@@ -307,10 +327,16 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
 
     let idempotent_marker = (kind == Kind::Idempotent)
         .then(|| quote!(#[automatically_derived] impl #private::IdempotentOperation for #ident {}));
-    let compensates = compensates_impl(item, kind);
+    let compensates = (kind != Kind::Workflow)
+        .then(|| compensates_impl(item, kind))
+        .flatten();
 
     let compensate_fn = format_ident!("__tempox_compensate", span = Span::mixed_site());
     let (compensation, compensation_fn) = match args.compensate.as_ref().map(|a| &a.value) {
+        // A workflow is undone by rolling back its own steps.
+        _ if kind == Kind::Workflow => {
+            (quote!(#private::Compensation::Rollback), TokenStream::new())
+        }
         Some(Compensate::Noop) => (quote!(#private::Compensation::Noop), TokenStream::new()),
         None => (quote!(#private::Compensation::None), TokenStream::new()),
         Some(Compensate::Call(path)) => {
@@ -345,6 +371,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
         }
     };
     let entry = format_ident!("__TEMPOX_OPERATION", span = Span::mixed_site());
+    let workflow_items = (kind == Kind::Workflow).then(|| workflow_items(args, item, &op));
 
     let operation_impl = quote! {
         #(#cfgs)*
@@ -371,6 +398,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
             #idempotent_marker
             #compensates
             #compensation_fn
+            #workflow_items
             #[#private::linkme::distributed_slice(#private::OPERATIONS)]
             #[linkme(crate = #private::linkme)]
             static #entry: #private::OperationEntry = #private::OperationEntry {
@@ -498,7 +526,9 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
             async move { <#ret as #at::ResultType>::into_result(#typed_block.await) }
         }
     };
-    let run = if retrying {
+    let run = if kind == Kind::Workflow {
+        quote_spanned!(wrapper_span=> #guard.run_workflow(#body).await)
+    } else if retrying {
         let clones = item.params.iter().map(|p| {
             let name = &p.ident;
             let mutability = &p.mutability;
@@ -556,6 +586,63 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
         #operation_impl
         #(#attrs)*
         #vis #sig #wrapper_block
+    }
+}
+
+// Input: a `#[workflow]` and its checked arguments.
+// Output (inside the operation's `const _` block):
+//     impl Workflow for __tempox_op_checkout { RECOVER, STRICT }
+//     fn __tempox_resume(input: Vec<u8>) -> BoxFuture<..> {   // decode, call again
+//         let mut input = workflow_input(&input)?;
+//         checkout(input.next::<Order>()?).await
+//     }
+//     #[distributed_slice(WORKFLOWS)] static ENTRY: WorkflowEntry = ..;
+fn workflow_items(args: &Args, item: &Item, op: &syn::Ident) -> TokenStream {
+    let private = private_at(Span::call_site());
+    let ident = &item.fun.sig.ident;
+    let recover = match args.recover.as_ref().map(|a| a.value) {
+        Some(crate::args::Recover::Rollback) => quote!(Rollback),
+        _ => quote!(Resume),
+    };
+    let strict = !args.rollback_continue.as_ref().is_some_and(|a| a.value);
+    let resume = format_ident!("__tempox_resume", span = Span::mixed_site());
+    let input = format_ident!("__tempox_input", span = Span::mixed_site());
+    let entry = format_ident!("__TEMPOX_WORKFLOW", span = Span::mixed_site());
+    // Each argument decoded on its own, with the bound at its type: one that
+    // cannot be restored is reported there.
+    let decoded = item.params.iter().map(|p| {
+        let ty = &p.ty;
+        let span = ty.span();
+        quote_spanned!(span=> #input.next::<#ty>()?)
+    });
+    let call = if item.written_result {
+        quote!(#private::compensation_result(#ident(#(#decoded),*).await))
+    } else {
+        let ret = &item.ret;
+        quote!(#private::compensation_result(<#ret as #private::ResultType>::into_result(#ident(#(#decoded),*).await)))
+    };
+    quote! {
+        #[automatically_derived]
+        impl #private::Workflow for #op {
+            const RECOVER: #private::Recover = #private::Recover::#recover;
+            const STRICT: bool = #strict;
+        }
+        fn #resume(
+            #input: ::std::vec::Vec<u8>,
+        ) -> #private::BoxFuture<'static, ::core::result::Result<(), ::std::string::String>> {
+            ::std::boxed::Box::pin(async move {
+                let mut #input = #private::workflow_input(&#input)?;
+                #call
+            })
+        }
+        #[#private::linkme::distributed_slice(#private::WORKFLOWS)]
+        #[linkme(crate = #private::linkme)]
+        static #entry: #private::WorkflowEntry = #private::WorkflowEntry {
+            name: <#op as #private::Operation>::NAME,
+            recover: #private::Recover::#recover,
+            continue_past_dead_letters: !#strict,
+            resume: #resume,
+        };
     }
 }
 

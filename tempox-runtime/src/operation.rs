@@ -404,3 +404,51 @@ pub fn decode_output<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 pub fn compensation_result<T, E: Display>(result: Result<T, E>) -> Result<(), String> {
     result.map(drop).map_err(|e| e.to_string())
 }
+
+/// An argument of a `#[workflow]`: decoded from the record when a crashed
+/// workflow is resumed.
+#[diagnostic::on_unimplemented(
+    message = "the workflow argument `{Self}` cannot be restored from its record",
+    label = "a crashed workflow is resumed from its recorded input",
+    note = "workflow arguments are owned and decoded from the record when another process resumes the workflow: derive `serde::Deserialize` for it (and make it `Send + 'static`)"
+)]
+pub trait WorkflowArgument: DeserializeOwned + Send + 'static {}
+#[diagnostic::do_not_recommend]
+impl<T: DeserializeOwned + Send + 'static> WorkflowArgument for T {}
+
+/// A workflow's recorded input, decoded one argument at a time.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct WorkflowInput {
+    values: std::vec::IntoIter<serde_json::Value>,
+    index: usize,
+}
+
+/// Reads a workflow's recorded input (the JSON array of its arguments).
+#[doc(hidden)]
+pub fn workflow_input(bytes: &[u8]) -> Result<WorkflowInput, String> {
+    let values: Vec<serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| format!("cannot decode the recorded input: {e}"))?;
+    Ok(WorkflowInput {
+        values: values.into_iter(),
+        index: 0,
+    })
+}
+
+impl WorkflowInput {
+    /// The next argument.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: WorkflowArgument>(&mut self) -> Result<T, String> {
+        self.index += 1;
+        let value = self
+            .values
+            .next()
+            .ok_or_else(|| format!("the recorded input has no argument {}", self.index))?;
+        serde_json::from_value(value).map_err(|e| {
+            format!(
+                "cannot decode argument {} of the recorded input: {e}",
+                self.index
+            )
+        })
+    }
+}
