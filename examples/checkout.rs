@@ -1,10 +1,11 @@
-//! A shop's checkout with tempox: reserve stock (idempotent by order id), charge
-//! the card (non-idempotent, undone by a refund), send a confirmation (at most
-//! once per order, nothing to undo).
+//! A shop's checkout as a tempox workflow: reserve stock (idempotent, undone by
+//! a release), charge the card (non-idempotent, undone by a refund), send a
+//! confirmation (nothing to undo).
 //!
-//! Requests arrive twice, cards get declined, the mail server fails: the output
-//! shows what ran, what was replayed from a record and what was compensated.
-//! Records live in a SQLite file; `-- --again` keeps the file from the last run,
+//! Requests arrive twice, cards get declined, the mail server fails, and a
+//! process dies mid-checkout: the output shows what ran, what was replayed from
+//! a record, what was compensated, and how another runtime finished the job.
+//! Records live in a SQLite file; `-- --again` keeps the file of the last run,
 //! so every request replays from it.
 //!
 //! ```text
@@ -13,10 +14,11 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tempox::store::SqliteStore;
-use tempox::{Key, RecordId, Runtime, idempotent, non_idempotent};
+use tempox::store::{Query, SqliteStore};
+use tempox::{Key, RecordId, Runtime, idempotent, non_idempotent, workflow};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Order {
@@ -24,12 +26,6 @@ struct Order {
     sku: String,
     cents: u64,
     card: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Reservation {
-    order: String,
-    sku: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,37 +36,38 @@ enum ShopError {
     MailDown,
     #[error(transparent)]
     Tempox(#[from] tempox::Error),
-    #[error(transparent)]
-    Key(#[from] tempox::KeyError),
 }
 
 /// The outside world the shop talks to.
 static MAIL_DOWN: AtomicBool = AtomicBool::new(false);
+static DIE_AFTER_CHARGE: AtomicBool = AtomicBool::new(false);
 
 fn effect(what: &str) {
     println!("    ran      {what}");
 }
 
-/// Keyed by order; its fingerprint covers only what it is given (order and sku).
-#[idempotent(key = order_id, name = "shop.reserve")]
-async fn reserve_inventory(order_id: &str, sku: &str) -> Result<Reservation, ShopError> {
-    effect(&format!("reserve {sku} for {order_id}"));
-    Ok(Reservation {
-        order: order_id.to_owned(),
-        sku: sku.to_owned(),
-    })
+/// Undoes a reservation; may run more than once, so it is idempotent.
+#[idempotent(name = "shop.release")]
+async fn release(reservation: &String) -> Result<(), ShopError> {
+    effect(&format!("release {reservation}"));
+    Ok(())
 }
 
-/// A refund may run more than once (after a crash, from several processes):
-/// it is idempotent, keyed by the charge it undoes.
+#[idempotent(name = "shop.reserve", compensate = release)]
+async fn reserve_inventory(order_id: &str, sku: &str) -> Result<String, ShopError> {
+    effect(&format!("reserve {sku} for {order_id}"));
+    Ok(format!("res-{order_id}"))
+}
+
+/// Undoes a charge, keyed by the charge it undoes.
 #[idempotent(name = "shop.refund")]
 async fn refund(charge: &String) -> Result<(), ShopError> {
     effect(&format!("refund {charge}"));
     Ok(())
 }
 
-/// Charging is not idempotent; keyed by order, it happens at most once per order.
-#[non_idempotent(key = order.id, name = "shop.charge", compensate = refund)]
+/// Charging is not idempotent: never run again automatically, undone by `refund`.
+#[non_idempotent(name = "shop.charge", compensate = refund)]
 async fn charge(order: &Order) -> Result<String, ShopError> {
     if order.card.starts_with("0000") {
         return Err(ShopError::Declined(order.card.clone()));
@@ -80,7 +77,7 @@ async fn charge(order: &Order) -> Result<String, ShopError> {
 }
 
 /// An email cannot be unsent: `compensate = noop` says so.
-#[non_idempotent(key = order.id, name = "shop.confirm", compensate = noop)]
+#[non_idempotent(name = "shop.confirm", compensate = noop)]
 async fn send_confirmation(order: &Order) -> Result<(), ShopError> {
     if MAIL_DOWN.load(Ordering::SeqCst) {
         return Err(ShopError::MailDown);
@@ -89,32 +86,44 @@ async fn send_confirmation(order: &Order) -> Result<(), ShopError> {
     Ok(())
 }
 
-/// The checkout: when a step after the charge fails, the charge is undone by its
-/// compensation, found through tempox's catalog from the charge's record.
-async fn checkout(rt: &Runtime, order: &Order) -> Result<String, ShopError> {
+/// Each call inside is a checkpointed step. If a step fails, the completed ones
+/// are undone newest first; if the process dies, another one resumes it.
+#[workflow(key = order.id, name = "shop.checkout")]
+async fn checkout(order: Order) -> Result<String, ShopError> {
     reserve_inventory(&order.id, &order.sku).await?;
-    let charge_id = charge(order).await?;
-    if let Err(e) = send_confirmation(order).await {
-        let record = RecordId::new("shop.charge", &Key::new(order.id.clone())?);
-        rt.compensate(&record).await?;
-        return Err(e);
+    let charge_id = charge(&order).await?;
+    if DIE_AFTER_CHARGE.swap(false, Ordering::SeqCst) {
+        println!("    crash    the process dies after the charge");
+        std::future::pending::<()>().await;
     }
+    send_confirmation(&order).await?;
     Ok(charge_id)
 }
 
 async fn request(rt: &Runtime, title: &str, order: &Order) {
     println!("{title}");
     let before = rt.counters();
-    let result = rt.scope(checkout(rt, order)).await;
+    let result = rt.scope(checkout(order.clone())).await;
     let after = rt.counters();
-    let replays = after.replays - before.replays;
     match result {
-        Ok(charge) => println!("    ok       {charge} ({replays} step(s) replayed from records)"),
+        Ok(charge) if after.executions == before.executions => {
+            println!("    replayed {charge}: nothing ran")
+        }
+        Ok(charge) => println!("    ok       {charge}"),
         Err(e) => println!("    failed   {e}"),
     }
     let compensated = after.compensations - before.compensations;
     if compensated > 0 {
-        println!("    undone   {compensated} compensation(s) ran");
+        println!("    undone   {compensated} step(s) compensated, newest first");
+    }
+}
+
+fn order(id: &str, sku: &str, cents: u64, card: &str) -> Order {
+    Order {
+        id: id.into(),
+        sku: sku.into(),
+        cents,
+        card: card.into(),
     }
 }
 
@@ -132,67 +141,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let rt = Runtime::builder().store(SqliteStore::open(&path)?).build()?;
-    println!("records: {}{}\n", path.display(), if again { " (kept from the last run)" } else { "" });
-
-    let o1 = Order {
-        id: "order-1".into(),
-        sku: "kettle".into(),
-        cents: 4_999,
-        card: "4242".into(),
+    // A short lease, so the crash below is recovered within a second.
+    let lease = Duration::from_millis(500);
+    let runtime = || {
+        Ok::<_, Box<dyn std::error::Error>>(
+            Runtime::builder()
+                .store(SqliteStore::open(&path)?)
+                .lease(lease)
+                .build()?,
+        )
     };
-    request(&rt, "1. order-1 checks out", &o1).await;
-    request(
-        &rt,
-        "2. order-1 again (the client timed out and retried)",
-        &o1,
-    )
-    .await;
+    let rt = runtime()?;
+    let kept = if again { " (kept from the last run)" } else { "" };
+    println!("records: {}{kept}\n", path.display());
 
+    let o1 = order("order-1", "kettle", 4_999, "4242");
+    request(&rt, "1. order-1 checks out", &o1).await;
+    request(&rt, "2. order-1 again (the client timed out and retried)", &o1).await;
     let mut tampered = o1.clone();
     tampered.cents = 1;
     request(&rt, "3. order-1 again with another amount", &tampered).await;
 
-    let mut o2 = Order {
-        id: "order-2".into(),
-        sku: "teapot".into(),
-        cents: 2_500,
-        card: "0000-declined".into(),
-    };
+    let o2 = order("order-2", "teapot", 2_500, "0000-declined");
     request(&rt, "4. order-2 with a declined card", &o2).await;
-    o2.card = "5555".into();
-    request(
-        &rt,
-        "5. order-2 with another card (a failed charge left no effect)",
-        &o2,
-    )
-    .await;
 
-    let o3 = Order {
-        id: "order-3".into(),
-        sku: "mug".into(),
-        cents: 1_200,
-        card: "4242".into(),
-    };
     MAIL_DOWN.store(true, Ordering::SeqCst);
-    request(&rt, "6. order-3 while the mail server is down", &o3).await;
+    let o3 = order("order-3", "mug", 1_200, "4242");
+    request(&rt, "5. order-3 while the mail server is down", &o3).await;
     MAIL_DOWN.store(false, Ordering::SeqCst);
+
+    println!("6. order-4: the process running it dies after the charge");
+    let o4 = order("order-4", "spoon", 300, "4242");
+    let id4 = RecordId::new("shop.checkout", &Key::new(o4.id.clone())?);
+    let dying = rt.clone();
+    DIE_AFTER_CHARGE.store(!again, Ordering::SeqCst);
+    let task = tokio::spawn(async move { dying.scope(checkout(o4)).await });
+    // Wait for the charge to be recorded, then "kill the process".
+    while !again && rt.steps(&id4).await?.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let other = runtime()?;
+    if let Ok(done) = other.recover_workflow(&id4).await {
+        println!("    recovered by a fresh runtime: workflow is {}", done.status);
+    }
 
     println!("\nrecords:");
     let all = rt
         .store()
-        .list(&tempox::store::Query {
+        .list(&Query {
             limit: 1000,
             ..Default::default()
         })
         .await?;
     for r in &all {
-        println!(
-            "    {:<46} {:<12} attempts {}",
-            r.id.as_str(),
-            r.status.as_str(),
-            r.attempts
-        );
+        let step = r.step.map(|s| format!("step {s}")).unwrap_or_default();
+        println!("    {:<44} {:<7} {:<21} attempts {}", r.id.as_str(), step, r.status.as_str(), r.attempts);
     }
     let c = rt.counters();
     println!(
