@@ -227,7 +227,6 @@ fn kind_tokens(kind: Kind) -> TokenStream {
 //     impl Companion for reserve { NAME }
 //     #[doc(hidden)] struct __tempox_op_reserve {}             // private
 //     const _: () = {
-//         struct __tempox_error_type(ErrorType<ShopError>);    // checks `E`
 //         impl Operation for __tempox_op_reserve { NAME, KIND, OPTIONS, Output, Error, .. }
 //         impl IdempotentOperation for reserve {}              // idempotent only
 //         impl<O: Borrow<Order>> Compensates<O> for reserve {}  // one argument only
@@ -289,18 +288,6 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
     let error_span = span_of_tokens(error_ty, ret_span);
     let output_assoc = quote_spanned!(output_span=> type Output = #output_ty;);
     let error_assoc = quote_spanned!(error_span=> type Error = #error_ty;);
-    // `type Error` alone is reported by rustc through `OperationError`'s
-    // supertraits ("the trait bound `E: From<tempox::Error>` is not
-    // satisfied"), which bypasses its `on_unimplemented`; this check, placed
-    // first, says what to write.
-    let error_check = item.written_result.then(|| {
-        let at = private_at(error_span);
-        let check = format_ident!("__tempox_error_type", span = error_span);
-        quote_spanned! {error_span=>
-            #[allow(dead_code, non_camel_case_types)]
-            struct #check(#at::ErrorType<#error_ty>);
-        }
-    });
     let error_codec = match &args.cache_errors {
         Some(a) if a.value => {
             // The codec's type is inferred from `Self::Error`, so an error type
@@ -376,7 +363,6 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
     let operation_impl = quote! {
         #(#cfgs)*
         const _: () = {
-            #error_check
             #[automatically_derived]
             impl #private::Operation for #op {
                 const NAME: &'static str = #name;

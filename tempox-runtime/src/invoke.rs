@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::key::{Fingerprint, Key, KeyError};
-use crate::operation::{InFlight, Keying, Operation};
+use crate::operation::{InFlight, Keying, Operation, OperationError, Output};
 use crate::record::{
     ClaimRequest, Claimed, Kind, LeaseChange, OnExpired, Record, RecordId, Status, Timestamp,
     Transition,
@@ -71,7 +71,8 @@ pub fn prepare<Op: Operation, A: Serialize + ?Sized>(
             RecordId::from_parts(op, std::str::from_utf8(&hex).unwrap_or_default())
         }
     };
-    let input = to_json(args).map_err(|e| codec(op, "encode", "the arguments", e))?;
+    let input = to_json(|buf| serde_json::to_writer(buf, args))
+        .map_err(|e| codec(op, "encode", "the arguments", e))?;
     let on_expired = if Op::KIND == Kind::NonIdempotent && !Op::OPTIONS.probe {
         OnExpired::MarkUnknown
     } else {
@@ -95,10 +96,9 @@ pub fn prepare<Op: Operation, A: Serialize + ?Sized>(
 /// Claims a prepared call of `Op` and decides what happens next.
 pub async fn begin<Op: Operation>(call: Result<Prepared, Error>) -> Begin<Op> {
     let Some(rt) = Runtime::current() else {
-        return Begin::Done(Err(Error::NoRuntime {
+        return Begin::Done(Err(Op::Error::from_tempox(Error::NoRuntime {
             op: Op::NAME.to_owned(),
-        }
-        .into()));
+        })));
     };
     bump(&rt.inner.counters.calls);
     let result = match call {
@@ -115,7 +115,7 @@ pub async fn begin<Op: Operation>(call: Result<Prepared, Error>) -> Begin<Op> {
     };
     match result {
         Ok(begin) => begin,
-        Err(e) => Begin::Done(Err(e.into())),
+        Err(e) => Begin::Done(Err(Op::Error::from_tempox(e))),
     }
 }
 
@@ -234,7 +234,9 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
 
 /// JSON of `value` in one exactly-sized allocation (serialized into a reused
 /// buffer first: this runs twice on every fresh call).
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error> {
+fn to_json(
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<Bytes, serde_json::Error> {
     thread_local! {
         static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
@@ -246,7 +248,7 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error>
             Err(_) => &mut own,
         };
         buf.clear();
-        let written = serde_json::to_writer(&mut *buf, value).map(|()| Bytes::copy_from_slice(buf));
+        let written = write(&mut *buf).map(|()| Bytes::copy_from_slice(buf));
         if buf.capacity() > 64 * 1024 {
             *buf = Vec::new();
         }
@@ -264,7 +266,7 @@ fn closed(r: &Record) -> Error {
 
 fn replay_output<Op: Operation>(r: &Record) -> Result<Result<Op::Output, Op::Error>, Error> {
     let bytes = r.output.as_deref().unwrap_or(b"null");
-    serde_json::from_slice(bytes)
+    Op::Output::decode(bytes)
         .map(Ok)
         .map_err(|e| codec(Op::NAME, "decode", "the recorded output", e))
 }
@@ -470,7 +472,7 @@ impl<Op: Operation> Guard<Op> {
     }
 
     fn error(&self, e: Error) -> Op::Error {
-        e.into()
+        Op::Error::from_tempox(e)
     }
 
     pub(crate) async fn finish(
@@ -485,7 +487,7 @@ impl<Op: Operation> Guard<Op> {
                 .unwrap_or(self.rt.inner.config.retention),
         );
         let output = match result {
-            Ok(output) => match to_json(&output) {
+            Ok(output) => match to_json(|buf| output.encode(buf)) {
                 Ok(bytes) => {
                     t.output = Some(bytes);
                     Ok(output)

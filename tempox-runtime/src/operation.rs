@@ -227,9 +227,18 @@ impl<T, E> ResultType for Result<T, E> {
     label = "needs `From<tempox::Error>` and `Display`",
     note = "runtime failures (store outages, key reuse, ...) reach the caller through the function's own error type: add `impl From<tempox::Error> for {Self}` (with thiserror: a `#[error(transparent)] Tempox(#[from] tempox::Error)` variant), and implement `Display`"
 )]
-pub trait OperationError: From<Error> + Display + Send + 'static {}
+pub trait OperationError: Display + Send + 'static {
+    /// The runtime's failure as this error (through `From<tempox::Error>`).
+    fn from_tempox(error: Error) -> Self;
+}
+// `From<Error>` is a bound of the impl, not a supertrait: rustc then reports a
+// missing conversion with the message above instead of its own.
 #[diagnostic::do_not_recommend]
-impl<E: From<Error> + Display + Send + 'static> OperationError for E {}
+impl<E: From<Error> + Display + Send + 'static> OperationError for E {
+    fn from_tempox(error: Error) -> Self {
+        E::from(error)
+    }
+}
 
 /// The output type of an annotated function.
 #[diagnostic::on_unimplemented(
@@ -237,9 +246,23 @@ impl<E: From<Error> + Display + Send + 'static> OperationError for E {}
     label = "needs `Serialize + DeserializeOwned + Send`",
     note = "tempox records the output to replay it for later calls with the same key: derive `serde::Serialize` and `serde::Deserialize` for it (outputs cannot borrow)"
 )]
-pub trait Output: Serialize + DeserializeOwned + Send + 'static {}
+pub trait Output: Send + Sized + 'static {
+    /// The output as JSON, to record.
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+    /// A recorded output back.
+    fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error>;
+}
+// As for `OperationError`: serde's traits are bounds of the impl, not
+// supertraits, so one message says what to derive.
 #[diagnostic::do_not_recommend]
-impl<T: Serialize + DeserializeOwned + Send + 'static> Output for T {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Output for T {
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(buf, self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
 
 /// An argument of an annotated function.
 #[diagnostic::on_unimplemented(
@@ -333,12 +356,6 @@ pub fn probe_answer<T, E, A: ProbeAnswer<T, E>>(answer: A) -> Result<Option<T>, 
     answer.into_answer()
 }
 
-/// Names an operation's error type; the bound is the check (rustc quotes this
-/// type's name when it fails).
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct ErrorType<E: OperationError>(std::marker::PhantomData<E>);
-
 /// The name of a compensation, which must be `#[idempotent]` (the bound is the
 /// check; rustc quotes this function's name when it fails).
 #[doc(hidden)]
@@ -352,9 +369,10 @@ pub const fn idempotent_compensation<C: IdempotentOperation>() -> &'static str {
 pub async fn call_compensation<C, O>(output: Vec<u8>) -> Result<(), String>
 where
     C: Compensates<O>,
-    O: DeserializeOwned + 'static,
+    O: Output,
 {
-    let output = decode_output::<O>(&output)?;
+    let output =
+        O::decode(&output).map_err(|e| format!("cannot decode the recorded output: {e}"))?;
     C::compensate(output).await
 }
 

@@ -16,7 +16,7 @@ use crate::catalog::{Compensation, Recover};
 use crate::error::Error;
 use crate::invoke::{Guard, heartbeat};
 use crate::key::Fingerprint;
-use crate::operation::Operation;
+use crate::operation::{Operation, OperationError};
 use crate::record::{ClaimRequest, Kind, LeaseChange, Record, RecordId, Status, Transition};
 use crate::runtime::Runtime;
 use crate::store::Query;
@@ -149,15 +149,14 @@ impl<Op: Workflow> Guard<Op> {
             .unwrap_or(false);
         let ctx = match Context::load(&rt, &self.record.id, rolling_back).await {
             Ok(ctx) => Arc::new(ctx),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Op::Error::from_tempox(e)),
         };
         let result = heartbeat(&rt, &self.record, WORKFLOW.scope(ctx, body)).await;
         let error = match result {
             Ok(output) if !rolling_back => return self.finish(Ok(output)).await,
-            Ok(_) => Error::RollbackRequested {
+            Ok(_) => Op::Error::from_tempox(Error::RollbackRequested {
                 workflow: self.record.id.to_string(),
-            }
-            .into(),
+            }),
             Err(e) => e,
         };
         let wf = &self.record;
