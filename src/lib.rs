@@ -78,7 +78,8 @@
 //!
 //! # Where to go next
 //!
-//! - [`idempotent`] and [`non_idempotent`]: every attribute argument.
+//! - [`idempotent`], [`non_idempotent`] and [`workflow`]: every attribute
+//!   argument, the rules they check, what they expand to.
 //! - [`Runtime`]: the builder, ambient lookup ([`Runtime::scope`],
 //!   [`Runtime::install_global`]), operator actions ([`Runtime::dead_letters`],
 //!   [`Runtime::retry`], [`Runtime::resolve`]).
@@ -87,8 +88,15 @@
 //! - [`Error`]: everything tempox reports, always through your own error type.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[doc = include_str!("docs/idempotent.md")]
 #[doc(inline)]
-pub use tempox_macros::{idempotent, non_idempotent, workflow};
+pub use tempox_macros::idempotent;
+#[doc = include_str!("docs/non_idempotent.md")]
+#[doc(inline)]
+pub use tempox_macros::non_idempotent;
+#[doc = include_str!("docs/workflow.md")]
+#[doc(inline)]
+pub use tempox_macros::workflow;
 
 #[doc(inline)]
 pub use tempox_runtime::{
