@@ -252,6 +252,10 @@ pub const TRANSITIONS: &[(Status, Status)] = {
         (Compensating, Compensating),
         (Compensating, Compensated),
         (Compensating, CompensationFailed),
+        // A reconciler acknowledges a dead letter's alert (with a new token, so
+        // of several reconcilers exactly one wins).
+        (CompensationFailed, CompensationFailed),
+        (OutcomeUnknown, OutcomeUnknown),
         // Operator actions on dead letters.
         (CompensationFailed, Compensating),
         (CompensationFailed, Resolved),
@@ -622,7 +626,8 @@ pub fn plan_claim(existing: Option<&Record>, req: &ClaimRequest, now: Timestamp)
                     let mut record = r.clone();
                     record.status = Status::OutcomeUnknown;
                     record.lease_until = None;
-                    record.due_at = None;
+                    // Due at once: the reconciler raises the alert for it.
+                    record.due_at = Some(now);
                     record.updated_at = now;
                     record.error = Some("lease expired before the outcome was recorded".into());
                     Claimed::MarkedUnknown(record)
@@ -691,7 +696,11 @@ pub fn plan_transition(
     r.due_at = if r.status.is_active() {
         r.lease_until
             .or_else(|| Some(now.plus(t.retry_after.unwrap_or_default())))
+    } else if r.status.is_dead_letter() && t.from != t.to {
+        // Entering a dead letter: due at once, so a reconciler raises its alert.
+        Some(now)
     } else {
+        // Final, or a dead letter whose alert was acknowledged (`from == to`).
         None
     };
     r.expires_at = if r.status.is_final() {

@@ -229,7 +229,8 @@ pub async fn claim_parks_an_expired_non_idempotent_call(f: &Fixture) {
         Claimed::MarkedUnknown(r) => {
             assert_eq!(r.status, Status::OutcomeUnknown);
             assert_eq!(r.token, first.token);
-            assert_eq!((r.lease_until, r.due_at, r.expires_at), (None, None, None));
+            assert_eq!((r.lease_until, r.expires_at), (None, None));
+            assert!(r.due_at.is_some(), "a new dead letter is due for its alert");
         }
         other => panic!("expected OutcomeUnknown, got {other:?}"),
     }
@@ -342,11 +343,24 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
     noted.note = Some("second note".into());
     let parked = applied(store, &noted).await;
     assert_eq!(parked.note.as_deref(), Some("first note\nsecond note"));
-    assert_eq!(
-        (parked.due_at, parked.expires_at),
-        (None, None),
-        "dead letters never expire"
+    assert_eq!(parked.expires_at, None, "dead letters never expire");
+    assert!(parked.due_at.is_some(), "a new dead letter is due for its alert");
+    // Acknowledging the alert: a new token, no longer due; a second
+    // acknowledgement with the old token loses.
+    let mut ack = Transition::new(
+        parked.id.clone(),
+        Status::CompensationFailed,
+        parked.token,
+        Status::CompensationFailed,
     );
+    ack.lease = LeaseChange::Acquire(LEASE);
+    let acked = applied(store, &ack).await;
+    assert!(acked.token > parked.token);
+    assert_eq!((acked.due_at, acked.lease_until, acked.expires_at), (None, None, None));
+    assert!(matches!(
+        store.transition(&ack).await.unwrap(),
+        Transitioned::Conflict(Some(_))
+    ));
 }
 
 pub async fn tokens_increase_across_takeovers_and_recreation(f: &Fixture) {

@@ -57,7 +57,8 @@ if existing.status == STATUS.Pending and lease_expired(existing, now)
   local r = copy(existing)
   r.status = STATUS.OutcomeUnknown
   r.lease_until = nil
-  r.due_at = nil
+  -- Due at once: the reconciler raises the alert for it.
+  r.due_at = now
   r.updated_at = now
   r.error = LEASE_EXPIRED_ERROR
   write(K, id, old, r)

@@ -12,6 +12,7 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 local LEGAL = {--[[LEGAL]]}
 local FINAL = {--[[FINAL]]}
 local ACTIVE = {--[[ACTIVE]]}
+local DEAD_LETTER = {--[[DEAD_LETTER]]}
 local STATUS = {--[[STATUS]]}
 local LEASE_EXPIRED_ERROR = --[[LEASE_EXPIRED_ERROR]]
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::redis::Script;
+use ::redis::{Cmd, Script, ToRedisArgs};
 use bytes::Bytes;
 
 use crate::key::Fingerprint;
@@ -25,6 +25,33 @@ pub(super) struct Scripts {
     pub(super) expire: Script,
     pub(super) list: Script,
     pub(super) init: Script,
+}
+
+/// One call of a script: `EVALSHA <sha> <number of keys> <keys> <args>`,
+/// written straight into the command that is sent (no per-argument copies).
+pub(super) struct ScriptCall {
+    pub(super) script: &'static Script,
+    pub(super) cmd: Cmd,
+}
+
+impl ScriptCall {
+    /// A call of `script` with `keys`; its arguments follow with [`arg`](Self::arg).
+    pub(super) fn new(script: &'static Script, keys: &[&str]) -> Self {
+        // Room for the keys and a record's worth of short arguments.
+        let bytes = 128 + keys.iter().map(|k| k.len()).sum::<usize>();
+        let mut cmd = Cmd::with_capacity(3 + keys.len() + 20, bytes);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+        for key in keys {
+            cmd.arg(*key);
+        }
+        ScriptCall { script, cmd }
+    }
+
+    /// Appends an argument (`ARGV[i]`).
+    pub(super) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
 }
 
 /// The scripts, built on first use.
@@ -68,6 +95,7 @@ fn common() -> String {
         .replace("--[[LEGAL]]", &legal)
         .replace("--[[FINAL]]", &set(Status::is_final))
         .replace("--[[ACTIVE]]", &set(Status::is_active))
+        .replace("--[[DEAD_LETTER]]", &set(Status::is_dead_letter))
         .replace("--[[STATUS]]", &names)
         .replace(
             "--[[LEASE_EXPIRED_ERROR]]",

@@ -44,6 +44,9 @@ end
 if not ACTIVE[to] then r.lease_until = nil end
 if ACTIVE[to] then
   r.due_at = r.lease_until or uadd(now, ARGV[15], U64_MAX)
+elseif DEAD_LETTER[to] and from ~= to then
+  -- Entering a dead letter: due at once, so a reconciler raises its alert.
+  r.due_at = now
 else
   r.due_at = nil
 end
