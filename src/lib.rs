@@ -101,11 +101,12 @@ pub use tempox_macros::workflow;
 #[doc(inline)]
 pub use tempox_runtime::{
     Backoff, Counters, Error, ErrorClass, Fingerprint, Key, KeyError, Kind, Record, RecordId,
-    Result, Runtime, RuntimeBuilder, Status, StoreError, StoreErrorKind, Timestamp,
+    PassReport, Reconciler, ReconcilerHandle, Result, Runtime, RuntimeBuilder, Status, StoreError,
+    StoreErrorKind, Timestamp,
 };
 
 #[doc(inline)]
-pub use tempox_runtime::{clock, record};
+pub use tempox_runtime::{clock, mirror, record};
 
 /// Stores: where records live.
 ///

@@ -359,6 +359,10 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
     };
     let entry = format_ident!("__TEMPOX_OPERATION", span = Span::mixed_site());
     let workflow_items = (kind == Kind::Workflow).then(|| workflow_items(args, item, &op));
+    let (probe_entry, probe_fn) = match &args.probe {
+        Some(probe) => probe_dispatch(&probe.value, item, &op),
+        None => (quote!(::core::option::Option::None), TokenStream::new()),
+    };
 
     let operation_impl = quote! {
         #(#cfgs)*
@@ -385,12 +389,14 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
             #compensates
             #compensation_fn
             #workflow_items
+            #probe_fn
             #[#private::linkme::distributed_slice(#private::OPERATIONS)]
             #[linkme(crate = #private::linkme)]
             static #entry: #private::OperationEntry = #private::OperationEntry {
                 name: <#op as #private::Operation>::NAME,
                 kind: #kind_tokens,
                 compensation: #compensation,
+                probe: #probe_entry,
                 location: #private::Location {
                     module: ::core::module_path!(),
                     file: ::core::file!(),
@@ -573,6 +579,69 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
         #(#attrs)*
         #vis #sig #wrapper_block
     }
+}
+
+/// The type an argument is restored as from the record: `&T` as `T`, `&str`
+/// as `String`, `&[T]` as `Vec<T>`.
+fn restored_type(ty: &syn::Type) -> TokenStream {
+    match ty {
+        syn::Type::Reference(r) => match &*r.elem {
+            syn::Type::Path(p) if p.path.is_ident("str") => quote!(::std::string::String),
+            syn::Type::Slice(s) => {
+                let elem = &s.elem;
+                quote!(::std::vec::Vec<#elem>)
+            }
+            other => other.to_token_stream(),
+        },
+        other => other.to_token_stream(),
+    }
+}
+
+// Input: `probe = find_charge` on `charge(order: &Order, cents: u64)`.
+// Output (inside the operation's `const _` block):
+//     fn __tempox_probe(input: Vec<u8>) -> BoxFuture<Result<Option<Vec<u8>>, String>> {
+//         let mut input = workflow_input(&input)?;
+//         let (a, b) = (input.restore::<Order>()?, input.restore::<u64>()?);
+//         probe_found(probe_answer(find_charge(&a, &b).await))
+//     }
+// so the reconciler can settle a crashed call from its record alone.
+fn probe_dispatch(probe: &syn::Path, item: &Item, op: &syn::Ident) -> (TokenStream, TokenStream) {
+    let private = private_at(Span::call_site());
+    let probe_fn = format_ident!("__tempox_probe", span = Span::mixed_site());
+    let input = format_ident!("__tempox_input", span = Span::mixed_site());
+    let names: Vec<_> = (0..item.params.len())
+        .map(|i| format_ident!("__tempox_arg{}", i, span = Span::mixed_site()))
+        .collect();
+    let restored = item.params.iter().zip(&names).map(|(p, name)| {
+        let ty = restored_type(&p.ty);
+        let span = p.ty.span();
+        quote_spanned!(span=> let #name = #input.restore::<#ty>()?;)
+    });
+    let span = probe.span();
+    let at = private_at(span);
+    let call = quote_spanned! {span=>
+        #at::probe_found::<<#op as #at::Operation>::Output, <#op as #at::Operation>::Error>(
+            #at::probe_answer::<
+                <#op as #at::Operation>::Output,
+                <#op as #at::Operation>::Error,
+                _,
+            >(#probe(#(&#names),*).await)
+        )
+    };
+    (
+        quote!(::core::option::Option::Some(#probe_fn)),
+        quote! {
+            fn #probe_fn(
+                #input: ::std::vec::Vec<u8>,
+            ) -> #private::BoxFuture<'static, ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String>> {
+                ::std::boxed::Box::pin(async move {
+                    let mut #input = #private::workflow_input(&#input)?;
+                    #(#restored)*
+                    #call
+                })
+            }
+        },
+    )
 }
 
 // Input: a `#[workflow]` and its checked arguments.

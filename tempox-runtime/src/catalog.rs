@@ -22,6 +22,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// `Err` carries the compensation's error message.
 pub type CompensateFn = fn(Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
 
+/// Runs an operation's `probe` from its recorded input (JSON of its
+/// arguments): `Ok(Some(output))` when the effect happened (the output as JSON),
+/// `Ok(None)` when it did not.
+pub type ProbeFn = fn(Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>>;
+
 /// Where an operation is defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -77,6 +82,9 @@ pub struct OperationEntry {
     pub kind: Kind,
     /// How it is undone.
     pub compensation: Compensation,
+    /// Its `probe`, callable from the record alone (non-idempotent operations
+    /// with `probe = f`).
+    pub probe: Option<ProbeFn>,
     /// Where it is defined.
     pub location: Location,
 }
@@ -189,6 +197,7 @@ mod tests {
         name: "shop::charge",
         kind: Kind::NonIdempotent,
         compensation: Compensation::Noop,
+        probe: None,
         location: Location {
             module: "shop",
             file: "src/shop.rs",
@@ -199,6 +208,7 @@ mod tests {
         name: "shop::charge",
         kind: Kind::Idempotent,
         compensation: Compensation::None,
+        probe: None,
         location: Location {
             module: "billing",
             file: "src/billing.rs",

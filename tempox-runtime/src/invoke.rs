@@ -207,7 +207,10 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
                     bump(&counters.in_flight_waits);
                     Waiting::new(&rt, &req.id, now)
                 });
-                if Op::OPTIONS.in_flight == InFlight::Reject || now >= w.deadline {
+                if Op::OPTIONS.in_flight == InFlight::Reject
+                    || now >= w.deadline
+                    || crate::workflow::recovering()
+                {
                     bump(&counters.in_flight_rejections);
                     return Err(Error::InFlight {
                         op: op.to_owned(),

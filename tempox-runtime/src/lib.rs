@@ -7,7 +7,9 @@ pub mod clock;
 mod error;
 pub mod invoke;
 pub mod key;
+pub mod mirror;
 pub mod operation;
+pub mod reconcile;
 pub mod record;
 mod runtime;
 pub mod store;
@@ -16,6 +18,7 @@ pub mod workflow;
 pub use error::{Error, Result, StoreError, StoreErrorKind};
 pub use key::{Fingerprint, Key, KeyError};
 pub use operation::ErrorClass;
+pub use reconcile::{AlertHook, PassReport, Reconciler, ReconcilerHandle};
 pub use record::{Kind, Record, RecordId, Status, Timestamp};
 pub use runtime::{Backoff, Counters, Runtime, RuntimeBuilder};
 

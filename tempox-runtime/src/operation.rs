@@ -434,6 +434,35 @@ pub trait WorkflowArgument: DeserializeOwned + Send + 'static {}
 #[diagnostic::do_not_recommend]
 impl<T: DeserializeOwned + Send + 'static> WorkflowArgument for T {}
 
+/// An argument of an operation with a `probe`: the reconciler probes from the
+/// record alone.
+#[diagnostic::on_unimplemented(
+    message = "`probe` needs the argument `{Self}` to be restorable from the record",
+    label = "the reconciler runs the probe after a crash, from the recorded input",
+    note = "derive `serde::Deserialize` for it (a `&T` argument is restored as `T`, `&str` as `String`, `&[T]` as `Vec<T>`)"
+)]
+pub trait ProbeArgument: DeserializeOwned + Send + 'static {}
+#[diagnostic::do_not_recommend]
+impl<T: DeserializeOwned + Send + 'static> ProbeArgument for T {}
+
+/// What a probe run from the record found, as the catalog hands it back.
+#[doc(hidden)]
+pub fn probe_found<T: Output, E: Display>(
+    found: Result<Option<T>, E>,
+) -> Result<Option<Vec<u8>>, String> {
+    match found {
+        Ok(Some(output)) => {
+            let mut bytes = Vec::new();
+            output
+                .encode(&mut bytes)
+                .map_err(|e| format!("cannot encode the probed output: {e}"))?;
+            Ok(Some(bytes))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A workflow's recorded input, decoded one argument at a time.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -454,9 +483,12 @@ pub fn workflow_input(bytes: &[u8]) -> Result<WorkflowInput, String> {
 }
 
 impl WorkflowInput {
-    /// The next argument.
-    #[allow(clippy::should_implement_trait)]
-    pub fn next<T: WorkflowArgument>(&mut self) -> Result<T, String> {
+    /// The next argument of an operation being probed.
+    pub fn restore<T: ProbeArgument>(&mut self) -> Result<T, String> {
+        self.decode()
+    }
+
+    fn decode<T: DeserializeOwned>(&mut self) -> Result<T, String> {
         self.index += 1;
         let value = self
             .values
@@ -468,5 +500,11 @@ impl WorkflowInput {
                 self.index
             )
         })
+    }
+
+    /// The next argument.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: WorkflowArgument>(&mut self) -> Result<T, String> {
+        self.decode()
     }
 }

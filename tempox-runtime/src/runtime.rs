@@ -27,14 +27,17 @@ tokio::task_local! {
 
 static GLOBAL: OnceLock<Runtime> = OnceLock::new();
 
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[0, min(cap, base * 2^(n-1))]`.
+/// Exponential backoff: attempt `n` waits `min(cap, base * 2^(n-1))`, or with
+/// full jitter (the default) a random time in `[0, that]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     /// The first delay's upper bound.
     pub base: Duration,
     /// The largest delay.
     pub cap: Duration,
+    /// Whether to draw the delay at random below its ceiling (spreads retries
+    /// of many records apart).
+    pub jitter: bool,
 }
 
 impl Backoff {
@@ -42,6 +45,9 @@ impl Backoff {
     pub fn delay(&self, attempt: u32) -> Duration {
         let shift = attempt.saturating_sub(1).min(31);
         let ceiling = self.base.saturating_mul(1u32 << shift).min(self.cap);
+        if !self.jitter {
+            return ceiling;
+        }
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(fastrand::u64(0..=ms))
     }
@@ -114,6 +120,8 @@ pub(crate) struct Inner {
     /// Calls running in this process, so local duplicates wake when they finish
     /// instead of polling the store.
     pub(crate) running: Mutex<HashMap<RecordId, Arc<Notify>>>,
+    /// Registered state mirrors.
+    pub(crate) mirrors: Vec<crate::mirror::Registered>,
     /// How many calls wait in `running`; while zero, finishing calls skip the lock.
     pub(crate) waiters: std::sync::atomic::AtomicUsize,
 }
@@ -156,12 +164,21 @@ impl fmt::Debug for Runtime {
 pub struct RuntimeBuilder {
     store: Option<Arc<dyn Store>>,
     config: Config,
+    mirrors: Vec<crate::mirror::Registered>,
 }
 
 impl RuntimeBuilder {
     /// The store records live in (required).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Registers a state [`Mirror`](crate::mirror::Mirror): the reconciler
+    /// compares its intended and observed states on its interval and repairs the
+    /// difference.
+    pub fn mirror(mut self, mirror: impl crate::mirror::Mirror) -> Self {
+        self.mirrors.push(crate::mirror::Registered::new(mirror));
         self
     }
 
@@ -194,7 +211,11 @@ impl RuntimeBuilder {
     /// Backoff between runs of `retry = N` bodies and failed compensations.
     /// Default: base 100 ms, cap 10 s, full jitter.
     pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.config.retry_backoff = Backoff { base, cap };
+        self.config.retry_backoff = Backoff {
+            base,
+            cap,
+            jitter: true,
+        };
         self
     }
 
@@ -254,6 +275,7 @@ impl RuntimeBuilder {
                 catalog,
                 counters: AtomicCounters::default(),
                 running: Mutex::new(HashMap::new()),
+                mirrors: self.mirrors,
                 waiters: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -265,6 +287,7 @@ impl Runtime {
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder {
             store: None,
+            mirrors: Vec::new(),
             config: Config {
                 lease: Duration::from_secs(30),
                 retention: Duration::from_secs(86_400),
@@ -272,6 +295,7 @@ impl Runtime {
                 retry_backoff: Backoff {
                     base: Duration::from_millis(100),
                     cap: Duration::from_secs(10),
+                    jitter: true,
                 },
                 compensation_attempts: 5,
             },
@@ -421,6 +445,20 @@ impl Runtime {
     /// [`Error::Compensation`] when it ran and failed (the record says what
     /// happens next); [`Error::Fenced`] if another holder took it over meanwhile.
     pub async fn compensate(&self, id: &RecordId) -> Result<Record, Error> {
+        let policy = (
+            self.inner.config.compensation_attempts,
+            self.inner.config.retry_backoff,
+        );
+        self.compensate_with(id, policy).await
+    }
+
+    /// [`compensate`](Self::compensate) with `(max attempts, backoff)` of the
+    /// caller's (the reconciler's).
+    pub(crate) async fn compensate_with(
+        &self,
+        id: &RecordId,
+        policy: (u32, Backoff),
+    ) -> Result<Record, Error> {
         let r = self.expect_record(id).await?;
         let now = self.now().await?;
         let claimable = r.status == Status::Completed
@@ -453,22 +491,26 @@ impl Runtime {
         let held = self.apply(&claim).await?;
         let (compensation, run) = match entry.map(|e| e.compensation) {
             Some(Compensation::Call { name, run }) => (name, run),
-            Some(Compensation::Noop) => return self.finish_compensation(&held, Ok(())).await,
+            Some(Compensation::Noop) => {
+                return self.finish_compensation(&held, Ok(()), policy).await;
+            }
             Some(Compensation::None | Compensation::Rollback) => {
                 let message = format!("`{}` declares no compensation", r.op());
-                return self.finish_compensation(&held, Err(message)).await;
+                return self.finish_compensation(&held, Err(message), policy).await;
             }
             None => {
                 let message = format!(
                     "no operation named `{}` is linked into this program",
                     r.op()
                 );
-                return self.finish_compensation(&held, Err(message)).await;
+                return self.finish_compensation(&held, Err(message), policy).await;
             }
         };
         let output = held.output.as_deref().unwrap_or(b"null").to_vec();
         let outcome = crate::invoke::heartbeat(self, &held, self.scope(run(output))).await;
-        let record = self.finish_compensation(&held, outcome.clone()).await?;
+        let record = self
+            .finish_compensation(&held, outcome.clone(), policy)
+            .await?;
         match outcome {
             Ok(()) => Ok(record),
             Err(message) => Err(Error::Compensation {
@@ -483,6 +525,7 @@ impl Runtime {
         &self,
         held: &Record,
         outcome: Result<(), String>,
+        (attempts, backoff): (u32, Backoff),
     ) -> Result<Record, Error> {
         let c = &self.inner.counters;
         let mut t = Transition::new(
@@ -498,13 +541,13 @@ impl Runtime {
             }
             Err(message) => {
                 bump(&c.compensation_failures);
-                if held.attempts >= self.inner.config.compensation_attempts {
+                if held.attempts >= attempts {
                     bump(&c.dead_letters);
                     t.to = Status::CompensationFailed;
                     tracing::warn!(id = %held.id, attempts = held.attempts, error = %message, "compensation dead-lettered");
                 } else {
                     t.to = Status::Compensating;
-                    t.retry_after = Some(self.inner.config.retry_backoff.delay(held.attempts));
+                    t.retry_after = Some(backoff.delay(held.attempts));
                 }
                 t.error = Some(message);
             }

@@ -106,6 +106,12 @@ pub(crate) fn assign_step(req: &mut ClaimRequest) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the call runs inside a recovery (which does not wait for a holder
+/// that is alive: another recovery got there first).
+pub(crate) fn recovering() -> bool {
+    RECOVERY.try_with(|_| ()).is_ok()
+}
+
 /// Whether the call runs inside a workflow that recovery is rolling back.
 pub(crate) fn rolling_back() -> Option<String> {
     WORKFLOW

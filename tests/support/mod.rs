@@ -1,6 +1,7 @@
 //! Fixtures shared by the test binaries.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backend;
 pub mod redis;
 
 use std::sync::Arc;

@@ -43,7 +43,7 @@ async fn settled(rt: &Runtime, id: &RecordId) -> Record {
 
 pub async fn failing_at_step_three_compensates_two_then_one(b: &Backend) {
     let rt = b.runtime();
-    let order = b.order("fail3", 500, true);
+    let order = shop::order(b, "fail3", 500, true);
     let err = rt.scope(shop::checkout(order.clone())).await.unwrap_err();
     assert!(
         matches!(err, ShopError::ShippingFailed(_)),
@@ -76,7 +76,7 @@ pub async fn failing_at_step_three_compensates_two_then_one(b: &Backend) {
 
 pub async fn the_same_key_twice_replays(b: &Backend) {
     let rt = b.runtime();
-    let order = b.order("twice", 100, false);
+    let order = shop::order(b, "twice", 100, false);
     let first = rt.scope(shop::checkout(order.clone())).await.unwrap();
     let second = b
         .runtime()
@@ -94,7 +94,7 @@ pub async fn the_same_key_twice_replays(b: &Backend) {
 }
 
 pub async fn concurrent_runs_of_one_key_execute_once(b: &Backend) {
-    let order = b.order("concurrent", 100, false);
+    let order = shop::order(b, "concurrent", 100, false);
     let mut runs = JoinSet::new();
     for _ in 0..10 {
         let (rt, order) = (b.runtime(), order.clone());
@@ -133,7 +133,7 @@ const POINTS: [&str; 7] = [
 
 pub async fn crash_anywhere_then_resume_in_a_fresh_runtime(b: &Backend) {
     for point in POINTS {
-        let order = b.order(&format!("resume-{point}"), 300, false);
+        let order = shop::order(b, &format!("resume-{point}"), 300, false);
         crash(&b.runtime(), &order, point, shop::checkout(order.clone())).await;
         b.pass_lease().await;
         let id = workflow_id("shop.checkout", &order);
@@ -165,7 +165,7 @@ pub async fn crash_anywhere_then_resume_in_a_fresh_runtime(b: &Backend) {
 
 pub async fn crash_anywhere_then_roll_back_in_a_fresh_runtime(b: &Backend) {
     for point in POINTS {
-        let order = b.order(&format!("rollback-{point}"), 300, false);
+        let order = shop::order(b, &format!("rollback-{point}"), 300, false);
         crash(
             &b.runtime(),
             &order,
@@ -243,7 +243,7 @@ pub async fn a_changed_step_is_non_deterministic(b: &Backend) {
 
 pub async fn cancelling_the_caller_during_rollback_does_not_stop_it(b: &Backend) {
     let rt = b.runtime();
-    let order = b.order("cancel-rollback", 700, true);
+    let order = shop::order(b, "cancel-rollback", 700, true);
     let gate = shop::slow_refunds(&order.id);
     let caller = tokio::spawn({
         let (rt, order) = (rt.clone(), order.clone());
@@ -269,7 +269,7 @@ pub async fn cancelling_the_caller_during_rollback_does_not_stop_it(b: &Backend)
 
 pub async fn a_dead_lettered_compensation_stops_the_rollback_until_an_operator_acts(b: &Backend) {
     let rt = b.runtime_with(2);
-    let order = b.order("dead-letter", 900, true);
+    let order = shop::order(b, "dead-letter", 900, true);
     shop::fail_refunds(&order.id, true);
     assert!(rt.scope(shop::checkout(order.clone())).await.is_err());
     let id = workflow_id("shop.checkout", &order);
@@ -306,7 +306,7 @@ pub async fn a_dead_lettered_compensation_stops_the_rollback_until_an_operator_a
 
 pub async fn rollback_continue_goes_past_a_dead_letter(b: &Backend) {
     let rt = b.runtime_with(1);
-    let order = b.order("continue", 900, true);
+    let order = shop::order(b, "continue", 900, true);
     shop::fail_refunds(&order.id, true);
     assert!(
         rt.scope(shop::checkout_continue(order.clone()))
@@ -330,7 +330,7 @@ pub async fn rollback_continue_goes_past_a_dead_letter(b: &Backend) {
 
 pub async fn a_nested_workflow_is_a_step_and_is_rolled_back_with_its_parent(b: &Backend) {
     let rt = b.runtime();
-    let order = b.order("nested", 400, true);
+    let order = shop::order(b, "nested", 400, true);
     assert!(rt.scope(shop::outer(order.clone())).await.is_err());
     let outer = workflow_id("shop.outer", &order);
     assert_eq!(record(&rt, &outer).await.status, Status::RolledBack);

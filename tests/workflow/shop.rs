@@ -1,15 +1,11 @@
 //! The shop under test: steps that record their effects in a ledger (the
 //! "outside world"), crash points, and the backends.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tempox::clock::ManualClock;
-use tempox::store::{MemoryStore, SqliteStore, Store};
-use tempox::{Runtime, idempotent, non_idempotent, workflow};
+use tempox::{idempotent, non_idempotent, workflow};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -238,92 +234,15 @@ pub async fn outer(order: Order) -> Result<String, ShopError> {
     Ok(charged)
 }
 
-// ---------------------------------------------------------------- backends
-
-pub struct Backend {
-    pub name: &'static str,
-    pub store: Arc<dyn Store>,
-    clock: Option<ManualClock>,
-    lease: Duration,
-    _keep: Box<dyn Any + Send + Sync>,
-}
-
-impl Backend {
-    /// A new runtime on the same store: as if in another process.
-    pub fn runtime(&self) -> Runtime {
-        self.runtime_with(3)
-    }
-
-    pub fn runtime_with(&self, compensation_attempts: u32) -> Runtime {
-        Runtime::builder()
-            .shared_store(self.store.clone())
-            .lease(self.lease)
-            .retry_backoff(Duration::from_millis(1), Duration::from_millis(4))
-            .compensation_attempts(compensation_attempts)
-            .build()
-            .unwrap()
-    }
-
-    /// Lets every lease run out.
-    pub async fn pass_lease(&self) {
-        let past = self.lease + Duration::from_millis(100);
-        match &self.clock {
-            Some(clock) => clock.advance(past),
-            None => tokio::time::sleep(past).await,
-        }
-    }
-
-    /// An order id no other test uses.
-    pub fn order(&self, scenario: &str, cents: u64, fail_ship: bool) -> Order {
-        Order {
-            id: format!("{scenario}-{}", self.name),
-            cents,
-            fail_ship,
-        }
-    }
-}
-
-pub async fn memory() -> Backend {
-    let clock = ManualClock::new();
-    Backend {
-        name: "memory",
-        store: Arc::new(MemoryStore::with_clock(clock.clone())),
-        clock: Some(clock),
-        lease: Duration::from_secs(30),
-        _keep: Box::new(()),
-    }
-}
-
-pub async fn sqlite() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let store = SqliteStore::builder(dir.path().join("wf.db"))
-        .clock(clock.clone())
-        .open()
-        .unwrap();
-    Backend {
-        name: "sqlite",
-        store: Arc::new(store),
-        clock: Some(clock),
-        lease: Duration::from_secs(30),
-        _keep: Box::new(dir),
-    }
-}
-
-/// A real redis-server on a loopback port; leases on its clock, so they are short.
 #[cfg(feature = "redis")]
-pub async fn redis() -> Backend {
-    let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start)
-        .await
-        .unwrap();
-    let store = tempox::store::RedisStore::connect(&server.url())
-        .await
-        .unwrap();
-    Backend {
-        name: "redis",
-        store: Arc::new(store),
-        clock: None,
-        lease: Duration::from_millis(300),
-        _keep: Box::new(server),
+pub use crate::support::backend::redis;
+pub use crate::support::backend::{Backend, memory, sqlite};
+
+/// An order no other test (or backend) uses.
+pub fn order(b: &Backend, scenario: &str, cents: u64, fail_ship: bool) -> Order {
+    Order {
+        id: b.key(scenario),
+        cents,
+        fail_ship,
     }
 }

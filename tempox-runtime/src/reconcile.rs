@@ -1,0 +1,448 @@
+//! The reconciliation engine: drives every record to a final state — done,
+//! compensated, or parked for an operator with nothing lost.
+//!
+//! A pass takes what the store says is due (expired leases, scheduled
+//! retries, new dead letters), handles each by compare-and-set, removes records
+//! past their retention, and runs the state mirrors that are due. Every step
+//! claims its record first, so any number of reconcilers, in any number of
+//! processes, can share a store: each record is handled by one of them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::Recover;
+use crate::error::Error;
+use crate::mirror::{MirrorReport, MirrorStats};
+use crate::record::{Kind, LeaseChange, Record, RecordId, Status, Transition};
+use crate::runtime::{Backoff, Runtime, bump};
+
+/// Called once for each record that enters a dead-letter status.
+pub type AlertHook = Arc<dyn Fn(&Record) + Send + Sync>;
+
+/// Runs reconciliation passes over a runtime's store; see
+/// [`Runtime::reconciler`].
+///
+/// ```
+/// # extern crate tempox_runtime as tempox;
+/// use std::time::Duration;
+/// use tempox::{Runtime, store::MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tempox::Error> {
+/// let rt = Runtime::builder().store(MemoryStore::new()).build()?;
+/// let report = rt
+///     .reconciler()
+///     .batch(500)
+///     .max_attempts(8)
+///     .alert(|parked| eprintln!("needs an operator: {}", parked.id))
+///     .run_once()
+///     .await?;
+/// assert_eq!(report.handled(), 0);
+///
+/// let handle = rt.reconciler().interval(Duration::from_secs(5)).spawn();
+/// handle.stop().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Reconciler {
+    rt: Runtime,
+    interval: Duration,
+    batch: usize,
+    max_attempts: u32,
+    backoff: Backoff,
+    alert: Option<AlertHook>,
+}
+
+impl fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("interval", &self.interval)
+            .field("batch", &self.batch)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("alert", &self.alert.is_some())
+            .finish()
+    }
+}
+
+/// What one pass did: for each action, the records it was applied to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PassReport {
+    /// Crashed workflows run again from their record (`recover = resume`).
+    pub resumed: Vec<RecordId>,
+    /// Workflows rolled back (crashed with `recover = rollback`, or whose
+    /// rollback was interrupted or stopped).
+    pub rolled_back: Vec<RecordId>,
+    /// Idempotent calls whose holder vanished: released, so the next call with
+    /// the key runs them.
+    pub released: Vec<RecordId>,
+    /// Non-idempotent calls whose holder vanished, settled by their probe.
+    pub probed: Vec<RecordId>,
+    /// Compensations that succeeded.
+    pub compensated: Vec<RecordId>,
+    /// Compensations that failed and were scheduled again with backoff.
+    pub retried: Vec<RecordId>,
+    /// Records this pass moved to a dead-letter status.
+    pub parked: Vec<RecordId>,
+    /// Dead letters whose alert this reconciler raised.
+    pub alerted: Vec<RecordId>,
+    /// Records past retention that were removed.
+    pub expired: usize,
+    /// Due records another reconciler handled first.
+    pub skipped: usize,
+    /// Records whose handling failed (store errors, probes that failed); due
+    /// again later.
+    pub errors: Vec<(RecordId, String)>,
+    /// The state mirrors compared in this pass.
+    pub mirrors: Vec<MirrorReport>,
+}
+
+impl PassReport {
+    /// How many records the pass acted on (excluding expiry and mirrors).
+    pub fn handled(&self) -> usize {
+        self.resumed.len()
+            + self.rolled_back.len()
+            + self.released.len()
+            + self.probed.len()
+            + self.compensated.len()
+            + self.retried.len()
+            + self.parked.len()
+            + self.alerted.len()
+    }
+}
+
+/// What handling one due record came to.
+enum Outcome {
+    Resumed,
+    RolledBack,
+    Released,
+    Probed,
+    Compensated,
+    Retried,
+    Parked(Box<Record>),
+    Alerted,
+    Skipped,
+}
+
+impl Runtime {
+    /// A reconciler for this runtime's store, with the runtime's lease, backoff
+    /// and compensation attempts as its defaults.
+    pub fn reconciler(&self) -> Reconciler {
+        Reconciler {
+            rt: self.clone(),
+            interval: Duration::from_secs(5),
+            batch: 256,
+            max_attempts: self.inner.config.compensation_attempts,
+            backoff: self.inner.config.retry_backoff,
+            alert: None,
+        }
+    }
+
+    /// Totals of every registered state mirror.
+    pub fn mirrors(&self) -> Vec<MirrorStats> {
+        self.inner.mirrors.iter().map(|m| m.stats()).collect()
+    }
+}
+
+impl Reconciler {
+    /// Time between passes of [`spawn`](Self::spawn) (default 5 s, with up to
+    /// 10 % jitter so several reconcilers do not run in step).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Most due records handled per pass (default 256).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Runs of a failing compensation before it is parked as
+    /// `CompensationFailed` (default: the runtime's `compensation_attempts`).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Exponential backoff between runs of a failing compensation, per record.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff.base = base;
+        self.backoff.cap = cap.max(base);
+        self
+    }
+
+    /// Whether backoff delays are drawn at random below their ceiling (default
+    /// true).
+    pub fn jitter(mut self, jitter: bool) -> Self {
+        self.backoff.jitter = jitter;
+        self
+    }
+
+    /// Called once for each record that enters a dead-letter status, by the one
+    /// reconciler that acknowledges it (a compare-and-set with a new token).
+    pub fn alert(mut self, hook: impl Fn(&Record) + Send + Sync + 'static) -> Self {
+        self.alert = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs one pass.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the due records cannot be read; failures of single
+    /// records are in [`PassReport::errors`].
+    pub async fn run_once(&self) -> Result<PassReport, Error> {
+        let rt = &self.rt;
+        let mut report = PassReport::default();
+        let due = rt.store().due(self.batch).await?;
+        for record in due {
+            let id = record.id.clone();
+            match self.handle(record).await {
+                Ok(Outcome::Resumed) => report.resumed.push(id),
+                Ok(Outcome::RolledBack) => report.rolled_back.push(id),
+                Ok(Outcome::Released) => report.released.push(id),
+                Ok(Outcome::Probed) => report.probed.push(id),
+                Ok(Outcome::Compensated) => report.compensated.push(id),
+                Ok(Outcome::Retried) => report.retried.push(id),
+                Ok(Outcome::Parked(parked)) => {
+                    report.parked.push(id.clone());
+                    // Raise its alert now rather than on the next pass.
+                    if let Ok(Outcome::Alerted) = self.acknowledge(*parked).await {
+                        report.alerted.push(id);
+                    }
+                }
+                Ok(Outcome::Alerted) => report.alerted.push(id),
+                Ok(Outcome::Skipped) => report.skipped += 1,
+                Err(e) => report.errors.push((id, e.to_string())),
+            }
+        }
+        report.expired = rt.store().expire(self.batch).await?;
+        for mirror in &rt.inner.mirrors {
+            if let Some(r) = mirror.run_if_due().await {
+                report.mirrors.push(r);
+            }
+        }
+        if report.handled() > 0 || report.expired > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                handled = report.handled(),
+                expired = report.expired,
+                errors = report.errors.len(),
+                "reconciliation pass"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs passes every `interval` in a background task until the handle is
+    /// stopped or dropped.
+    pub fn spawn(self) -> ReconcilerHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = self.run_once().await {
+                    tracing::warn!(error = %e, "reconciliation pass failed");
+                }
+                let jitter = self.interval.mul_f64(fastrand::f64() / 10.0);
+                tokio::select! {
+                    () = tokio::time::sleep(self.interval + jitter) => {}
+                    changed = stopped.changed() => {
+                        if changed.is_err() || *stopped.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        ReconcilerHandle { stop, task }
+    }
+
+    async fn handle(&self, r: Record) -> Result<Outcome, Error> {
+        let rt = &self.rt;
+        let now = rt.store().now().await?;
+        match r.status {
+            Status::Pending if !r.lease_expired(now) => Ok(Outcome::Skipped),
+            Status::Pending if r.kind == Kind::Workflow => self.recover(&r).await,
+            Status::Pending if self.step_of_live_workflow(&r).await? => {
+                // Its workflow settles it when it is recovered.
+                Ok(Outcome::Skipped)
+            }
+            Status::Pending if r.kind == Kind::Idempotent => self.release(&r).await,
+            Status::Pending => self.probe_or_park(&r).await,
+            Status::RollingBack if r.lease_expired(now) => self.recover(&r).await,
+            Status::Compensating if r.lease_expired(now) => self.compensate(&r).await,
+            Status::CompensationFailed | Status::OutcomeUnknown => self.acknowledge(r).await,
+            _ => Ok(Outcome::Skipped),
+        }
+    }
+
+    async fn recover(&self, r: &Record) -> Result<Outcome, Error> {
+        let recover = self.rt.catalog().workflow(r.op()).map(|w| w.recover);
+        let after = match self.rt.recover_workflow(&r.id).await {
+            Ok(after) => after,
+            Err(Error::Fenced { .. } | Error::WrongStatus { .. } | Error::InFlight { .. }) => {
+                return Ok(Outcome::Skipped);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match after.status {
+            Status::Pending | Status::RollingBack => Outcome::Skipped,
+            Status::Completed if recover == Some(Recover::Resume) => Outcome::Resumed,
+            _ => Outcome::RolledBack,
+        })
+    }
+
+    /// Whether `r` is a step of a workflow that is still running or recoverable:
+    /// then the workflow, not the step, is recovered.
+    async fn step_of_live_workflow(&self, r: &Record) -> Result<bool, Error> {
+        let Some(workflow) = &r.workflow else {
+            return Ok(false);
+        };
+        Ok(self
+            .rt
+            .store()
+            .get(workflow)
+            .await?
+            .is_some_and(|w| w.status.is_active() || w.status == Status::PartiallyRolledBack))
+    }
+
+    /// An idempotent call whose holder vanished: released, so the next call with
+    /// its key runs it again (the reconciler has no arguments to run it with).
+    async fn release(&self, r: &Record) -> Result<Outcome, Error> {
+        let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
+        t.error = Some("its holder vanished; the next call with the key runs it again".into());
+        t.retention = Some(self.rt.inner.config.retention);
+        match self.rt.apply(&t).await {
+            Ok(_) => Ok(Outcome::Released),
+            Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A non-idempotent call whose holder vanished: its probe says whether the
+    /// effect happened; without one it is parked as `OutcomeUnknown`.
+    async fn probe_or_park(&self, r: &Record) -> Result<Outcome, Error> {
+        let rt = &self.rt;
+        let probe = rt.catalog().get(r.op()).and_then(|e| e.probe);
+        let Some(probe) = probe else {
+            let mut t = Transition::new(
+                r.id.clone(),
+                Status::Pending,
+                r.token,
+                Status::OutcomeUnknown,
+            );
+            t.error = Some(
+                "its holder vanished before the outcome was recorded, and it has no probe".into(),
+            );
+            return match rt.apply(&t).await {
+                Ok(parked) => {
+                    bump(&rt.inner.counters.dead_letters);
+                    Ok(Outcome::Parked(Box::new(parked)))
+                }
+                Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
+                Err(e) => Err(e),
+            };
+        };
+        // Take the record over first: one reconciler probes.
+        let mut claim = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Pending);
+        claim.lease = LeaseChange::Acquire(rt.inner.config.lease);
+        let held = match rt.apply(&claim).await {
+            Ok(held) => held,
+            Err(Error::Fenced { .. }) => return Ok(Outcome::Skipped),
+            Err(e) => return Err(e),
+        };
+        let found = crate::invoke::heartbeat(rt, &held, rt.scope(probe(held.input.to_vec()))).await;
+        let mut t = Transition::new(
+            held.id.clone(),
+            Status::Pending,
+            held.token,
+            Status::Completed,
+        );
+        t.retention = Some(rt.inner.config.retention);
+        match found {
+            Ok(Some(output)) => t.output = Some(output.into()),
+            Ok(None) => {
+                t.to = Status::Released;
+                t.error =
+                    Some("the probe found no effect; the next call with the key runs it".into());
+            }
+            Err(message) => {
+                return Err(Error::Compensation {
+                    op: r.op().to_owned(),
+                    compensation: "probe".into(),
+                    message,
+                });
+            }
+        }
+        rt.apply(&t).await.map(|_| Outcome::Probed)
+    }
+
+    async fn compensate(&self, r: &Record) -> Result<Outcome, Error> {
+        let rt = &self.rt;
+        match rt
+            .compensate_with(&r.id, (self.max_attempts, self.backoff))
+            .await
+        {
+            Ok(done) if done.status == Status::Compensated => Ok(Outcome::Compensated),
+            Ok(_) => Ok(Outcome::Skipped),
+            Err(Error::Compensation { .. }) => {
+                let now = rt.store().get(&r.id).await?;
+                match now {
+                    Some(parked) if parked.status == Status::CompensationFailed => {
+                        Ok(Outcome::Parked(Box::new(parked)))
+                    }
+                    _ => Ok(Outcome::Retried),
+                }
+            }
+            Err(Error::Fenced { .. } | Error::WrongStatus { .. }) => Ok(Outcome::Skipped),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Acknowledges a new dead letter and raises its alert: a same-status
+    /// transition that takes a new token, so exactly one reconciler wins it.
+    async fn acknowledge(&self, r: Record) -> Result<Outcome, Error> {
+        if r.due_at.is_none() {
+            return Ok(Outcome::Skipped);
+        }
+        let mut t = Transition::new(r.id.clone(), r.status, r.token, r.status);
+        t.lease = LeaseChange::Acquire(self.rt.inner.config.lease);
+        match self.rt.apply(&t).await {
+            Ok(acked) => {
+                tracing::warn!(id = %acked.id, status = %acked.status, error = ?acked.error, "dead letter: needs an operator");
+                if let Some(alert) = &self.alert {
+                    alert(&acked);
+                }
+                Ok(Outcome::Alerted)
+            }
+            Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A reconciler running in the background; see [`Reconciler::spawn`].
+#[derive(Debug)]
+pub struct ReconcilerHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ReconcilerHandle {
+    /// Stops after the pass under way: what it claimed is finished, nothing is
+    /// left half-done.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Stops at once, as a crash would: records it was working on keep their
+    /// lease until it runs out, then another reconciler takes them over.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}

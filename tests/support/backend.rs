@@ -1,0 +1,99 @@
+//! One store per backend, as the workflow and reconciler suites use them: the
+//! store, a way to let leases run out, and fresh runtimes on it (as if in
+//! other processes).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempox::Runtime;
+use tempox::clock::ManualClock;
+use tempox::store::{MemoryStore, SqliteStore, Store};
+
+pub struct Backend {
+    pub name: &'static str,
+    pub store: Arc<dyn Store>,
+    clock: Option<ManualClock>,
+    lease: Duration,
+    _keep: Box<dyn Any + Send + Sync>,
+}
+
+impl Backend {
+    /// A new runtime on the same store: as if in another process.
+    pub fn runtime(&self) -> Runtime {
+        self.runtime_with(3)
+    }
+
+    pub fn runtime_with(&self, compensation_attempts: u32) -> Runtime {
+        Runtime::builder()
+            .shared_store(self.store.clone())
+            .lease(self.lease)
+            .retry_backoff(Duration::from_millis(1), Duration::from_millis(4))
+            .compensation_attempts(compensation_attempts)
+            .build()
+            .unwrap()
+    }
+
+    /// Lets every lease run out.
+    pub async fn pass_lease(&self) {
+        self.pass(self.lease + Duration::from_millis(100)).await;
+    }
+
+    /// A key no other backend's run of `scenario` uses.
+    pub fn key(&self, scenario: &str) -> String {
+        format!("{scenario}-{}", self.name)
+    }
+
+    /// Lets `d` pass on the store's clock.
+    pub async fn pass(&self, d: Duration) {
+        match &self.clock {
+            Some(clock) => clock.advance(d),
+            None => tokio::time::sleep(d).await,
+        }
+    }
+}
+
+pub async fn memory() -> Backend {
+    let clock = ManualClock::new();
+    Backend {
+        name: "memory",
+        store: Arc::new(MemoryStore::with_clock(clock.clone())),
+        clock: Some(clock),
+        lease: Duration::from_secs(30),
+        _keep: Box::new(()),
+    }
+}
+
+pub async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = SqliteStore::builder(dir.path().join("wf.db"))
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    Backend {
+        name: "sqlite",
+        store: Arc::new(store),
+        clock: Some(clock),
+        lease: Duration::from_secs(30),
+        _keep: Box::new(dir),
+    }
+}
+
+/// A real redis-server on a loopback port; leases on its clock, so they are short.
+#[cfg(feature = "redis")]
+pub async fn redis() -> Backend {
+    let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let store = tempox::store::RedisStore::connect(&server.url())
+        .await
+        .unwrap();
+    Backend {
+        name: "redis",
+        store: Arc::new(store),
+        clock: None,
+        lease: Duration::from_millis(300),
+        _keep: Box::new(server),
+    }
+}
