@@ -25,13 +25,18 @@ impl Backend {
     }
 
     pub fn runtime_with(&self, compensation_attempts: u32) -> Runtime {
+        self.builder()
+            .compensation_attempts(compensation_attempts)
+            .build()
+            .unwrap()
+    }
+
+    /// A runtime builder on the store with the backend's lease and a fast backoff.
+    pub fn builder(&self) -> tempox::RuntimeBuilder {
         Runtime::builder()
             .shared_store(self.store.clone())
             .lease(self.lease)
             .retry_backoff(Duration::from_millis(1), Duration::from_millis(4))
-            .compensation_attempts(compensation_attempts)
-            .build()
-            .unwrap()
     }
 
     /// Lets every lease run out.

@@ -1,0 +1,41 @@
+//! The reconciler on every store: racing reconcilers, takeover after a crash,
+//! backoff and dead letters, operator actions, crashed calls settled, mirrors.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod ops;
+mod scenarios;
+
+macro_rules! scenarios {
+    ($backend:ident => $make:expr) => {
+        mod $backend {
+            scenarios!(@each $make;
+                two_reconcilers_race_over_a_thousand_stale_compensations,
+                eight_reconcilers_race_over_a_thousand_stale_compensations,
+                a_reconciler_killed_mid_compensation_is_taken_over_after_the_lease,
+                failing_twice_then_succeeding_ends_compensated_with_three_attempts,
+                always_failing_ends_compensation_failed_with_its_last_error,
+                operator_retry_and_resolve,
+                crashed_calls_are_released_probed_or_parked,
+                a_crashed_workflow_is_resumed_by_the_reconciler,
+                a_mirror_with_injected_drift_converges,
+            );
+        }
+    };
+    (@each $make:expr; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let backend = $make.await;
+                crate::scenarios::$scenario(&backend).await;
+            }
+        )*
+    };
+}
+
+scenarios!(memory => crate::support::backend::memory());
+scenarios!(sqlite => crate::support::backend::sqlite());
+#[cfg(feature = "redis")]
+scenarios!(redis => crate::support::backend::redis());
