@@ -72,7 +72,7 @@ pub async fn undo(item: &Item) -> Result<(), TestError> {
         started.notify_one();
         gate.acquire().await.map(|p| p.forget()).ok();
     }
-    if run <= b.fail_first || b.always_fail_every.is_some_and(|k| item.n % k == 0) {
+    if run <= b.fail_first || b.always_fail_every.is_some_and(|k| item.n.is_multiple_of(k)) {
         return Err(TestError::UndoFailed(item.n, run));
     }
     *lock(&DONE).entry(key).or_default() += 1;
@@ -130,7 +130,7 @@ pub async fn unprobed(key: String) -> Result<u32, TestError> {
 }
 
 /// The outside world's answer: only keys with `-happened` took effect.
-pub async fn find(key: &String) -> Result<Option<u32>, TestError> {
+pub async fn find(key: &str) -> Result<Option<u32>, TestError> {
     Ok(key.contains("-happened").then_some(30))
 }
 

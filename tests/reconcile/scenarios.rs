@@ -180,7 +180,7 @@ pub async fn a_reconciler_killed_mid_compensation_is_taken_over_after_the_lease(
     assert!(early.compensated.is_empty(), "{early:?}");
     b.pass_lease().await;
     let report = b.runtime().reconciler().run_once().await.unwrap();
-    assert_eq!(report.compensated, [id.clone()]);
+    assert_eq!(report.compensated, std::slice::from_ref(&id));
     let r = record(&rt, &id).await;
     assert_eq!((r.status, r.attempts), (Status::Compensated, 2));
     assert_eq!(
@@ -252,7 +252,7 @@ pub async fn always_failing_ends_compensation_failed_with_its_last_error(b: &Bac
     for _ in 0..3 {
         r.run_once().await.unwrap();
     }
-    assert_eq!(*lock(&alerts), [id.clone()], "alerted exactly once");
+    assert_eq!(*lock(&alerts), std::slice::from_ref(&id), "alerted exactly once");
     assert!(rt.dead_letters().await.unwrap().iter().any(|d| d.id == id));
 }
 
@@ -403,7 +403,7 @@ pub async fn a_crashed_workflow_is_resumed_by_the_reconciler(b: &Backend) {
     b.pass_lease().await;
     let report = b.runtime().reconciler().run_once().await.unwrap();
     let flow = id("rc.flow", &key);
-    assert_eq!(report.resumed, [flow.clone()], "{report:?}");
+    assert_eq!(report.resumed, std::slice::from_ref(&flow), "{report:?}");
     let r = record(&rt, &flow).await;
     assert_eq!(
         (r.status, r.output.as_deref()),
