@@ -52,6 +52,7 @@ pub struct Reconciler {
     rt: Runtime,
     interval: Duration,
     batch: usize,
+    concurrency: usize,
     max_attempts: u32,
     backoff: Backoff,
     alert: Option<AlertHook>,
@@ -137,6 +138,7 @@ impl Runtime {
             rt: self.clone(),
             interval: Duration::from_secs(5),
             batch: 256,
+            concurrency: 32,
             max_attempts: self.inner.config.compensation_attempts,
             backoff: self.inner.config.retry_backoff,
             alert: None,
@@ -160,6 +162,13 @@ impl Reconciler {
     /// Most due records handled per pass (default 256).
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// How many due records a pass handles at once (default 32): their writes
+    /// then share the store's round trips and commits.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
         self
     }
 
@@ -199,10 +208,29 @@ impl Reconciler {
     pub async fn run_once(&self) -> Result<PassReport, Error> {
         let rt = &self.rt;
         let mut report = PassReport::default();
-        let due = rt.store().due(self.batch).await?;
-        for record in due {
-            let id = record.id.clone();
-            match self.handle(record).await {
+        let mut due = rt.store().due(self.batch).await?.into_iter();
+        let mut outcomes = Vec::new();
+        loop {
+            let mut wave = tokio::task::JoinSet::new();
+            for record in due.by_ref().take(self.concurrency) {
+                let this = self.clone();
+                wave.spawn(async move {
+                    let id = record.id.clone();
+                    (id, this.handle(record).await)
+                });
+            }
+            if wave.is_empty() {
+                break;
+            }
+            while let Some(done) = wave.join_next().await {
+                match done {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e) => tracing::warn!(error = %e, "a reconciliation task failed"),
+                }
+            }
+        }
+        for (id, outcome) in outcomes {
+            match outcome {
                 Ok(Outcome::Resumed) => report.resumed.push(id),
                 Ok(Outcome::RolledBack) => report.rolled_back.push(id),
                 Ok(Outcome::Released) => report.released.push(id),

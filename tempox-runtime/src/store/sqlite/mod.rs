@@ -293,7 +293,8 @@ impl Store for SqliteStore {
         let now = self.inner.clock.now();
         self.read(move |conn| {
             let sql = format!(
-                "SELECT {COLUMNS} FROM tempox_records WHERE due_at IS NOT NULL AND due_at <= ?1 \
+                "SELECT {COLUMNS} FROM tempox_records INDEXED BY tempox_records_due \
+                 WHERE due_at IS NOT NULL AND due_at <= ?1 \
                  ORDER BY due_at, id LIMIT ?2"
             );
             query(conn, &sql, params![millis(now)?, limit_param(limit)])
@@ -355,8 +356,11 @@ fn use_wal(conn: &Connection, path: &Path, synchronous: Synchronous) -> Result<(
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
-        conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
-            .map_err(|e| sqlite_error(path, "cannot configure", e))?;
+        // A larger page cache (64 MiB) keeps index pages of a big table in memory.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536;"
+        ))
+        .map_err(|e| sqlite_error(path, "cannot configure", e))?;
     }
     Ok(())
 }
@@ -584,16 +588,22 @@ fn read_record(row: &Row<'_>) -> Result<Record, StoreError> {
     })
 }
 
-/// Writes `r` whole (insert or replace).
-pub(crate) fn write_record(conn: &Connection, r: &Record) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT OR REPLACE INTO tempox_records ({COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-    );
+/// Writes `r` whole: an insert for a new record, an update in place for an
+/// existing one (a replace would delete and re-insert every index entry).
+pub(crate) fn write_record(conn: &Connection, r: &Record, exists: bool) -> Result<(), StoreError> {
+    const INSERT: &str = "INSERT INTO tempox_records (id, op, kind, fingerprint, input, output, error, \
+        status, token, lease_until, attempts, workflow, step, created_at, updated_at, due_at, \
+        expires_at, note) \
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+    const UPDATE: &str = "UPDATE tempox_records SET op = ?2, kind = ?3, fingerprint = ?4, \
+        input = ?5, output = ?6, error = ?7, status = ?8, token = ?9, lease_until = ?10, \
+        attempts = ?11, workflow = ?12, step = ?13, created_at = ?14, updated_at = ?15, \
+        due_at = ?16, expires_at = ?17, note = ?18 WHERE id = ?1";
+    let sql = if exists { UPDATE } else { INSERT };
     let ts = |t: Option<Timestamp>| t.map(millis).transpose();
     let token = i64::try_from(r.token)
         .map_err(|_| StoreError::invalid(format!("token {} out of range", r.token)))?;
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_error)?;
+    let mut stmt = conn.prepare_cached(sql).map_err(db_error)?;
     stmt.execute(params![
         r.id.as_str(),
         r.op(),

@@ -137,7 +137,7 @@ fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answe
             let outcome = plan_claim(existing.as_ref(), req, now);
             match &outcome {
                 Claimed::Acquired { record, .. } | Claimed::MarkedUnknown(record) => {
-                    write_record(conn, record)?
+                    write_record(conn, record, existing.is_some())?
                 }
                 Claimed::Existing(_) => {}
             }
@@ -147,7 +147,7 @@ fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answe
             let existing = get(conn, &t.id)?;
             let outcome = plan_transition(existing.as_ref(), t, now)?;
             if let Transitioned::Applied(record) = &outcome {
-                write_record(conn, record)?;
+                write_record(conn, record, true)?;
             }
             Ok(Answer::Transitioned(outcome))
         }
@@ -173,7 +173,10 @@ fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answe
         }
         Request::Expire { limit } => {
             let sql = format!(
+                // Through the expiry index, whatever the planner thinks of the
+                // status index: the cost is what has expired, not what is stored.
                 "DELETE FROM tempox_records WHERE id IN (SELECT id FROM tempox_records \
+                 INDEXED BY tempox_records_expiry \
                  WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND status IN ({}) \
                  ORDER BY expires_at LIMIT ?2)",
                 final_statuses()
