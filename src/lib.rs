@@ -26,6 +26,13 @@
 //! - **Catalog**: every operation registers itself at link time, so any process
 //!   can compensate a record knowing only its operation's name
 //!   ([`Runtime::compensate`]).
+//! - **Workflow**: a [`workflow`]'s annotated calls are checkpointed steps; a
+//!   failure undoes the completed ones newest first, a crash is resumed (or
+//!   rolled back) from the record in any process.
+//! - **Reconciler**: [`Runtime::reconciler`] runs passes that drive every record
+//!   to a final state — done, compensated, or parked for an operator
+//!   ([`Runtime::dead_letters`], [`Runtime::retry`], [`Runtime::resolve`]) —
+//!   and compares registered [`mirror::Mirror`]s.
 //!
 //! # Example
 //!
@@ -83,6 +90,8 @@
 //! - [`Runtime`]: the builder, ambient lookup ([`Runtime::scope`],
 //!   [`Runtime::install_global`]), operator actions ([`Runtime::dead_letters`],
 //!   [`Runtime::retry`], [`Runtime::resolve`]).
+//! - [`Reconciler`]: passes, the alert hook, `spawn()`; [`mirror`] for state
+//!   mirroring.
 //! - [`store`]: the [`Store`](store::Store) trait and its backends.
 //! - [`record`]: the record, its statuses and the transition table.
 //! - [`Error`]: everything tempox reports, always through your own error type.

@@ -21,6 +21,7 @@ macro_rules! scenarios {
                 crashed_calls_are_released_probed_or_parked,
                 a_crashed_workflow_is_resumed_by_the_reconciler,
                 a_mirror_with_injected_drift_converges,
+                a_spawned_reconciler_works_in_the_background_and_stops_cleanly,
             );
         }
     };

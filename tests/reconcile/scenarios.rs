@@ -516,3 +516,23 @@ pub async fn a_mirror_with_injected_drift_converges(b: &Backend) {
         (4, 7, 4, 1)
     );
 }
+
+pub async fn a_spawned_reconciler_works_in_the_background_and_stops_cleanly(b: &Backend) {
+    let rt = b.runtime();
+    let key = b.key("spawned");
+    crash(&rt, &key, ops::idem(key.clone())).await;
+    b.pass_lease().await;
+    let handle = b.runtime().reconciler().interval(Duration::from_millis(10)).spawn();
+    let released = id("rc.idem", &key);
+    let mut status = Status::Pending;
+    for _ in 0..500 {
+        status = record(&rt, &released).await.status;
+        if status != Status::Pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, Status::Released);
+    // Stopping waits for the pass under way, then the task is gone.
+    tokio::time::timeout(Duration::from_secs(10), handle.stop()).await.unwrap();
+}
