@@ -46,7 +46,12 @@ fn args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--store" => stores = vec![it.next().expect("--store needs a value")],
-            "--seconds" => seconds = it.next().and_then(|s| s.parse().ok()).expect("--seconds needs a number"),
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds needs a number")
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}; use --store sqlite|redis|all, --seconds N"),
         }
@@ -93,7 +98,9 @@ fn row(store: &str, calls: &str, concurrency: u64, tempox: f64, raw: f64, target
         Some(t) => format!(">= {t:.1} MISSED"),
         None => "-".into(),
     };
-    println!("{store:<8} {calls:<7} {concurrency:>11} {tempox:>14.0} {raw:>14.0} {ratio:>7.2}  {verdict}");
+    println!(
+        "{store:<8} {calls:<7} {concurrency:>11} {tempox:>14.0} {raw:>14.0} {ratio:>7.2}  {verdict}"
+    );
 }
 
 /// The raw SQLite limit: `concurrency` claims per transaction, then their
@@ -145,7 +152,9 @@ fn raw_sqlite_reads(path: &std::path::Path, keys: u64, seconds: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let mut n = 0u64;
-    let mut stmt = conn.prepare("SELECT * FROM tempox_records WHERE id = ?1").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT * FROM tempox_records WHERE id = ?1")
+        .unwrap();
     while Instant::now() < deadline {
         let id = format!("load.call/{}", n % keys);
         let found = stmt.query_row([id], |r| r.get::<_, String>(0)).ok();
@@ -159,15 +168,24 @@ async fn sqlite(seconds: f64) {
     for concurrency in [1u64, 64] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("load.db");
-        let rt = Runtime::builder().store(SqliteStore::open(&path).unwrap()).build().unwrap();
-        let fresh = drive(&rt, concurrency, seconds, move |t, i| call(i * 1024 + t, "payload")).await;
+        let rt = Runtime::builder()
+            .store(SqliteStore::open(&path).unwrap())
+            .build()
+            .unwrap();
+        let fresh = drive(&rt, concurrency, seconds, move |t, i| {
+            call(i * 1024 + t, "payload")
+        })
+        .await;
         let raw = raw_sqlite(&dir.path().join("raw.db"), concurrency, seconds);
         row("sqlite", "fresh", concurrency, fresh, raw, Some(0.6));
     }
     for concurrency in [1u64, 64] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("load.db");
-        let rt = Runtime::builder().store(SqliteStore::open(&path).unwrap()).build().unwrap();
+        let rt = Runtime::builder()
+            .store(SqliteStore::open(&path).unwrap())
+            .build()
+            .unwrap();
         let keys = 1_000;
         rt.scope(async {
             for k in 0..keys {
@@ -175,7 +193,10 @@ async fn sqlite(seconds: f64) {
             }
         })
         .await;
-        let replay = drive(&rt, concurrency, seconds, move |t, i| call((t * 7 + i) % keys, "payload")).await;
+        let replay = drive(&rt, concurrency, seconds, move |t, i| {
+            call((t * 7 + i) % keys, "payload")
+        })
+        .await;
         let raw = raw_sqlite_reads(&path, keys, seconds);
         row("sqlite", "replay", concurrency, replay, raw, None);
     }
@@ -183,8 +204,15 @@ async fn sqlite(seconds: f64) {
 
 fn main() {
     let args = args();
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    println!("{:<8} {:<7} {:>11} {:>14} {:>14} {:>7}  target", "store", "calls", "concurrency", "tempox/s", "raw/s", "ratio");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "{:<8} {:<7} {:>11} {:>14} {:>14} {:>7}  target",
+        "store", "calls", "concurrency", "tempox/s", "raw/s", "ratio"
+    );
     for store in &args.stores {
         match store.as_str() {
             "sqlite" => tokio.block_on(sqlite(args.seconds)),

@@ -152,12 +152,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     let rt = runtime()?;
-    let kept = if again { " (kept from the last run)" } else { "" };
+    let kept = if again {
+        " (kept from the last run)"
+    } else {
+        ""
+    };
     println!("records: {}{kept}\n", path.display());
 
     let o1 = order("order-1", "kettle", 4_999, "4242");
     request(&rt, "1. order-1 checks out", &o1).await;
-    request(&rt, "2. order-1 again (the client timed out and retried)", &o1).await;
+    request(
+        &rt,
+        "2. order-1 again (the client timed out and retried)",
+        &o1,
+    )
+    .await;
     let mut tampered = o1.clone();
     tampered.cents = 1;
     request(&rt, "3. order-1 again with another amount", &tampered).await;
@@ -184,7 +193,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
     let other = runtime()?;
     if let Ok(done) = other.recover_workflow(&id4).await {
-        println!("    recovered by a fresh runtime: workflow is {}", done.status);
+        println!(
+            "    recovered by a fresh runtime: workflow is {}",
+            done.status
+        );
     }
 
     println!("\nrecords:");
@@ -197,7 +209,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     for r in &all {
         let step = r.step.map(|s| format!("step {s}")).unwrap_or_default();
-        println!("    {:<44} {:<7} {:<21} attempts {}", r.id.as_str(), step, r.status.as_str(), r.attempts);
+        println!(
+            "    {:<44} {:<7} {:<21} attempts {}",
+            r.id.as_str(),
+            step,
+            r.status.as_str(),
+            r.attempts
+        );
     }
     let c = rt.counters();
     println!(
@@ -205,7 +223,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.calls, c.executions, c.replays, c.key_reuses, c.compensations
     );
     if !again {
-        println!("run `cargo run --example checkout -- --again` to replay the same requests from the file");
+        println!(
+            "run `cargo run --example checkout -- --again` to replay the same requests from the file"
+        );
     }
     Ok(())
 }

@@ -109,8 +109,8 @@ pub use tempox_macros::workflow;
 
 #[doc(inline)]
 pub use tempox_runtime::{
-    Backoff, Counters, Error, ErrorClass, Fingerprint, Key, KeyError, Kind, Record, RecordId,
-    PassReport, Reconciler, ReconcilerHandle, Result, Runtime, RuntimeBuilder, Status, StoreError,
+    Backoff, Counters, Error, ErrorClass, Fingerprint, Key, KeyError, Kind, PassReport, Reconciler,
+    ReconcilerHandle, Record, RecordId, Result, Runtime, RuntimeBuilder, Status, StoreError,
     StoreErrorKind, Timestamp,
 };
 

@@ -38,9 +38,16 @@ fn line(s: &str) {
 
 /// The child: calls `step` for keys 0.. from 8 tasks until it is killed.
 fn child(path: &str) {
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     tokio.block_on(async {
-        let rt = Runtime::builder().store(SqliteStore::open(path).unwrap()).build().unwrap();
+        let rt = Runtime::builder()
+            .store(SqliteStore::open(path).unwrap())
+            .build()
+            .unwrap();
         let tasks: Vec<_> = (0..8u32)
             .map(|t| {
                 let rt = rt.clone();
@@ -96,9 +103,16 @@ fn sqlite_process_killed_mid_load() {
     }
     child.wait().unwrap();
     assert!(killed, "the child finished before it could be killed");
-    assert!(completed.len() >= 100, "too little load before the kill: {}", completed.len());
+    assert!(
+        completed.len() >= 100,
+        "too little load before the kill: {}",
+        completed.len()
+    );
 
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     tokio.block_on(async {
         let store = SqliteStore::open(&path).unwrap();
         let mut on_disk = BTreeMap::new();

@@ -72,7 +72,10 @@ pub async fn undo(item: &Item) -> Result<(), TestError> {
         started.notify_one();
         gate.acquire().await.map(|p| p.forget()).ok();
     }
-    if run <= b.fail_first || b.always_fail_every.is_some_and(|k| item.n.is_multiple_of(k)) {
+    if run <= b.fail_first
+        || b.always_fail_every
+            .is_some_and(|k| item.n.is_multiple_of(k))
+    {
         return Err(TestError::UndoFailed(item.n, run));
     }
     *lock(&DONE).entry(key).or_default() += 1;

@@ -252,7 +252,11 @@ pub async fn always_failing_ends_compensation_failed_with_its_last_error(b: &Bac
     for _ in 0..3 {
         r.run_once().await.unwrap();
     }
-    assert_eq!(*lock(&alerts), std::slice::from_ref(&id), "alerted exactly once");
+    assert_eq!(
+        *lock(&alerts),
+        std::slice::from_ref(&id),
+        "alerted exactly once"
+    );
     assert!(rt.dead_letters().await.unwrap().iter().any(|d| d.id == id));
 }
 
@@ -522,7 +526,11 @@ pub async fn a_spawned_reconciler_works_in_the_background_and_stops_cleanly(b: &
     let key = b.key("spawned");
     crash(&rt, &key, ops::idem(key.clone())).await;
     b.pass_lease().await;
-    let handle = b.runtime().reconciler().interval(Duration::from_millis(10)).spawn();
+    let handle = b
+        .runtime()
+        .reconciler()
+        .interval(Duration::from_millis(10))
+        .spawn();
     let released = id("rc.idem", &key);
     let mut status = Status::Pending;
     for _ in 0..500 {
@@ -534,5 +542,7 @@ pub async fn a_spawned_reconciler_works_in_the_background_and_stops_cleanly(b: &
     }
     assert_eq!(status, Status::Released);
     // Stopping waits for the pass under way, then the task is gone.
-    tokio::time::timeout(Duration::from_secs(10), handle.stop()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle.stop())
+        .await
+        .unwrap();
 }

@@ -344,7 +344,10 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
     let parked = applied(store, &noted).await;
     assert_eq!(parked.note.as_deref(), Some("first note\nsecond note"));
     assert_eq!(parked.expires_at, None, "dead letters never expire");
-    assert!(parked.due_at.is_some(), "a new dead letter is due for its alert");
+    assert!(
+        parked.due_at.is_some(),
+        "a new dead letter is due for its alert"
+    );
     // Acknowledging the alert: a new token, no longer due; a second
     // acknowledgement with the old token loses.
     let mut ack = Transition::new(
@@ -356,7 +359,10 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
     ack.lease = LeaseChange::Acquire(LEASE);
     let acked = applied(store, &ack).await;
     assert!(acked.token > parked.token);
-    assert_eq!((acked.due_at, acked.lease_until, acked.expires_at), (None, None, None));
+    assert_eq!(
+        (acked.due_at, acked.lease_until, acked.expires_at),
+        (None, None, None)
+    );
     assert!(matches!(
         store.transition(&ack).await.unwrap(),
         Transitioned::Conflict(Some(_))
