@@ -2,8 +2,9 @@
 //! limit of the same store measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench load                       # every store, 3 s per row
-//! cargo bench --bench load -- --store sqlite --seconds 5
+//! cargo bench --bench load                       # SQLite, 3 s per row
+//! cargo bench --features redis --bench load -- --store all --seconds 3
+//! cargo bench --features redis --bench load -- --store redis --seconds 5
 //! ```
 //!
 //! - `fresh`: every call has a new key (claim + record outcome).
@@ -11,6 +12,21 @@
 //! - SQLite raw: the same rows inserted (claim) and updated (outcome) with
 //!   rusqlite in transactions of `concurrency` rows, `synchronous = FULL`, no
 //!   tempox logic.
+//! - Redis: the bench starts its own `redis-server` on a free 127.0.0.1 port
+//!   (AOF, `appendfsync always` as the store's durability needs; then the same
+//!   rows again on a new server with `appendfsync everysec`, labelled, to show
+//!   how much of the cost is the disk). Raw: the store's own scripts with the
+//!   exact keys and arguments it sends, sent straight through the redis client
+//!   (a `ConnectionManager` configured as the store's, the same concurrency):
+//!   fresh = the claim script then the completing transition per key, replay =
+//!   the claim script on a completed key; the commands come from the store's
+//!   own builders (`tempox::store::redis_bench`, benchmark-only). Targets: both
+//!   `>= 0.7` of raw. Then, as information: the server's limit,
+//!   `redis-benchmark -c 64 -P 16` of that replay `EVALSHA`, with tempox as a
+//!   fraction of it; the absolute target (`>= 47000` fresh calls/s at
+//!   concurrency 64, five times AWS Powertools' Python utility with eight
+//!   processes); and what `redis-server` spent per fresh call (`INFO cpu` and
+//!   `INFO commandstats`), which bounds what any client can reach.
 //!
 //! Ratios are what to compare across machines; absolute figures depend on the
 //! disk and on what else runs.
@@ -22,6 +38,11 @@ use std::time::{Duration, Instant};
 
 use tempox::store::SqliteStore;
 use tempox::{Runtime, idempotent};
+
+#[cfg(feature = "redis")]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
 
 #[derive(Debug, thiserror::Error)]
 enum LoadError {
@@ -91,15 +112,36 @@ where
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The store column's width (`redis/everysec`).
+const STORE: usize = 14;
+
 fn row(store: &str, calls: &str, concurrency: u64, tempox: f64, raw: f64, target: Option<f64>) {
+    row_note(store, calls, concurrency, tempox, raw, target, "");
+}
+
+/// A row, then `note` after the verdict.
+fn row_note(
+    store: &str,
+    calls: &str,
+    concurrency: u64,
+    tempox: f64,
+    raw: f64,
+    target: Option<f64>,
+    note: &str,
+) {
     let ratio = tempox / raw;
     let verdict = match target {
         Some(t) if ratio >= t => format!(">= {t:.1} ok"),
         Some(t) => format!(">= {t:.1} MISSED"),
         None => "-".into(),
     };
+    let note = if note.is_empty() {
+        String::new()
+    } else {
+        format!("  {note}")
+    };
     println!(
-        "{store:<8} {calls:<7} {concurrency:>11} {tempox:>14.0} {raw:>14.0} {ratio:>7.2}  {verdict}"
+        "{store:<STORE$} {calls:<7} {concurrency:>11} {tempox:>14.0} {raw:>14.0} {ratio:>7.2}  {verdict}{note}"
     );
 }
 
@@ -210,13 +252,478 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "{:<8} {:<7} {:>11} {:>14} {:>14} {:>7}  target",
+        "{:<STORE$} {:<7} {:>11} {:>14} {:>14} {:>7}  target",
         "store", "calls", "concurrency", "tempox/s", "raw/s", "ratio"
     );
     for store in &args.stores {
         match store.as_str() {
             "sqlite" => tokio.block_on(sqlite(args.seconds)),
+            #[cfg(feature = "redis")]
+            "redis" => tokio.block_on(redis_rows::redis(args.seconds)),
+            #[cfg(not(feature = "redis"))]
+            "redis" => println!("redis: skipped, build with `--features redis`"),
             other => panic!("unknown store {other}"),
         }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_rows {
+    //! The Redis rows: tempox on `RedisStore` next to the same scripts sent raw.
+
+    use std::future::Future;
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use tempox::record::{ClaimRequest, OnExpired, Record, RecordId, Transition};
+    use tempox::store::redis_bench::{self, redis};
+    use tempox::store::{RedisStore, Store};
+    use tempox::{Runtime, Status};
+
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    use redis::{Cmd, Value};
+
+    use super::redis_server::RedisServer;
+    use super::{call, drive, row, row_note};
+
+    /// The target of fresh and replay calls, as a fraction of the raw scripts.
+    const TARGET: f64 = 0.7;
+    /// AWS Powertools' Python idempotency utility on the same Redis does 9.4k
+    /// fresh calls/s with eight processes; tempox in one process: five times that.
+    const ABSOLUTE_FRESH: f64 = 5.0 * 9_400.0;
+    /// The runtime's defaults, which the raw calls send too.
+    const LEASE: Duration = Duration::from_secs(30);
+    const RETENTION: Duration = Duration::from_secs(86_400);
+    /// Completed keys the replay rows cycle over.
+    const KEYS: u64 = 1_000;
+    /// The first of them (the fresh rows' keys stay below).
+    const REPLAYED: u64 = 1 << 50;
+    /// Requests of the `redis-benchmark` run, and the longest it may take.
+    const BENCHMARK_REQUESTS: u64 = 200_000;
+    const BENCHMARK_WITHIN: Duration = Duration::from_secs(120);
+
+    /// Every row on a server with `appendfsync always` (what the store's
+    /// guarantees need), then again on a new one with `everysec`.
+    pub(super) async fn redis(seconds: f64) {
+        for fsync in ["always", "everysec"] {
+            let server = RedisServer::start();
+            if fsync != "always" {
+                server.cli(&["CONFIG", "SET", "appendfsync", fsync]);
+            }
+            let mode = config(&server, "appendfsync");
+            let version = info(&server, "server", "redis_version").unwrap_or_else(|| "?".into());
+            println!(
+                "# redis {version} on 127.0.0.1:{} (loopback), appendonly {}, appendfsync {mode}: {}",
+                server.port(),
+                config(&server, "appendonly"),
+                if mode == "always" {
+                    "the store's durable mode"
+                } else {
+                    "NOT durable (a crash may lose ~1 s of writes), to show what the disk costs"
+                }
+            );
+            let label = if mode == "always" {
+                "redis".to_owned()
+            } else {
+                format!("redis/{mode}")
+            };
+            one_server(&server, &label, seconds).await;
+        }
+    }
+
+    /// `CONFIG GET <name>`'s value.
+    fn config(server: &RedisServer, name: &str) -> String {
+        server
+            .cli(&["CONFIG", "GET", name])
+            .lines()
+            .nth(1)
+            .unwrap_or("?")
+            .trim()
+            .to_owned()
+    }
+
+    /// The value of `field` in `INFO <section>`.
+    fn info(server: &RedisServer, section: &str, field: &str) -> Option<String> {
+        server.cli(&["INFO", section]).lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            (name == field).then(|| value.trim().to_owned())
+        })
+    }
+
+    /// What the server spent: CPU seconds of its main thread, and `EVALSHA`
+    /// calls and the microseconds spent in them (`INFO commandstats`).
+    struct Usage {
+        at: Instant,
+        cpu: f64,
+        calls: f64,
+        usec: f64,
+    }
+
+    impl Usage {
+        fn sample(server: &RedisServer) -> Usage {
+            let at = Instant::now();
+            let cpu = ["used_cpu_user_main_thread", "used_cpu_sys_main_thread"]
+                .iter()
+                .filter_map(|f| info(server, "cpu", f)?.parse::<f64>().ok())
+                .sum();
+            let evalsha = info(server, "commandstats", "cmdstat_evalsha").unwrap_or_default();
+            let stat = |name: &str| {
+                evalsha
+                    .split(',')
+                    .find_map(|kv| {
+                        kv.strip_prefix(name)?
+                            .strip_prefix('=')?
+                            .parse::<f64>()
+                            .ok()
+                    })
+                    .unwrap_or(0.0)
+            };
+            Usage {
+                at,
+                cpu,
+                calls: stat("calls"),
+                usec: stat("usec"),
+            }
+        }
+
+        /// What the server spent between `self` and `later`, per call of
+        /// `calls_per_op` scripts.
+        fn describe(&self, later: &Usage, calls_per_op: f64) -> String {
+            let wall = later.at.duration_since(self.at).as_secs_f64();
+            let cpu = later.cpu - self.cpu;
+            let ops = (later.calls - self.calls) / calls_per_op;
+            let cpu_per_op = cpu * 1e6 / ops;
+            let script_per_op = (later.usec - self.usec) / ops;
+            format!(
+                "redis-server's main thread {:.0}% busy: {cpu_per_op:.0} us CPU per call, {script_per_op:.0} us of it \
+                 running the scripts; one redis core does at most ~{:.0} calls/s",
+                cpu / wall * 100.0,
+                1e6 / cpu_per_op
+            )
+        }
+    }
+
+    async fn one_server(server: &RedisServer, label: &str, seconds: f64) {
+        let url = server.url();
+        let store = RedisStore::connect(&url).await.unwrap();
+        let rt = Runtime::builder().store(store.clone()).build().unwrap();
+        let raw = raw_connection(&url).await;
+
+        // Fresh: tempox, then the same two scripts sent raw.
+        let (mut fresh64, mut fresh_usage) = (0.0, String::new());
+        for (round, concurrency) in [1u64, 64].into_iter().enumerate() {
+            let base = round as u64 * (1 << 40);
+            let before = Usage::sample(server);
+            let tempox = drive(&rt, concurrency, seconds, move |t, i| {
+                call(base + i * 1024 + t, "payload")
+            })
+            .await;
+            if concurrency == 64 {
+                fresh64 = tempox;
+                fresh_usage = before.describe(&Usage::sample(server), 2.0);
+            }
+            // What tempox sent for one of those calls: the raw calls send the
+            // same fingerprint, input and output.
+            let sample = store
+                .get(&RecordId::parse(&format!("load.call/{base}")).unwrap())
+                .await
+                .unwrap()
+                .expect("a recorded call");
+            let raw_rate = raw_fresh(&store, &raw, &sample, base, concurrency, seconds).await;
+            row(label, "fresh", concurrency, tempox, raw_rate, Some(TARGET));
+        }
+
+        // Replay: KEYS completed keys, tempox, then the claim script on them raw.
+        rt.scope(async {
+            for k in 0..KEYS {
+                call(REPLAYED + k, "payload").await.unwrap();
+            }
+        })
+        .await;
+        let mut claims = Vec::new();
+        let mut script = None;
+        for k in 0..KEYS {
+            let id = RecordId::parse(&format!("load.call/{}", REPLAYED + k)).unwrap();
+            let r = store.get(&id).await.unwrap().expect("a recorded call");
+            assert_eq!(r.status, Status::Completed);
+            let req = ClaimRequest {
+                id: r.id,
+                kind: r.kind,
+                fingerprint: r.fingerprint,
+                input: r.input,
+                lease: LEASE,
+                on_expired: OnExpired::TakeOver,
+                workflow: None,
+                step: None,
+            };
+            let (claim_script, claim) = redis_bench::claim(&store, &req);
+            script = Some(claim_script);
+            claims.push(claim);
+        }
+        let claims = Arc::new(claims);
+        let mut replay64 = 0.0;
+        for concurrency in [1u64, 64] {
+            let tempox = drive(&rt, concurrency, seconds, move |t, i| {
+                call(REPLAYED + (t * 7 + i) % KEYS, "payload")
+            })
+            .await;
+            let raw_rate = raw_replay(&raw, &claims, concurrency, seconds).await;
+            row(label, "replay", concurrency, tempox, raw_rate, Some(TARGET));
+            if concurrency == 64 {
+                replay64 = tempox;
+            }
+        }
+
+        // The server's limit: redis-benchmark of one replay EVALSHA.
+        let script = script.expect("a claim script");
+        let sha: String = script.load_async(&mut raw.clone()).await.unwrap();
+        let limit = redis_benchmark(server.port(), &claims[0], &sha);
+        row_note(
+            label,
+            "limit",
+            64,
+            limit,
+            limit,
+            None,
+            &format!(
+                "redis-benchmark -c 64 -P 16 -n {BENCHMARK_REQUESTS}: EVALSHA of the claim script on a \
+                 completed key, the server's limit"
+            ),
+        );
+        row_note(
+            label,
+            "fresh",
+            64,
+            fresh64,
+            limit,
+            None,
+            "tempox as a fraction of the limit (information)",
+        );
+        row_note(
+            label,
+            "replay",
+            64,
+            replay64,
+            limit,
+            None,
+            "tempox as a fraction of the limit (information)",
+        );
+        row_note(
+            label,
+            "fresh",
+            64,
+            fresh64,
+            ABSOLUTE_FRESH,
+            Some(1.0),
+            "absolute: >= 47000 fresh calls/s (5 x Powertools' 9.4k/s with 8 processes)",
+        );
+        println!(
+            "{label:<width$} tempox fresh c64: {fresh_usage}",
+            width = super::STORE
+        );
+    }
+
+    /// A connection like the store's: a `ConnectionManager`, no retries, the
+    /// store's default timeouts.
+    async fn raw_connection(url: &str) -> ConnectionManager {
+        let client = redis::Client::open(url).unwrap();
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(5));
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `concurrency` tasks calling `f(task, i)` until `seconds` pass; calls/s.
+    async fn drive_raw<F, Fut>(concurrency: u64, seconds: f64, f: F) -> f64
+    where
+        F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let f = Arc::new(f);
+        let done = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (f, done) = (f.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while Instant::now() < deadline {
+                        f(t, i).await;
+                        i += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    }
+
+    /// The claim script, then the transition to `Completed` with the token it
+    /// returned, for a new key each time; calls/s.
+    async fn raw_fresh(
+        store: &RedisStore,
+        conn: &ConnectionManager,
+        sample: &Record,
+        base: u64,
+        concurrency: u64,
+        seconds: f64,
+    ) -> f64 {
+        let template = Arc::new(ClaimRequest {
+            id: sample.id.clone(),
+            kind: sample.kind,
+            fingerprint: sample.fingerprint,
+            input: sample.input.clone(),
+            lease: LEASE,
+            on_expired: OnExpired::TakeOver,
+            workflow: None,
+            step: None,
+        });
+        let output = sample.output.clone().expect("an output");
+        let (store, conn) = (store.clone(), conn.clone());
+        drive_raw(concurrency, seconds, move |t, i| {
+            let (store, mut conn, template, output) = (
+                store.clone(),
+                conn.clone(),
+                template.clone(),
+                output.clone(),
+            );
+            async move {
+                let id = RecordId::parse(&format!("load.raw/{}", base + i * 1024 + t)).unwrap();
+                let req = ClaimRequest {
+                    id,
+                    kind: template.kind,
+                    fingerprint: template.fingerprint,
+                    input: template.input.clone(),
+                    lease: template.lease,
+                    on_expired: template.on_expired,
+                    workflow: None,
+                    step: None,
+                };
+                let (_, claim) = redis_bench::claim(&store, &req);
+                let reply: Value = claim.query_async(&mut conn).await.unwrap();
+                let token = acquired_token(reply);
+                let mut done = Transition::new(req.id, Status::Pending, token, Status::Completed);
+                done.output = Some(output);
+                done.retention = Some(RETENTION);
+                let (_, transition) = redis_bench::transition(&store, &done);
+                let reply: Value = transition.query_async(&mut conn).await.unwrap();
+                assert_eq!(outcome(&reply), b"applied");
+            }
+        })
+        .await
+    }
+
+    /// The claim script on completed keys; calls/s.
+    async fn raw_replay(
+        conn: &ConnectionManager,
+        claims: &Arc<Vec<Cmd>>,
+        concurrency: u64,
+        seconds: f64,
+    ) -> f64 {
+        let (conn, claims) = (conn.clone(), claims.clone());
+        drive_raw(concurrency, seconds, move |t, i| {
+            let (mut conn, claims) = (conn.clone(), claims.clone());
+            async move {
+                let claim = &claims[usize::try_from((t * 7 + i) % KEYS).unwrap()];
+                let reply: Value = claim.query_async(&mut conn).await.unwrap();
+                assert_eq!(outcome(&reply), b"existing");
+            }
+        })
+        .await
+    }
+
+    /// The first item of a script's reply.
+    fn outcome(reply: &Value) -> &[u8] {
+        match reply {
+            Value::Array(items) => match items.first() {
+                Some(Value::BulkString(b)) => b,
+                other => panic!("unexpected reply {other:?}"),
+            },
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// The token of the record a claim acquired.
+    fn acquired_token(reply: Value) -> u64 {
+        assert_eq!(outcome(&reply), b"acquired");
+        let Value::Array(items) = reply else {
+            unreachable!()
+        };
+        let Some(Value::Array(record)) = items.get(2) else {
+            panic!("no record in {items:?}")
+        };
+        // {id, field, value, field, value, ...}
+        record[1..]
+            .chunks_exact(2)
+            .find_map(|pair| match pair {
+                [Value::BulkString(f), Value::BulkString(v)] if f == b"token" => {
+                    std::str::from_utf8(v).ok()?.parse().ok()
+                }
+                _ => None,
+            })
+            .expect("a token")
+    }
+
+    /// `redis-benchmark` of `claim` (an `EVALSHA` of the loaded claim script,
+    /// `sha`), 64 clients, 16 pipelined; requests/s.
+    fn redis_benchmark(port: u16, claim: &Cmd, sha: &str) -> f64 {
+        let args: Vec<String> = claim
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8(b.to_vec()).unwrap(),
+                redis::Arg::Cursor => panic!("a cursor argument"),
+            })
+            .collect();
+        assert_eq!((args[0].as_str(), args[1].as_str()), ("EVALSHA", sha));
+        let mut child = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-c",
+                "64",
+                "-P",
+                "16",
+                "-n",
+                &BENCHMARK_REQUESTS.to_string(),
+                "-q",
+            ])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run redis-benchmark (scripts/test.sh installs it)");
+        let deadline = Instant::now() + BENCHMARK_WITHIN;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-benchmark took longer than {BENCHMARK_WITHIN:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // The last "<command>: <n> requests per second, ..." (progress lines
+        // before it are separated by '\r').
+        stdout
+            .split(['\r', '\n'])
+            .filter_map(|line| line.split_once(" requests per second"))
+            .filter_map(|(head, _)| head.rsplit(' ').next()?.parse::<f64>().ok())
+            .next_back()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no requests per second in redis-benchmark's output:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
     }
 }

@@ -18,6 +18,7 @@
 
 #[cfg(feature = "redis")]
 #[path = "../tests/support/redis.rs"]
+#[allow(dead_code, unreachable_pub)]
 mod redis_server;
 
 use std::sync::Arc;

@@ -373,11 +373,13 @@ impl Runtime {
     /// # Errors
     /// [`Error::Store`] when the store fails.
     pub async fn dead_letters(&self) -> Result<Vec<Record>, Error> {
+        self.list_all(Query::statuses(Status::DEAD_LETTERS)).await
+    }
+
+    /// Every record matching `query`, read page by page.
+    pub(crate) async fn list_all(&self, mut query: Query) -> Result<Vec<Record>, Error> {
+        query.limit = 1000;
         let mut all = Vec::new();
-        let mut query = Query {
-            limit: 1000,
-            ..Query::statuses(Status::DEAD_LETTERS)
-        };
         loop {
             let page = self.store().list(&query).await?;
             let done = page.len() < query.limit;

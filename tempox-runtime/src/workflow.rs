@@ -122,21 +122,11 @@ pub(crate) fn rolling_back() -> Option<String> {
 
 /// Every step record of workflow `id`, in id order.
 pub(crate) async fn steps(rt: &Runtime, id: &RecordId) -> Result<Vec<Record>, Error> {
-    let mut all = Vec::new();
-    let mut query = Query {
+    rt.list_all(Query {
         workflow: Some(id.clone()),
-        limit: 1000,
         ..Query::default()
-    };
-    loop {
-        let page = rt.store().list(&query).await?;
-        let done = page.len() < query.limit;
-        query.after = page.last().map(|r| r.id.clone());
-        all.extend(page);
-        if done {
-            return Ok(all);
-        }
-    }
+    })
+    .await
 }
 
 impl<Op: Workflow> Guard<Op> {

@@ -22,6 +22,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+/// Benchmark-only access to the redis store's script calls (see
+/// `benches/load.rs`); not part of the API.
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub use self::redis::bench as redis_bench;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;

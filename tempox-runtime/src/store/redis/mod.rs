@@ -24,7 +24,7 @@ use ::redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use ::redis::{Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use async_trait::async_trait;
 
-use self::scripts::scripts;
+use self::scripts::{ScriptCall, scripts};
 use super::{Query, Store};
 use crate::error::{Human, StoreError, StoreErrorKind};
 use crate::record::{
@@ -446,6 +446,83 @@ impl RedisStore {
         0..self.inner.buckets
     }
 
+    /// The call of the claim script that [`Store::claim`] sends for `req`.
+    fn claim_call(&self, req: &ClaimRequest) -> ScriptCall {
+        let keys = self.keys(self.bucket_of(&req.id));
+        let on_expired = match req.on_expired {
+            OnExpired::TakeOver => "take_over",
+            OnExpired::MarkUnknown => "mark_unknown",
+        };
+        let mut call = ScriptCall::new(
+            &scripts().claim,
+            &[
+                &keys.record(&req.id),
+                &keys.due,
+                &keys.exp,
+                &keys.ids,
+                &keys.st,
+                &keys.wf,
+            ],
+        );
+        call.arg(req.id.as_str())
+            .arg(req.kind.as_str())
+            .arg(req.fingerprint.hex().as_slice())
+            .arg(req.input.as_ref())
+            .arg(millis(req.lease))
+            .arg(on_expired)
+            .arg(req.workflow.as_ref().map_or("", RecordId::as_str));
+        match req.step {
+            Some(step) => call.arg(step),
+            None => call.arg(""),
+        };
+        call
+    }
+
+    /// The call of the transition script that [`Store::transition`] sends for `t`.
+    fn transition_call(&self, t: &Transition) -> ScriptCall {
+        let keys = self.keys(self.bucket_of(&t.id));
+        let flag = |present: bool| if present { "1" } else { "0" };
+        let (lease, lease_ms) = match t.lease {
+            LeaseChange::Keep => ("keep", 0),
+            LeaseChange::Clear => ("clear", 0),
+            LeaseChange::Acquire(d) => ("acquire", millis(d)),
+        };
+        let (attempts, attempts_n) = match t.attempts {
+            AttemptsChange::Keep => ("keep", 0),
+            AttemptsChange::Increment => ("increment", 0),
+            AttemptsChange::Set(n) => ("set", n),
+        };
+        let mut call = ScriptCall::new(
+            &scripts().transition,
+            &[
+                &keys.record(&t.id),
+                &keys.due,
+                &keys.exp,
+                &keys.ids,
+                &keys.st,
+                &keys.wf,
+            ],
+        );
+        call.arg(t.id.as_str())
+            .arg(t.from.as_str())
+            .arg(t.token)
+            .arg(t.to.as_str())
+            .arg(flag(t.output.is_some()))
+            .arg(t.output.as_deref().unwrap_or_default())
+            .arg(flag(t.error.is_some()))
+            .arg(t.error.as_deref().unwrap_or_default())
+            .arg(lease)
+            .arg(lease_ms)
+            .arg(attempts)
+            .arg(attempts_n)
+            .arg(flag(t.note.is_some()))
+            .arg(t.note.as_deref().unwrap_or_default())
+            .arg(millis(t.retry_after.unwrap_or_default()))
+            .arg(flag(t.retention.is_some()))
+            .arg(millis(t.retention.unwrap_or_default()));
+        call
+    }
+
     /// Runs one request with the store's deadline, mapping failures.
     async fn run<T>(
         &self,
@@ -467,16 +544,20 @@ impl RedisStore {
         }
     }
 
-    /// Invokes a script (EVALSHA, loading the script first when the server
-    /// does not know it, e.g. after a restart).
-    async fn invoke(
-        &self,
-        action: Action<'_>,
-        invocation: &::redis::ScriptInvocation<'_>,
-    ) -> Result<Value, StoreError> {
+    /// Invokes a script (EVALSHA, loading the script and sending the call
+    /// again when the server does not know it, e.g. after a restart).
+    async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
         let mut conn = self.inner.conn.clone();
-        self.run(action, invocation.invoke_async::<Value>(&mut conn))
-            .await
+        let request = async {
+            match call.cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                    call.script.load_async(&mut conn).await?;
+                    call.cmd.query_async::<Value>(&mut conn).await
+                }
+                reply => reply,
+            }
+        };
+        self.run(action, request).await
     }
 
     async fn query(&self, action: Action<'_>, cmd: &Cmd) -> Result<Value, StoreError> {
@@ -489,10 +570,8 @@ impl RedisStore {
         let checks = self.all_buckets().map(|b| {
             Box::pin(async move {
                 let keys = self.keys(b);
-                let mut inv = scripts().init.prepare_invoke();
-                inv.key(&keys.meta)
-                    .arg(self.inner.buckets)
-                    .arg(LAYOUT_VERSION);
+                let mut inv = ScriptCall::new(&scripts().init, &[&keys.meta]);
+                inv.arg(self.inner.buckets).arg(LAYOUT_VERSION);
                 let reply = self.invoke(Action::Connect, &inv).await?;
                 let mut items = codec::array("the layout check", reply)?.into_iter();
                 let outcome = match items.next() {
@@ -594,8 +673,8 @@ impl RedisStore {
         limit: usize,
     ) -> Result<Vec<(f64, String, u16)>, StoreError> {
         let keys = self.keys(bucket);
-        let mut inv = scripts().due_scan.prepare_invoke();
-        inv.key(&keys.due).arg(limit);
+        let mut inv = ScriptCall::new(&scripts().due_scan, &[&keys.due]);
+        inv.arg(limit);
         let reply = self.invoke(Action::Due, &inv).await?;
         let mut items = codec::array("the due scan", reply)?.into_iter();
         let mut found = Vec::new();
@@ -612,8 +691,8 @@ impl RedisStore {
 
     async fn due_fetch(&self, bucket: u16, ids: Vec<String>) -> Result<Vec<Record>, StoreError> {
         let keys = self.keys(bucket);
-        let mut inv = scripts().due_fetch.prepare_invoke();
-        inv.key(&keys.due).arg(&keys.record_prefix);
+        let mut inv = ScriptCall::new(&scripts().due_fetch, &[&keys.due]);
+        inv.arg(&keys.record_prefix);
         for id in &ids {
             inv.arg(id);
         }
@@ -633,15 +712,13 @@ impl RedisStore {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let keys = self.keys(bucket);
-        let mut inv = scripts().list.prepare_invoke();
-        inv.key(match index {
+        let index = match index {
             Index::Ids => &keys.ids,
             Index::Statuses => &keys.st,
             Index::Workflow => &keys.wf,
-        })
-        .arg(&keys.record_prefix)
-        .arg(limit)
-        .arg(ranges.len());
+        };
+        let mut inv = ScriptCall::new(&scripts().list, &[index]);
+        inv.arg(&keys.record_prefix).arg(limit).arg(ranges.len());
         for range in ranges {
             inv.arg(range.strip)
                 .arg(range.min.as_slice())
@@ -659,22 +736,18 @@ impl RedisStore {
 
     async fn expire_count(&self, bucket: u16) -> Result<u64, StoreError> {
         let keys = self.keys(bucket);
-        let mut inv = scripts().expire_count.prepare_invoke();
-        inv.key(&keys.exp);
+        let inv = ScriptCall::new(&scripts().expire_count, &[&keys.exp]);
         let reply = self.invoke(Action::Expire, &inv).await?;
         codec::number("the expiry count", reply)
     }
 
     async fn expire_bucket(&self, bucket: u16, limit: usize) -> Result<usize, StoreError> {
         let keys = self.keys(bucket);
-        let mut inv = scripts().expire.prepare_invoke();
-        inv.key(&keys.due)
-            .key(&keys.exp)
-            .key(&keys.ids)
-            .key(&keys.st)
-            .key(&keys.wf)
-            .arg(&keys.record_prefix)
-            .arg(limit);
+        let mut inv = ScriptCall::new(
+            &scripts().expire,
+            &[&keys.due, &keys.exp, &keys.ids, &keys.st, &keys.wf],
+        );
+        inv.arg(&keys.record_prefix).arg(limit);
         let reply = self.invoke(Action::Expire, &inv).await?;
         let n = codec::number("the expiry", reply)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -904,27 +977,9 @@ async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
 #[async_trait]
 impl Store for RedisStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
-        let keys = self.keys(self.bucket_of(&req.id));
-        let on_expired = match req.on_expired {
-            OnExpired::TakeOver => "take_over",
-            OnExpired::MarkUnknown => "mark_unknown",
-        };
-        let mut inv = scripts().claim.prepare_invoke();
-        inv.key(keys.record(&req.id))
-            .key(&keys.due)
-            .key(&keys.exp)
-            .key(&keys.ids)
-            .key(&keys.st)
-            .key(&keys.wf)
-            .arg(req.id.as_str())
-            .arg(req.kind.as_str())
-            .arg(req.fingerprint.to_string())
-            .arg(req.input.as_ref())
-            .arg(millis(req.lease))
-            .arg(on_expired)
-            .arg(req.workflow.as_ref().map_or("", RecordId::as_str))
-            .arg(req.step.map(|s| s.to_string()).unwrap_or_default());
-        let reply = self.invoke(Action::Claim(&req.id), &inv).await?;
+        let reply = self
+            .invoke(Action::Claim(&req.id), &self.claim_call(req))
+            .await?;
         let what = "the claim script";
         let mut items = codec::array(what, reply)?.into_iter();
         let (Some(outcome), Some(previous), Some(record)) =
@@ -956,43 +1011,9 @@ impl Store for RedisStore {
         // An illegal pair is the caller's bug, refused before any I/O with
         // plan_transition's own error.
         plan_transition(None, t, Timestamp::from_millis(0))?;
-        let keys = self.keys(self.bucket_of(&t.id));
-        let flag = |present: bool| if present { "1" } else { "0" };
-        let (lease, lease_ms) = match t.lease {
-            LeaseChange::Keep => ("keep", 0),
-            LeaseChange::Clear => ("clear", 0),
-            LeaseChange::Acquire(d) => ("acquire", millis(d)),
-        };
-        let (attempts, attempts_n) = match t.attempts {
-            AttemptsChange::Keep => ("keep", 0),
-            AttemptsChange::Increment => ("increment", 0),
-            AttemptsChange::Set(n) => ("set", n),
-        };
-        let mut inv = scripts().transition.prepare_invoke();
-        inv.key(keys.record(&t.id))
-            .key(&keys.due)
-            .key(&keys.exp)
-            .key(&keys.ids)
-            .key(&keys.st)
-            .key(&keys.wf)
-            .arg(t.id.as_str())
-            .arg(t.from.as_str())
-            .arg(t.token)
-            .arg(t.to.as_str())
-            .arg(flag(t.output.is_some()))
-            .arg(t.output.as_deref().unwrap_or_default())
-            .arg(flag(t.error.is_some()))
-            .arg(t.error.as_deref().unwrap_or_default())
-            .arg(lease)
-            .arg(lease_ms)
-            .arg(attempts)
-            .arg(attempts_n)
-            .arg(flag(t.note.is_some()))
-            .arg(t.note.as_deref().unwrap_or_default())
-            .arg(millis(t.retry_after.unwrap_or_default()))
-            .arg(flag(t.retention.is_some()))
-            .arg(millis(t.retention.unwrap_or_default()));
-        let reply = self.invoke(Action::Transition(&t.id), &inv).await?;
+        let reply = self
+            .invoke(Action::Transition(&t.id), &self.transition_call(t))
+            .await?;
         let what = "the transition script";
         let mut items = codec::array(what, reply)?.into_iter();
         let outcome = match items.next() {
@@ -1023,10 +1044,8 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<Option<Timestamp>, StoreError> {
         let keys = self.keys(self.bucket_of(id));
-        let mut inv = scripts().renew.prepare_invoke();
-        inv.key(keys.record(id))
-            .key(&keys.due)
-            .arg(id.as_str())
+        let mut inv = ScriptCall::new(&scripts().renew, &[&keys.record(id), &keys.due]);
+        inv.arg(id.as_str())
             .arg(status.as_str())
             .arg(token)
             .arg(millis(lease));
@@ -1168,6 +1187,35 @@ impl Store for RedisStore {
         Ok(Timestamp::from_millis(
             secs.saturating_mul(1000).saturating_add(micros / 1000),
         ))
+    }
+}
+
+/// Benchmark-only: the exact script calls a [`RedisStore`] sends, so that
+/// `benches/load.rs` can send the same scripts with the same keys and
+/// arguments straight through the redis client, without tempox, as the raw
+/// baseline. Not part of the API and not covered by semver; nothing here
+/// changes what the store does.
+#[doc(hidden)]
+pub mod bench {
+    /// The redis client crate the store is built with.
+    pub use ::redis;
+    use ::redis::{Cmd, Script};
+
+    use super::RedisStore;
+    use crate::record::{ClaimRequest, Transition};
+
+    /// The claim script and the `EVALSHA` command that
+    /// [`Store::claim`](crate::store::Store::claim) sends for `req`.
+    pub fn claim(store: &RedisStore, req: &ClaimRequest) -> (&'static Script, Cmd) {
+        let call = store.claim_call(req);
+        (call.script, call.cmd)
+    }
+
+    /// The transition script and the `EVALSHA` command that
+    /// [`Store::transition`](crate::store::Store::transition) sends for `t`.
+    pub fn transition(store: &RedisStore, t: &Transition) -> (&'static Script, Cmd) {
+        let call = store.transition_call(t);
+        (call.script, call.cmd)
     }
 }
 
