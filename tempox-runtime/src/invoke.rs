@@ -8,11 +8,11 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::key::{Fingerprint, Key, KeyError};
 use crate::operation::{InFlight, Keying, Operation, OperationError, Output};
 use crate::record::{
-    ClaimRequest, Claimed, Kind, LeaseChange, OnExpired, Record, RecordId, Status, Timestamp,
+    Blob, ClaimRequest, Claimed, Kind, LeaseChange, OnExpired, Record, RecordId, Status, Timestamp,
     Transition,
 };
 use crate::runtime::{Runtime, bump};
@@ -139,98 +139,126 @@ fn unique_key() -> Key {
 }
 
 async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op>, Error> {
+    let span = tracing::debug_span!("tempox.call", op = Op::NAME, key = req.id.key());
+    let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
+    match decide::<Op>(&rt, &req, claimed, &span)? {
+        Decided::Begin(begin) => Ok(begin),
+        // Rare: its own box keeps the waiting machinery out of every call's future.
+        Decided::InFlight => Box::pin(wait::<Op>(rt, req, span)).await,
+    }
+}
+
+/// What a claim's answer means for the caller.
+enum Decided<Op: Operation> {
+    Begin(Begin<Op>),
+    /// Another call with the key is running.
+    InFlight,
+}
+
+fn decide<Op: Operation>(
+    rt: &Runtime,
+    req: &ClaimRequest,
+    claimed: Claimed,
+    span: &tracing::Span,
+) -> Result<Decided<Op>, Error> {
     let op = Op::NAME;
     let counters = &rt.inner.counters;
-    let span = tracing::debug_span!("tempox.call", op, key = req.id.key());
-    let mut waiting: Option<Waiting> = None;
-    loop {
-        let notified = waiting.as_ref().map(|w| w.notify.clone());
-        let notified = notified.as_ref().map(|n| n.notified());
-        tokio::pin!(notified);
-        if let Some(n) = notified.as_mut().as_pin_mut() {
-            // Registered before the store is read, so a finish in between still wakes us.
-            n.enable();
+    let existing = match claimed {
+        Claimed::Acquired { record, previous } => {
+            if previous == Some(Status::Pending) {
+                bump(&counters.takeovers);
+                tracing::debug!(parent: span, token = record.token, "took over an expired claim");
+            }
+            let guard = Guard::new(rt.clone(), record, span.clone());
+            return Ok(Decided::Begin(
+                if previous == Some(Status::Pending) && Op::KIND == Kind::NonIdempotent {
+                    Begin::Probe(guard)
+                } else {
+                    Begin::Run(guard)
+                },
+            ));
         }
-        let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
-        let existing = match claimed {
-            Claimed::Acquired { record, previous } => {
-                if previous == Some(Status::Pending) {
-                    bump(&counters.takeovers);
-                    tracing::debug!(parent: &span, token = record.token, "took over an expired claim");
-                }
-                let guard = Guard::new(rt.clone(), record, span);
-                return Ok(
-                    if previous == Some(Status::Pending) && Op::KIND == Kind::NonIdempotent {
-                        Begin::Probe(guard)
-                    } else {
-                        Begin::Run(guard)
-                    },
-                );
-            }
-            Claimed::MarkedUnknown(record) => {
-                bump(&counters.dead_letters);
-                tracing::warn!(parent: &span, id = %record.id, "lease expired on a non-idempotent call without a probe; parked as outcome_unknown");
-                return Err(Error::OutcomeUnknown {
-                    op: op.to_owned(),
-                    key: req.id.key().to_owned(),
-                });
-            }
-            Claimed::Existing(record) => record,
-        };
-        // Invariant 2: another request's result is never replayed.
-        if existing.fingerprint != req.fingerprint {
-            bump(&counters.key_reuses);
-            return Err(Error::KeyReuse {
+        Claimed::MarkedUnknown(record) => {
+            bump(&counters.dead_letters);
+            tracing::warn!(parent: span, id = %record.id, "lease expired on a non-idempotent call without a probe; parked as outcome_unknown");
+            return Err(Error::OutcomeUnknown {
                 op: op.to_owned(),
                 key: req.id.key().to_owned(),
             });
         }
-        match existing.status {
-            Status::Completed => {
-                bump(&counters.replays);
-                return replay_output::<Op>(&existing).map(Begin::Done);
+        Claimed::Existing(record) => record,
+    };
+    // Invariant 2: another request's result is never replayed.
+    if existing.fingerprint != req.fingerprint {
+        bump(&counters.key_reuses);
+        return Err(Error::KeyReuse {
+            op: op.to_owned(),
+            key: req.id.key().to_owned(),
+        });
+    }
+    match existing.status {
+        Status::Completed => {
+            bump(&counters.replays);
+            replay_output::<Op>(&existing).map(|r| Decided::Begin(Begin::Done(r)))
+        }
+        Status::Failed => {
+            bump(&counters.replays);
+            let (Some(error_codec), Some(bytes)) = (Op::ERROR_CODEC, existing.output.as_deref())
+            else {
+                return Err(closed(&existing));
+            };
+            let error = (error_codec.decode)(bytes)
+                .map_err(|e| codec(op, "decode", "the cached error", e))?;
+            Ok(Decided::Begin(Begin::Done(Err(error))))
+        }
+        Status::Pending => Ok(Decided::InFlight),
+        Status::OutcomeUnknown => Err(Error::OutcomeUnknown {
+            op: op.to_owned(),
+            key: req.id.key().to_owned(),
+        }),
+        _ => Err(closed(&existing)),
+    }
+}
+
+/// A duplicate of a running call: `in_flight = reject` fails at once; `wait`
+/// waits (woken by a finishing call of this process, else polling the store
+/// with backoff) until the first call's outcome is recorded or its lease runs
+/// out, bounded by the runtime's `in_flight_wait`.
+async fn wait<Op: Operation>(
+    rt: Runtime,
+    req: ClaimRequest,
+    span: tracing::Span,
+) -> Result<Begin<Op>, Error> {
+    let counters = &rt.inner.counters;
+    let in_flight = || {
+        bump(&counters.in_flight_rejections);
+        Err(Error::InFlight {
+            op: Op::NAME.to_owned(),
+            key: req.id.key().to_owned(),
+        })
+    };
+    if Op::OPTIONS.in_flight == InFlight::Reject || crate::workflow::recovering() {
+        return in_flight();
+    }
+    bump(&counters.in_flight_waits);
+    let mut waiting = Waiting::new(&rt, &req.id, Instant::now());
+    loop {
+        let now = Instant::now();
+        if now >= waiting.deadline {
+            return in_flight();
+        }
+        let pause = waiting.next_pause(now);
+        let notify = waiting.notify.clone();
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before the store is read, so a finish in between still wakes us.
+        notified.as_mut().enable();
+        let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
+        match decide::<Op>(&rt, &req, claimed, &span)? {
+            Decided::Begin(begin) => return Ok(begin),
+            Decided::InFlight => {
+                let _ = tokio::time::timeout(pause, notified).await;
             }
-            Status::Failed => {
-                bump(&counters.replays);
-                let (Some(error_codec), Some(bytes)) =
-                    (Op::ERROR_CODEC, existing.output.as_deref())
-                else {
-                    return Err(closed(&existing));
-                };
-                let error = (error_codec.decode)(bytes)
-                    .map_err(|e| codec(op, "decode", "the cached error", e))?;
-                return Ok(Begin::Done(Err(error)));
-            }
-            Status::Pending => {
-                let now = Instant::now();
-                let w = waiting.get_or_insert_with(|| {
-                    bump(&counters.in_flight_waits);
-                    Waiting::new(&rt, &req.id, now)
-                });
-                if Op::OPTIONS.in_flight == InFlight::Reject
-                    || now >= w.deadline
-                    || crate::workflow::recovering()
-                {
-                    bump(&counters.in_flight_rejections);
-                    return Err(Error::InFlight {
-                        op: op.to_owned(),
-                        key: req.id.key().to_owned(),
-                    });
-                }
-                let pause = w.next_pause(now);
-                if let Some(n) = notified.as_pin_mut() {
-                    let _ = tokio::time::timeout(pause, n).await;
-                } else {
-                    tokio::time::sleep(pause).await;
-                }
-            }
-            Status::OutcomeUnknown => {
-                return Err(Error::OutcomeUnknown {
-                    op: op.to_owned(),
-                    key: req.id.key().to_owned(),
-                });
-            }
-            _ => return Err(closed(&existing)),
         }
     }
 }
@@ -239,7 +267,7 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
 /// buffer first: this runs twice on every fresh call).
 fn to_json(
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-) -> Result<Bytes, serde_json::Error> {
+) -> Result<Blob, serde_json::Error> {
     thread_local! {
         static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
@@ -251,7 +279,7 @@ fn to_json(
             Err(_) => &mut own,
         };
         buf.clear();
-        let written = write(&mut *buf).map(|()| Bytes::copy_from_slice(buf));
+        let written = write(&mut *buf).map(|()| Blob::from(&buf[..]));
         if buf.capacity() > 64 * 1024 {
             *buf = Vec::new();
         }
@@ -336,6 +364,16 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// If the renewal finds the record taken over, renewing stops; the holder's
 /// final write will then be refused (`Fenced`).
 pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    // Most bodies finish without waiting on anything: no timer for them, and
+    // the renewal loop lives in a box so it does not weigh on every call's future.
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return out;
+    }
+    Box::pin(renew_while(rt, held, fut)).await
+}
+
+async fn renew_while<F: Future>(rt: &Runtime, held: &Record, mut fut: Pin<&mut F>) -> F::Output {
     let lease = held
         .lease_until
         .map(|until| {
@@ -345,16 +383,11 @@ pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) ->
         })
         .map_or(rt.inner.config.lease, Duration::from_millis);
     let every = (lease / 3).max(Duration::from_millis(3));
-    tokio::pin!(fut);
-    // Most bodies finish without waiting on anything: no timer for them.
-    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return out;
-    }
     let mut renewing = true;
     loop {
         tokio::select! {
             biased;
-            out = &mut fut => return out,
+            out = fut.as_mut() => return out,
             () = tokio::time::sleep(every), if renewing => {
                 match rt.store().renew(&held.id, held.status, held.token, lease).await {
                     Ok(Some(_)) => {}

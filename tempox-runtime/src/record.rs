@@ -26,11 +26,69 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
+
+/// Immutable bytes shared by every copy of a record (arguments, outputs):
+/// cloning is a reference count, never a copy.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Blob(Arc<[u8]>);
+
+impl Blob {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(v: Vec<u8>) -> Self {
+        Blob(v.into())
+    }
+}
+
+impl From<&[u8]> for Blob {
+    fn from(v: &[u8]) -> Self {
+        Blob(v.into())
+    }
+}
+
+impl fmt::Debug for Blob {
+    /// As text when it is UTF-8 (JSON, mostly), else as bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => write!(f, "{text:?}"),
+            Err(_) => write!(f, "{:?}", &self.0),
+        }
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(d).map(Blob::from)
+    }
+}
 
 /// Milliseconds since the Unix epoch, on the store's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -377,9 +435,9 @@ pub struct Record {
     /// Hash of all arguments (see [`Fingerprint`]).
     pub fingerprint: Fingerprint,
     /// The arguments, as JSON.
-    pub input: Bytes,
+    pub input: Blob,
     /// The output as JSON once completed (for `Failed`, the cached error).
-    pub output: Option<Bytes>,
+    pub output: Option<Blob>,
     /// The last error's message.
     pub error: Option<String>,
     /// Where the record is in its life.
@@ -451,7 +509,7 @@ pub struct ClaimRequest {
     /// The arguments' fingerprint.
     pub fingerprint: Fingerprint,
     /// The arguments as JSON.
-    pub input: Bytes,
+    pub input: Blob,
     /// How long the claim holds before someone else may take over.
     pub lease: Duration,
     /// What to do with an expired `Pending` record.
@@ -519,7 +577,7 @@ pub struct Transition {
     /// The new status; `(from, to)` must be in [`TRANSITIONS`].
     pub to: Status,
     /// Output to record (`None` keeps the current one).
-    pub output: Option<Bytes>,
+    pub output: Option<Blob>,
     /// Error message to record (`None` keeps the current one).
     pub error: Option<String>,
     /// Lease and token handling.

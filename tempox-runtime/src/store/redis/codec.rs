@@ -3,8 +3,8 @@
 
 use std::str::FromStr;
 
+use crate::record::Blob;
 use ::redis::Value;
-use bytes::Bytes;
 
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::Fingerprint;
@@ -153,8 +153,8 @@ pub(super) fn decode(id: &str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Record,
         id,
         kind: f.parse_required::<Kind>("kind", "a kind")?,
         fingerprint: f.parse_required::<Fingerprint>("fingerprint", "a fingerprint")?,
-        input: Bytes::from(f.required("input")?),
-        output: f.take("output").map(Bytes::from),
+        input: Blob::from(f.required("input")?),
+        output: f.take("output").map(Blob::from),
         error: f.text("error")?,
         status: f.parse_required::<Status>("status", "a status")?,
         token: f.parse_required::<u64>("token", "a token")?,

@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ::redis::{Cmd, Script, ToRedisArgs};
-use bytes::Bytes;
 
 use crate::key::Fingerprint;
 use crate::record::{
@@ -112,7 +111,7 @@ fn lease_expired_error() -> String {
         id: id.clone(),
         kind: Kind::NonIdempotent,
         fingerprint,
-        input: Bytes::new(),
+        input: crate::record::Blob::default(),
         output: None,
         error: None,
         status: Status::Pending,
@@ -131,7 +130,7 @@ fn lease_expired_error() -> String {
         id,
         kind: Kind::NonIdempotent,
         fingerprint,
-        input: Bytes::new(),
+        input: crate::record::Blob::default(),
         lease: Duration::from_secs(1),
         on_expired: OnExpired::MarkUnknown,
         workflow: None,
