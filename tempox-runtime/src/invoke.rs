@@ -142,17 +142,10 @@ async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op
     let span = tracing::debug_span!("tempox.call", op = Op::NAME, key = req.id.key());
     let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
     match decide::<Op>(&rt, &req, claimed, &span)? {
-        Decided::Begin(begin) => Ok(begin),
+        Some(begin) => Ok(begin),
         // Rare: its own box keeps the waiting machinery out of every call's future.
-        Decided::InFlight => Box::pin(wait::<Op>(rt, req, span)).await,
+        None => Box::pin(wait::<Op>(rt, req, span)).await,
     }
-}
-
-/// What a claim's answer means for the caller.
-enum Decided<Op: Operation> {
-    Begin(Begin<Op>),
-    /// Another call with the key is running.
-    InFlight,
 }
 
 fn decide<Op: Operation>(
@@ -160,7 +153,7 @@ fn decide<Op: Operation>(
     req: &ClaimRequest,
     claimed: Claimed,
     span: &tracing::Span,
-) -> Result<Decided<Op>, Error> {
+) -> Result<Option<Begin<Op>>, Error> {
     let op = Op::NAME;
     let counters = &rt.inner.counters;
     let existing = match claimed {
@@ -170,7 +163,7 @@ fn decide<Op: Operation>(
                 tracing::debug!(parent: span, token = record.token, "took over an expired claim");
             }
             let guard = Guard::new(rt.clone(), record, span.clone());
-            return Ok(Decided::Begin(
+            return Ok(Some(
                 if previous == Some(Status::Pending) && Op::KIND == Kind::NonIdempotent {
                     Begin::Probe(guard)
                 } else {
@@ -199,7 +192,7 @@ fn decide<Op: Operation>(
     match existing.status {
         Status::Completed => {
             bump(&counters.replays);
-            replay_output::<Op>(&existing).map(|r| Decided::Begin(Begin::Done(r)))
+            replay_output::<Op>(&existing).map(|r| Some(Begin::Done(r)))
         }
         Status::Failed => {
             bump(&counters.replays);
@@ -209,9 +202,10 @@ fn decide<Op: Operation>(
             };
             let error = (error_codec.decode)(bytes)
                 .map_err(|e| codec(op, "decode", "the cached error", e))?;
-            Ok(Decided::Begin(Begin::Done(Err(error))))
+            Ok(Some(Begin::Done(Err(error))))
         }
-        Status::Pending => Ok(Decided::InFlight),
+        // Another call with the key is running.
+        Status::Pending => Ok(None),
         Status::OutcomeUnknown => Err(Error::OutcomeUnknown {
             op: op.to_owned(),
             key: req.id.key().to_owned(),
@@ -255,8 +249,8 @@ async fn wait<Op: Operation>(
         notified.as_mut().enable();
         let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
         match decide::<Op>(&rt, &req, claimed, &span)? {
-            Decided::Begin(begin) => return Ok(begin),
-            Decided::InFlight => {
+            Some(begin) => return Ok(begin),
+            None => {
                 let _ = tokio::time::timeout(pause, notified).await;
             }
         }
