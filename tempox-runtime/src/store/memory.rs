@@ -1,7 +1,9 @@
 //! An in-process store: a map behind a mutex, with indexes for due work and
 //! retention. Clones share the same records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap};
 
 use foldhash::fast::RandomState;
 use std::fmt;
@@ -38,21 +40,62 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
 }
 
-/// The records and two time indexes. Index entries are ordered by
-/// `(time, seq)`, a number given to each record on insert, so keeping them in
-/// step compares integers, not ids.
+/// The records and two time indexes (due work, retention).
 #[derive(Default)]
 struct Inner {
     // foldhash: fast on short keys, seeded per map against collision floods.
     records: HashMap<RecordId, Slot, RandomState>,
-    due: BTreeMap<(Timestamp, u64), RecordId>,
-    expiry: BTreeMap<(Timestamp, u64), RecordId>,
-    next_seq: u64,
+    due: TimeIndex,
+    expiry: TimeIndex,
+    /// Stamps index entries; 0 means "not indexed".
+    next_stamp: u64,
 }
 
 struct Slot {
     record: Record,
-    seq: u64,
+    due_stamp: u64,
+    expiry_stamp: u64,
+}
+
+/// Records by a time, earliest first: a min-heap of `(time, stamp, id)`. An
+/// entry is live while its record's slot still carries its stamp; entries that
+/// went stale are dropped when met, and compacted away when they outnumber
+/// the live ones. Calls mostly push later and later times, which a heap takes
+/// in one comparison (an ordered map would search and shift nodes).
+#[derive(Default)]
+struct TimeIndex {
+    heap: BinaryHeap<Reverse<(Timestamp, u64, RecordId)>>,
+    live: usize,
+}
+
+impl TimeIndex {
+    /// Moves a record's entry from `old` to `new`; returns the stamp to keep.
+    fn update(
+        &mut self,
+        stamp: u64,
+        old: Option<Timestamp>,
+        new: Option<Timestamp>,
+        next_stamp: &mut u64,
+        id: &RecordId,
+    ) -> u64 {
+        if old == new {
+            return stamp;
+        }
+        if old.is_some() {
+            self.live -= 1;
+        }
+        let Some(at) = new else {
+            return 0;
+        };
+        *next_stamp += 1;
+        self.live += 1;
+        self.heap.push(Reverse((at, *next_stamp, id.clone())));
+        *next_stamp
+    }
+
+    fn needs_compaction(&self) -> bool {
+        self.heap.len() > 2 * self.live + 1024
+    }
 }
 
 impl Inner {
@@ -62,52 +105,100 @@ impl Inner {
 
     /// Writes `r`, keeping both indexes in step with it.
     fn put(&mut self, r: Record) {
+        let Inner {
+            records,
+            due,
+            expiry,
+            next_stamp,
+        } = self;
         let id = r.id.clone();
-        let (due, expires) = (r.due_at, r.expires_at);
-        let (seq, old_due, old_expires) = match self.records.get_mut(&id) {
-            Some(slot) => {
+        let (new_due, new_expires) = (r.due_at, r.expires_at);
+        // A slot's stamp is non-zero exactly when its record has that time.
+        let (slot, old_due, old_expires) = match records.entry(id.clone()) {
+            Entry::Occupied(e) => {
+                let slot = e.into_mut();
                 let old = std::mem::replace(&mut slot.record, r);
-                (slot.seq, old.due_at, old.expires_at)
+                (slot, old.due_at, old.expires_at)
             }
-            None => {
-                self.next_seq += 1;
-                let seq = self.next_seq;
-                self.records.insert(id.clone(), Slot { record: r, seq });
-                (seq, None, None)
+            Entry::Vacant(e) => {
+                let slot = e.insert(Slot {
+                    record: r,
+                    due_stamp: 0,
+                    expiry_stamp: 0,
+                });
+                (slot, None, None)
             }
         };
-        reindex(&mut self.due, seq, old_due, due, &id);
-        reindex(&mut self.expiry, seq, old_expires, expires, &id);
+        slot.due_stamp = due.update(slot.due_stamp, old_due, new_due, next_stamp, &id);
+        slot.expiry_stamp =
+            expiry.update(slot.expiry_stamp, old_expires, new_expires, next_stamp, &id);
+        if due.needs_compaction() {
+            due.heap.retain(|Reverse((_, stamp, id))| {
+                records.get(id).is_some_and(|s| s.due_stamp == *stamp)
+            });
+        }
+        if expiry.needs_compaction() {
+            expiry.heap.retain(|Reverse((_, stamp, id))| {
+                records.get(id).is_some_and(|s| s.expiry_stamp == *stamp)
+            });
+        }
     }
 
     fn remove(&mut self, id: &RecordId) {
         if let Some(slot) = self.records.remove(id) {
-            if let Some(at) = slot.record.due_at {
-                self.due.remove(&(at, slot.seq));
+            if slot.due_stamp != 0 {
+                self.due.live -= 1;
             }
-            if let Some(at) = slot.record.expires_at {
-                self.expiry.remove(&(at, slot.seq));
+            if slot.expiry_stamp != 0 {
+                self.expiry.live -= 1;
             }
         }
     }
+
+    /// Live entries of `index` with a time at or before `now`, earliest first,
+    /// at most `limit`; stale ones met on the way are dropped.
+    fn take_due(&mut self, which: Which, now: Timestamp, limit: usize) -> Vec<(u64, RecordId)> {
+        let Inner {
+            records,
+            due,
+            expiry,
+            ..
+        } = self;
+        let index = match which {
+            Which::Due => due,
+            Which::Expiry => expiry,
+        };
+        let mut found = Vec::new();
+        while found.len() < limit {
+            match index.heap.peek() {
+                Some(Reverse((at, _, _))) if *at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((at, stamp, id))) = index.heap.pop() else {
+                break;
+            };
+            let live = records.get(&id).is_some_and(|s| match which {
+                Which::Due => s.due_stamp == stamp,
+                Which::Expiry => s.expiry_stamp == stamp,
+            });
+            if live {
+                found.push((at, stamp, id));
+            }
+        }
+        let out = found
+            .iter()
+            .map(|(_, stamp, id)| (*stamp, id.clone()))
+            .collect();
+        // What was read stays indexed until its record changes.
+        index.heap.extend(found.into_iter().map(Reverse));
+        out
+    }
 }
 
-fn reindex(
-    index: &mut BTreeMap<(Timestamp, u64), RecordId>,
-    seq: u64,
-    old: Option<Timestamp>,
-    new: Option<Timestamp>,
-    id: &RecordId,
-) {
-    if old == new {
-        return;
-    }
-    if let Some(at) = old {
-        index.remove(&(at, seq));
-    }
-    if let Some(at) = new {
-        index.insert((at, seq), id.clone());
-    }
+#[derive(Clone, Copy)]
+enum Which {
+    Due,
+    Expiry,
 }
 
 impl MemoryStore {
@@ -213,13 +304,11 @@ impl Store for MemoryStore {
 
     async fn due(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
         let now = self.clock.now();
-        let inner = self.lock();
-        Ok(inner
-            .due
-            .iter()
-            .take_while(|((at, _), _)| *at <= now)
-            .take(limit)
-            .filter_map(|(_, id)| inner.get(id).cloned())
+        let mut inner = self.lock();
+        let due = inner.take_due(Which::Due, now, limit);
+        Ok(due
+            .into_iter()
+            .filter_map(|(_, id)| inner.get(&id).cloned())
             .collect())
     }
 
@@ -241,10 +330,9 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let mut inner = self.lock();
         let ids: Vec<RecordId> = inner
-            .expiry
-            .iter()
-            .take_while(|((at, _), _)| *at <= now)
-            .map(|(_, id)| id.clone())
+            .take_due(Which::Expiry, now, usize::MAX)
+            .into_iter()
+            .map(|(_, id)| id)
             .collect();
         let mut removed = 0;
         for id in ids {
@@ -262,5 +350,47 @@ impl Store for MemoryStore {
 
     async fn now(&self) -> Result<Timestamp, StoreError> {
         Ok(self.clock.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::key::{Fingerprint, Key};
+    use crate::record::{Kind, OnExpired, Status, Transition};
+
+    #[tokio::test]
+    async fn stale_index_entries_do_not_pile_up() {
+        let store = MemoryStore::new();
+        for i in 0..10_000u32 {
+            let req = ClaimRequest {
+                id: RecordId::new(
+                    "t.op",
+                    &Key::new(i.to_string()).unwrap_or_else(|e| panic!("{e}")),
+                ),
+                kind: Kind::Idempotent,
+                fingerprint: Fingerprint::from_bytes([0; 16]),
+                input: b"[]".to_vec().into(),
+                lease: Duration::from_secs(30),
+                on_expired: OnExpired::TakeOver,
+                workflow: None,
+                step: None,
+            };
+            let Ok(Claimed::Acquired { record, .. }) = store.claim(&req).await else {
+                panic!("not acquired");
+            };
+            let t = Transition::new(record.id, Status::Pending, record.token, Status::Completed);
+            assert!(matches!(
+                store.transition(&t).await,
+                Ok(Transitioned::Applied(_))
+            ));
+        }
+        let inner = store.lock();
+        // Every claim left a stale due entry; compaction keeps them bounded.
+        assert_eq!(inner.due.live, 0);
+        assert!(inner.due.heap.len() <= 1024 + 1, "{}", inner.due.heap.len());
+        assert_eq!(inner.expiry.live, 0, "no retention was asked for");
     }
 }
