@@ -5,7 +5,6 @@
 //! (replay, `KeyReuse`, `InFlight`, ...) or hands back a [`Guard`] holding the
 //! claim; the wrapper then runs its body through [`Guard::run`].
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -262,23 +261,7 @@ async fn wait<Op: Operation>(
 fn to_json(
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
 ) -> Result<Blob, serde_json::Error> {
-    thread_local! {
-        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|scratch| {
-        let mut own = Vec::new();
-        let mut borrowed = scratch.try_borrow_mut();
-        let buf = match borrowed.as_deref_mut() {
-            Ok(buf) => buf,
-            Err(_) => &mut own,
-        };
-        buf.clear();
-        let written = write(&mut *buf).map(|()| Blob::from(&buf[..]));
-        if buf.capacity() > 64 * 1024 {
-            *buf = Vec::new();
-        }
-        written
-    })
+    crate::key::with_scratch(|buf| write(&mut *buf).map(|()| Blob::from(&buf[..])))
 }
 
 fn closed(r: &Record) -> Error {

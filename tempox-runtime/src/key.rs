@@ -98,6 +98,30 @@ use serde::ser::{
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Runs `f` with an empty buffer reused across calls of this thread (keys,
+/// fingerprints and recorded JSON are built on every call). A re-entrant use
+/// (a `Serialize` impl that itself calls into tempox) gets a buffer of its own.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut own = Vec::new();
+        let mut borrowed = scratch.try_borrow_mut();
+        let buf = match borrowed.as_deref_mut() {
+            Ok(buf) => buf,
+            Err(_) => &mut own,
+        };
+        buf.clear();
+        let out = f(buf);
+        // Do not keep a large buffer alive for the thread's life.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
+
 /// The domain prefix hashed before the canonical encoding (version 1).
 const DOMAIN_V1: &[u8] = b"tempox.fingerprint.v1\0";
 
@@ -492,28 +516,11 @@ impl Fingerprint {
     ///
     /// [`FingerprintError`] if `v`'s `Serialize` implementation fails.
     pub fn of<T: Serialize + ?Sized>(v: &T) -> Result<Fingerprint, FingerprintError> {
-        thread_local! {
-            // Reused across calls: fingerprinting is on the path of every call.
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let digest = SCRATCH.with(|scratch| {
-            // A re-entrant call (a `Serialize` impl fingerprinting something) gets
-            // its own buffer.
-            let mut own = Vec::new();
-            let mut borrowed = scratch.try_borrow_mut();
-            let buf = match borrowed.as_deref_mut() {
-                Ok(buf) => buf,
-                Err(_) => &mut own,
-            };
-            buf.clear();
+        let digest = with_scratch(|buf| {
             buf.extend_from_slice(DOMAIN_V1);
             v.serialize(Canonical { out: buf })
                 .map_err(|CanonicalError(message)| FingerprintError { message })?;
-            let digest = blake3::hash(buf);
-            if buf.capacity() > 64 * 1024 {
-                *buf = Vec::new();
-            }
-            Ok::<_, FingerprintError>(digest)
+            Ok::<_, FingerprintError>(blake3::hash(buf))
         })?;
         let mut out = [0u8; 16];
         out.copy_from_slice(&digest.as_bytes()[..16]);
