@@ -386,7 +386,7 @@ async fn renew_while<F: Future>(rt: &Runtime, held: &Record, mut fut: Pin<&mut F
 #[derive(Debug)]
 pub struct Guard<Op: Operation> {
     pub(crate) rt: Runtime,
-    pub(crate) record: Record,
+    pub(crate) record: Box<Record>,
     span: tracing::Span,
     _op: PhantomData<fn() -> Op>,
 }
@@ -395,7 +395,7 @@ impl<Op: Operation> Guard<Op> {
     fn new(rt: Runtime, record: Record, span: tracing::Span) -> Self {
         Guard {
             rt,
-            record,
+            record: Box::new(record),
             span,
             _op: PhantomData,
         }
