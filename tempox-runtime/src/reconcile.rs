@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::catalog::Recover;
 use crate::error::Error;
 use crate::mirror::{MirrorReport, MirrorStats};
-use crate::record::{Kind, LeaseChange, Record, RecordId, Status, Transition};
+use crate::record::{Kind, LeaseChange, Record, RecordId, Status, Timestamp, Transition};
 use crate::runtime::{Backoff, Runtime, bump};
 
 /// Called once for each record that enters a dead-letter status.
@@ -209,6 +209,9 @@ impl Reconciler {
         let rt = &self.rt;
         let mut report = PassReport::default();
         let mut due = rt.store().due(self.batch).await?.into_iter();
+        // One reading of the store's clock per pass (after the due listing, so
+        // all it listed is due by it), not one round trip per record.
+        let now = rt.store().now().await?;
         let mut outcomes = Vec::new();
         loop {
             let mut wave = tokio::task::JoinSet::new();
@@ -216,7 +219,7 @@ impl Reconciler {
                 let this = self.clone();
                 wave.spawn(async move {
                     let id = record.id.clone();
-                    (id, this.handle(record).await)
+                    (id, this.handle(record, now).await)
                 });
             }
             if wave.is_empty() {
@@ -289,9 +292,7 @@ impl Reconciler {
         ReconcilerHandle { stop, task }
     }
 
-    async fn handle(&self, r: Record) -> Result<Outcome, Error> {
-        let rt = &self.rt;
-        let now = rt.store().now().await?;
+    async fn handle(&self, r: Record, now: Timestamp) -> Result<Outcome, Error> {
         match r.status {
             Status::Pending if !r.lease_expired(now) => Ok(Outcome::Skipped),
             Status::Pending if r.kind == Kind::Workflow => self.recover(&r).await,
