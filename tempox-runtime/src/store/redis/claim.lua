@@ -1,9 +1,10 @@
 -- Store::claim, mirroring tempox::record::plan_claim.
--- KEYS: record, due, exp, ids, st, wf (one bucket)
--- ARGV: id, kind, fingerprint, input, lease_ms, on_expired, workflow ('' = none), step ('' = none)
+-- KEYS: record, due, exp, wf (one bucket)
+-- ARGV: id, kind, fingerprint, input, lease_ms, on_expired, workflow ('' = none),
+--       step ('' = none), the prefix of the bucket's status sets
 -- Returns {outcome, previous status or '', record}; outcome is one of
 -- acquired, existing, marked_unknown.
-local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], ids = KEYS[4], st = KEYS[5], wf = KEYS[6]}
+local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], wf = KEYS[4], st = ARGV[9]}
 local id, kind, fingerprint, input = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lease, on_expired, workflow, step = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 

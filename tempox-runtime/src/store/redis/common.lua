@@ -3,13 +3,16 @@
 -- state machine lives in one place (tempox::record::TRANSITIONS).
 --
 -- Numbers that must be exact (tokens, timestamps, attempts) are kept as
--- decimal strings and computed with ucmp/uadd: Lua's numbers are doubles.
--- Strings are never compared with < (it follows the server's locale).
+-- decimal strings and computed with ucmp/uadd: Lua's numbers are doubles,
+-- exact only below 2^53, so the digits are worked on one by one when a value
+-- could be larger (today's tokens and timestamps are not, which is the fast
+-- path). Strings are never compared with < (it follows the server's locale).
 
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
--- generated: legal "from>to" pairs, final and active statuses, status names
-local LEGAL = {--[[LEGAL]]}
+-- generated: legal transitions as "|from>to|...|" (searched, not built into a
+-- table on every call), final and active statuses, status names
+local LEGAL = --[[LEGAL]]
 local FINAL = {--[[FINAL]]}
 local ACTIVE = {--[[ACTIVE]]}
 local DEAD_LETTER = {--[[DEAD_LETTER]]}
@@ -24,11 +27,22 @@ local FIELDS = {
 local U64_MAX = '18446744073709551615'
 local U32_MAX = '4294967295'
 
+-- Below 8 * 10^15, so a sum with a value of at most 14 digits stays below
+-- 2^53 and a double holds it exactly.
+local function exact(a)
+  return #a < 16 or (#a == 16 and string.byte(a, 1) < 56)
+end
+
 -- Compares two decimal strings without leading zeros: -1, 0 or 1.
 local function ucmp(a, b)
   if #a ~= #b then
     if #a < #b then return -1 end
     return 1
+  end
+  if exact(a) and exact(b) then
+    local x, y = tonumber(a), tonumber(b)
+    if x < y then return -1 elseif x > y then return 1 end
+    return 0
   end
   for i = 1, #a do
     local x, y = string.byte(a, i), string.byte(b, i)
@@ -42,6 +56,11 @@ end
 
 -- a + b on decimal strings, saturating at max.
 local function uadd(a, b, max)
+  if exact(a) and #b < 15 then
+    local sum = string.format('%.0f', tonumber(a) + tonumber(b))
+    if ucmp(sum, max) > 0 then return max end
+    return sum
+  end
   local digits, carry = {}, 0
   local i, j = #a, #b
   while i > 0 or j > 0 or carry > 0 do
@@ -109,8 +128,17 @@ local function flat(id, r)
   return out
 end
 
--- Writes new over old (nil: no record) and keeps the bucket's indexes in step.
--- K: rec (the hash), due, exp (score = time), ids, st, wf (lexicographic).
+-- Whether the transition from>to is in tempox::record::TRANSITIONS.
+local function legal(from, to)
+  -- Status names are [a-z_]: nothing else may splice two pairs together.
+  if string.find(from .. to, '[^a-z_]') then return false end
+  return string.find(LEGAL, '|' .. from .. '>' .. to .. '|', 1, true) ~= nil
+end
+
+-- Writes new over old (nil: no record) and keeps the bucket's indexes in step,
+-- touching only the indexes whose entry changes.
+-- K: rec (the hash), due, exp (score = time), st (prefix of the per-status
+-- sets of ids, lexicographic), wf (lexicographic).
 local function write(K, id, old, new)
   local set, del = {}, {}
   for _, f in ipairs(FIELDS) do
@@ -124,26 +152,32 @@ local function write(K, id, old, new)
   end
   if #set > 0 then redis.call('HSET', K.rec, unpack(set)) end
   if #del > 0 then redis.call('HDEL', K.rec, unpack(del)) end
-  if new.due_at ~= nil then
-    redis.call('ZADD', K.due, new.due_at, id)
-  else
-    redis.call('ZREM', K.due, id)
+  local before = old or {}
+  if new.due_at ~= before.due_at then
+    if new.due_at ~= nil then
+      redis.call('ZADD', K.due, new.due_at, id)
+    else
+      redis.call('ZREM', K.due, id)
+    end
   end
-  if new.expires_at ~= nil then
-    redis.call('ZADD', K.exp, new.expires_at, id)
-  else
-    redis.call('ZREM', K.exp, id)
+  if new.expires_at ~= before.expires_at then
+    if new.expires_at ~= nil then
+      redis.call('ZADD', K.exp, new.expires_at, id)
+    else
+      redis.call('ZREM', K.exp, id)
+    end
   end
-  redis.call('ZADD', K.ids, 0, id)
-  if old ~= nil and old.status ~= nil and old.status ~= new.status then
-    redis.call('ZREM', K.st, old.status .. '\0' .. id)
+  if new.status ~= before.status then
+    if before.status ~= nil then redis.call('ZREM', K.st .. before.status, id) end
+    redis.call('ZADD', K.st .. new.status, 0, id)
   end
-  redis.call('ZADD', K.st, 0, new.status .. '\0' .. id)
-  if old ~= nil and old.workflow ~= nil and old.workflow ~= new.workflow then
-    redis.call('ZREM', K.wf, old.workflow .. '\0' .. id)
-  end
-  if new.workflow ~= nil then
-    redis.call('ZADD', K.wf, 0, new.workflow .. '\0' .. id)
+  if new.workflow ~= before.workflow then
+    if before.workflow ~= nil then
+      redis.call('ZREM', K.wf, before.workflow .. '\0' .. id)
+    end
+    if new.workflow ~= nil then
+      redis.call('ZADD', K.wf, 0, new.workflow .. '\0' .. id)
+    end
   end
 end
 
@@ -152,8 +186,7 @@ local function remove(K, id, status, workflow)
   redis.call('DEL', K.rec)
   redis.call('ZREM', K.due, id)
   redis.call('ZREM', K.exp, id)
-  redis.call('ZREM', K.ids, id)
-  if status then redis.call('ZREM', K.st, status .. '\0' .. id) end
+  if status then redis.call('ZREM', K.st .. status, id) end
   if workflow then redis.call('ZREM', K.wf, workflow .. '\0' .. id) end
 end
 

@@ -1,13 +1,13 @@
 -- Store::expire, second step: removes up to limit records of one bucket that
 -- are final and past their retention. Never an active record or a dead letter.
--- KEYS: due, exp, ids, st, wf (one bucket)
--- ARGV: record key prefix, limit
+-- KEYS: due, exp, wf (one bucket)
+-- ARGV: record key prefix, limit, the prefix of the bucket's status sets
 -- Returns how many records were removed.
 local now = now_ms()
 local removed = 0
 local candidates = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(candidates) do
-  local K = {rec = ARGV[1] .. id, due = KEYS[1], exp = KEYS[2], ids = KEYS[3], st = KEYS[4], wf = KEYS[5]}
+  local K = {rec = ARGV[1] .. id, due = KEYS[1], exp = KEYS[2], wf = KEYS[3], st = ARGV[3]}
   local f = redis.call('HMGET', K.rec, 'status', 'expires_at', 'workflow')
   local r = {status = f[1] or nil, expires_at = f[2] or nil, workflow = f[3] or nil}
   if r.status == nil then

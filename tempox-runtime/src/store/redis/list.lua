@@ -1,6 +1,6 @@
 -- Store::list in one bucket: up to limit records from each lexicographic
--- range of an index, optionally keeping only some statuses.
--- KEYS: the index (ids, st or wf of one bucket)
+-- range of some indexes, optionally keeping only some statuses.
+-- KEYS: n indexes of one bucket (status sets or wf), one range each
 -- ARGV: record key prefix, limit, n, then n times (prefix length, min, max),
 --       then the statuses to keep (none: keep all)
 -- Returns a list of records.
@@ -15,7 +15,7 @@ for k = 0, n - 1 do
   local strip, min, max = tonumber(ARGV[4 + 3 * k]), ARGV[5 + 3 * k], ARGV[6 + 3 * k]
   local found, offset = 0, 0
   while found < limit do
-    local batch = redis.call('ZRANGEBYLEX', KEYS[1], min, max, 'LIMIT', offset, limit)
+    local batch = redis.call('ZRANGEBYLEX', KEYS[k + 1], min, max, 'LIMIT', offset, limit)
     for _, member in ipairs(batch) do
       local id = string.sub(member, strip + 1)
       local key = prefix .. id

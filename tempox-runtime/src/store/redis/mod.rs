@@ -34,7 +34,7 @@ use crate::record::{
 
 /// The version of the key layout and record encoding described on
 /// [`RedisStore`]; kept in every bucket's `meta` hash.
-const LAYOUT_VERSION: &str = "1";
+const LAYOUT_VERSION: &str = "2";
 const DEFAULT_PREFIX: &str = "tempox";
 const DEFAULT_BUCKETS: u16 = 16;
 const MAX_BUCKETS: u16 = 16_384;
@@ -108,8 +108,7 @@ const MAX_BATCH: usize = 100_000;
 /// | `{p:b}:r:<id>` | hash | the record `<id>` (`op/key`): one field per [`Record`] field, input and output as raw bytes |
 /// | `{p:b}:due` | sorted set | ids by `due_at` (ms): expired leases and retries |
 /// | `{p:b}:exp` | sorted set | ids by `expires_at` (ms): final records and their retention |
-/// | `{p:b}:ids` | sorted set | every id, lexicographic |
-/// | `{p:b}:st` | sorted set | `<status>\0<id>`, lexicographic |
+/// | `{p:b}:s:<status>` | sorted set | the ids in `<status>`, lexicographic (one set per status) |
 /// | `{p:b}:wf` | sorted set | `<workflow id>\0<id>` of workflow steps, lexicographic |
 /// | `{p:b}:meta` | hash | the number of buckets and the layout version |
 ///
@@ -455,14 +454,7 @@ impl RedisStore {
         };
         let mut call = ScriptCall::new(
             &scripts().claim,
-            &[
-                &keys.record(&req.id),
-                &keys.due,
-                &keys.exp,
-                &keys.ids,
-                &keys.st,
-                &keys.wf,
-            ],
+            &[&keys.record(&req.id), &keys.due, &keys.exp, &keys.wf],
         );
         call.arg(req.id.as_str())
             .arg(req.kind.as_str())
@@ -475,6 +467,7 @@ impl RedisStore {
             Some(step) => call.arg(step),
             None => call.arg(""),
         };
+        call.arg(&keys.status_prefix);
         call
     }
 
@@ -494,14 +487,7 @@ impl RedisStore {
         };
         let mut call = ScriptCall::new(
             &scripts().transition,
-            &[
-                &keys.record(&t.id),
-                &keys.due,
-                &keys.exp,
-                &keys.ids,
-                &keys.st,
-                &keys.wf,
-            ],
+            &[&keys.record(&t.id), &keys.due, &keys.exp, &keys.wf],
         );
         call.arg(t.id.as_str())
             .arg(t.from.as_str())
@@ -519,7 +505,8 @@ impl RedisStore {
             .arg(t.note.as_deref().unwrap_or_default())
             .arg(millis(t.retry_after.unwrap_or_default()))
             .arg(flag(t.retention.is_some()))
-            .arg(millis(t.retention.unwrap_or_default()));
+            .arg(millis(t.retention.unwrap_or_default()))
+            .arg(&keys.status_prefix);
         call
     }
 
@@ -706,18 +693,18 @@ impl RedisStore {
     async fn list_bucket(
         &self,
         bucket: u16,
-        index: Index,
+        index: &Index,
         ranges: &[LexRange],
         keep: &[Status],
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let keys = self.keys(bucket);
-        let index = match index {
-            Index::Ids => &keys.ids,
-            Index::Statuses => &keys.st,
-            Index::Workflow => &keys.wf,
+        let indexes: Vec<String> = match index {
+            Index::Statuses(statuses) => statuses.iter().map(|&s| keys.status(s)).collect(),
+            Index::Workflow => vec![keys.wf.clone()],
         };
-        let mut inv = ScriptCall::new(&scripts().list, &[index]);
+        let indexes: Vec<&str> = indexes.iter().map(String::as_str).collect();
+        let mut inv = ScriptCall::new(&scripts().list, &indexes);
         inv.arg(&keys.record_prefix).arg(limit).arg(ranges.len());
         for range in ranges {
             inv.arg(range.strip)
@@ -743,11 +730,10 @@ impl RedisStore {
 
     async fn expire_bucket(&self, bucket: u16, limit: usize) -> Result<usize, StoreError> {
         let keys = self.keys(bucket);
-        let mut inv = ScriptCall::new(
-            &scripts().expire,
-            &[&keys.due, &keys.exp, &keys.ids, &keys.st, &keys.wf],
-        );
-        inv.arg(&keys.record_prefix).arg(limit);
+        let mut inv = ScriptCall::new(&scripts().expire, &[&keys.due, &keys.exp, &keys.wf]);
+        inv.arg(&keys.record_prefix)
+            .arg(limit)
+            .arg(&keys.status_prefix);
         let reply = self.invoke(Action::Expire, &inv).await?;
         let n = codec::number("the expiry", reply)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -770,9 +756,9 @@ impl fmt::Debug for RedisStore {
 struct Keys {
     due: String,
     exp: String,
-    ids: String,
-    st: String,
     wf: String,
+    /// Prepended to a status name for the set of the ids in that status.
+    status_prefix: String,
     meta: String,
     /// Prepended to a record id for the record's key.
     record_prefix: String,
@@ -784,9 +770,8 @@ impl Keys {
         Keys {
             due: format!("{tag}:due"),
             exp: format!("{tag}:exp"),
-            ids: format!("{tag}:ids"),
-            st: format!("{tag}:st"),
             wf: format!("{tag}:wf"),
+            status_prefix: format!("{tag}:s:"),
             meta: format!("{tag}:meta"),
             record_prefix: format!("{tag}:r:"),
         }
@@ -795,13 +780,17 @@ impl Keys {
     fn record(&self, id: &RecordId) -> String {
         format!("{}{id}", self.record_prefix)
     }
+
+    fn status(&self, status: Status) -> String {
+        format!("{}{}", self.status_prefix, status.as_str())
+    }
 }
 
-/// Which lexicographic index a listing reads.
-#[derive(Clone, Copy)]
+/// Which lexicographic indexes a listing reads, one range each.
 enum Index {
-    Ids,
-    Statuses,
+    /// The sets of these statuses.
+    Statuses(Vec<Status>),
+    /// The workflow index.
     Workflow,
 }
 
@@ -1125,19 +1114,24 @@ impl Store for RedisStore {
                 vec![LexRange::new(&base, op, after)],
                 query.statuses.as_slice(),
             )
-        } else if !query.statuses.is_empty() {
-            let ranges = query
-                .statuses
-                .iter()
-                .map(|s| LexRange::new(&[s.as_str().as_bytes(), b"\0"].concat(), op, after))
-                .collect();
-            (Index::Statuses, ranges, &[][..])
         } else {
-            (Index::Ids, vec![LexRange::new(b"", op, after)], &[][..])
+            // Every record is in the set of its status: all of them is every set.
+            let statuses = if query.statuses.is_empty() {
+                Status::ALL.to_vec()
+            } else {
+                query.statuses.clone()
+            };
+            let ranges = statuses
+                .iter()
+                .map(|_| LexRange::new(b"", op, after))
+                .collect();
+            (Index::Statuses(statuses), ranges, &[][..])
         };
         let lists: Vec<BoxFuture<'_, Result<Vec<Record>, StoreError>>> = self
             .all_buckets()
-            .map(|b| Box::pin(self.list_bucket(b, index, &ranges, keep, limit)) as BoxFuture<'_, _>)
+            .map(|b| {
+                Box::pin(self.list_bucket(b, &index, &ranges, keep, limit)) as BoxFuture<'_, _>
+            })
             .collect();
         let mut records = Vec::new();
         for listed in join_all(lists).await {

@@ -1,17 +1,18 @@
 -- Store::transition, mirroring tempox::record::plan_transition: a
 -- compare-and-set on (status, token).
--- KEYS: record, due, exp, ids, st, wf (one bucket)
+-- KEYS: record, due, exp, wf (one bucket)
 -- ARGV: id, from, token, to,
 --       has_output, output, has_error, error,
 --       lease (keep | clear | acquire), lease_ms,
 --       attempts (keep | increment | set), attempts_n,
---       has_note, note, retry_after_ms, has_retention, retention_ms
+--       has_note, note, retry_after_ms, has_retention, retention_ms,
+--       the prefix of the bucket's status sets
 -- Returns {'illegal'}, {'conflict'} (no record), {'conflict', record} or
 -- {'applied', record}.
-local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], ids = KEYS[4], st = KEYS[5], wf = KEYS[6]}
+local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], wf = KEYS[4], st = ARGV[18]}
 local id, from, token, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-if not LEGAL[from .. '>' .. to] then return {'illegal'} end
+if not legal(from, to) then return {'illegal'} end
 
 local now = now_ms()
 local old = load(K.rec)
