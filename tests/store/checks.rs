@@ -76,6 +76,19 @@ pub async fn claim_writes_a_pending_record_with_a_lease(f: &Fixture) {
         "an active record is due when its lease ends"
     );
     assert_eq!(store.get(&req.id).await.unwrap(), Some(r));
+    // What a claim answers is what it wrote, for a workflow's step too.
+    let step = ClaimRequest {
+        workflow: Some(id("conf.flow", "w1")),
+        step: Some(3),
+        kind: Kind::NonIdempotent,
+        ..request("conf.claim", "k2", "b")
+    };
+    let s = acquire(store, &step).await;
+    assert_eq!(
+        (s.workflow.clone(), s.step),
+        (step.workflow.clone(), Some(3))
+    );
+    assert_eq!(store.get(&step.id).await.unwrap(), Some(s));
 }
 
 pub async fn claim_is_atomic_under_contention(f: &Fixture) {

@@ -3,7 +3,9 @@
 -- ARGV: id, kind, fingerprint, input, lease_ms, on_expired, workflow ('' = none),
 --       step ('' = none), the prefix of the bucket's status sets
 -- Returns {outcome, previous status or '', record}; outcome is one of
--- acquired, existing, marked_unknown.
+-- acquired, existing, marked_unknown; or {'fresh', now} when there was no
+-- record: the new one is plan_claim's for no record at the server's now, and
+-- the client builds it from its request instead of reading it back.
 local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], wf = KEYS[4], st = ARGV[9]}
 local id, kind, fingerprint, input = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lease, on_expired, workflow, step = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -35,9 +37,8 @@ local function fresh(previous)
 end
 
 if existing == nil then
-  local r = fresh(nil)
-  write(K, id, old, r)
-  return {'acquired', '', flat(id, r)}
+  write(K, id, old, fresh(nil))
+  return {'fresh', now}
 end
 
 -- A released key is free for any request (invariant 8).

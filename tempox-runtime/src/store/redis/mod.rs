@@ -29,7 +29,7 @@ use super::{Query, Store};
 use crate::error::{Human, StoreError, StoreErrorKind};
 use crate::record::{
     AttemptsChange, ClaimRequest, Claimed, LeaseChange, OnExpired, Record, RecordId, Status,
-    Timestamp, Transition, Transitioned, plan_transition,
+    Timestamp, Transition, Transitioned, plan_claim, plan_transition,
 };
 
 /// The version of the key layout and record encoding described on
@@ -971,12 +971,22 @@ impl Store for RedisStore {
             .await?;
         let what = "the claim script";
         let mut items = codec::array(what, reply)?.into_iter();
-        let (Some(outcome), Some(previous), Some(record)) =
-            (items.next(), items.next(), items.next())
-        else {
+        let outcome = match items.next() {
+            Some(v) => codec::text(what, v)?,
+            None => return Err(codec::unexpected(what, &Value::Nil)),
+        };
+        if outcome == "fresh" {
+            // No record was there: the script wrote plan_claim's new record
+            // at the server's clock, which is all the reply carries.
+            let now = match items.next() {
+                Some(v) => Timestamp::from_millis(codec::number(what, v)?),
+                None => return Err(codec::unexpected(what, &Value::Nil)),
+            };
+            return Ok(plan_claim(None, req, now));
+        }
+        let (Some(previous), Some(record)) = (items.next(), items.next()) else {
             return Err(codec::unexpected(what, &Value::Nil));
         };
-        let outcome = codec::text(what, outcome)?;
         let previous = codec::text(what, previous)?;
         let record = codec::record(what, record)?;
         match outcome.as_str() {
