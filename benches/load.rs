@@ -25,8 +25,11 @@
 //!   `redis-benchmark -c 64 -P 16` of that replay `EVALSHA`, with tempox as a
 //!   fraction of it; the absolute target (`>= 47000` fresh calls/s at
 //!   concurrency 64, five times AWS Powertools' Python utility with eight
-//!   processes); and what `redis-server` spent per fresh call (`INFO cpu` and
-//!   `INFO commandstats`), which bounds what any client can reach.
+//!   processes); what `redis-server` spent per fresh call (`INFO cpu` and
+//!   `INFO commandstats`), which bounds what any client can reach; and the
+//!   floor of the protocol itself: the same client sending two scripts per
+//!   call that write one small key each, the most any design with two
+//!   writing round trips per fresh call can do on this server and disk.
 //!
 //! Ratios are what to compare across machines; absolute figures depend on the
 //! disk and on what else runs.
