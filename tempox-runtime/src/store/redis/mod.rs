@@ -471,8 +471,9 @@ impl RedisStore {
         call
     }
 
-    /// The call of the transition script that [`Store::transition`] sends for `t`.
-    fn transition_call(&self, t: &Transition) -> ScriptCall {
+    /// The call of the transition script that [`Store::transition`] sends for
+    /// `t`; `quiet` asks for no record back when applied.
+    fn transition_call(&self, t: &Transition, quiet: bool) -> ScriptCall {
         let keys = self.keys(self.bucket_of(&t.id));
         let flag = |present: bool| if present { "1" } else { "0" };
         let (lease, lease_ms) = match t.lease {
@@ -506,8 +507,45 @@ impl RedisStore {
             .arg(millis(t.retry_after.unwrap_or_default()))
             .arg(flag(t.retention.is_some()))
             .arg(millis(t.retention.unwrap_or_default()))
-            .arg(&keys.status_prefix);
+            .arg(&keys.status_prefix)
+            .arg(flag(quiet));
         call
+    }
+
+    /// Sends the transition script for `t`: whether it applied, and the
+    /// record it answered with (none when applied `quiet`ly, or on a conflict
+    /// with no record).
+    async fn send_transition(
+        &self,
+        t: &Transition,
+        quiet: bool,
+    ) -> Result<(bool, Option<Record>), StoreError> {
+        // An illegal pair is the caller's bug, refused before any I/O with
+        // plan_transition's own error.
+        plan_transition(None, t, Timestamp::from_millis(0))?;
+        let reply = self
+            .invoke(Action::Transition(&t.id), &self.transition_call(t, quiet))
+            .await?;
+        let what = "the transition script";
+        let mut items = codec::array(what, reply)?.into_iter();
+        let outcome = match items.next() {
+            Some(v) => codec::text(what, v)?,
+            None => return Err(codec::unexpected(what, &Value::Nil)),
+        };
+        let record = items.next().map(|r| codec::record(what, r)).transpose()?;
+        match outcome.as_str() {
+            "applied" => Ok((true, record)),
+            "conflict" => Ok((false, record)),
+            "illegal" => Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                format!(
+                    "the redis transition script refused {} -> {} for `{}`: its table of transitions \
+                     differs from this build of tempox",
+                    t.from, t.to, t.id
+                ),
+            )),
+            _ => Err(codec::unexpected(what, &Value::SimpleString(outcome))),
+        }
     }
 
     /// Runs one request with the store's deadline, mapping failures.
@@ -1007,31 +1045,13 @@ impl Store for RedisStore {
     }
 
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
-        // An illegal pair is the caller's bug, refused before any I/O with
-        // plan_transition's own error.
-        plan_transition(None, t, Timestamp::from_millis(0))?;
-        let reply = self
-            .invoke(Action::Transition(&t.id), &self.transition_call(t))
-            .await?;
-        let what = "the transition script";
-        let mut items = codec::array(what, reply)?.into_iter();
-        let outcome = match items.next() {
-            Some(v) => codec::text(what, v)?,
-            None => return Err(codec::unexpected(what, &Value::Nil)),
-        };
-        let record = items.next().map(|r| codec::record(what, r)).transpose()?;
-        match (outcome.as_str(), record) {
-            ("applied", Some(record)) => Ok(Transitioned::Applied(record)),
-            ("conflict", record) => Ok(Transitioned::Conflict(record)),
-            ("illegal", _) => Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                format!(
-                    "the redis transition script refused {} -> {} for `{}`: its table of transitions \
-                     differs from this build of tempox",
-                    t.from, t.to, t.id
-                ),
+        match self.send_transition(t, false).await? {
+            (true, Some(record)) => Ok(Transitioned::Applied(record)),
+            (true, None) => Err(codec::unexpected(
+                "the transition script",
+                &Value::SimpleString("applied without a record".into()),
             )),
-            _ => Err(codec::unexpected(what, &Value::SimpleString(outcome))),
+            (false, record) => Ok(Transitioned::Conflict(record)),
         }
     }
 
@@ -1218,7 +1238,7 @@ pub mod bench {
     /// The transition script and the `EVALSHA` command that
     /// [`Store::transition`](crate::store::Store::transition) sends for `t`.
     pub fn transition(store: &RedisStore, t: &Transition) -> (&'static Script, Cmd) {
-        let call = store.transition_call(t);
+        let call = store.transition_call(t, false);
         (call.script, call.cmd)
     }
 }

@@ -6,9 +6,10 @@
 --       lease (keep | clear | acquire), lease_ms,
 --       attempts (keep | increment | set), attempts_n,
 --       has_note, note, retry_after_ms, has_retention, retention_ms,
---       the prefix of the bucket's status sets
+--       the prefix of the bucket's status sets, quiet ('1': the caller does
+--       not need the record written)
 -- Returns {'illegal'}, {'conflict'} (no record), {'conflict', record} or
--- {'applied', record}.
+-- {'applied', record} ({'applied'} when quiet).
 local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], wf = KEYS[4], st = ARGV[18]}
 local id, from, token, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
@@ -57,4 +58,5 @@ else
   r.expires_at = nil
 end
 write(K, id, old, r)
+if ARGV[19] == '1' then return {'applied'} end
 return {'applied', flat(id, r)}
