@@ -706,21 +706,40 @@ pub fn plan_transition(
     t: &Transition,
     now: Timestamp,
 ) -> Result<Transitioned, StoreError> {
-    if !is_legal(t.from, t.to) {
-        return Err(StoreError::invalid(format!(
-            "illegal transition {} -> {} for `{}`",
-            t.from, t.to, t.id
-        )));
-    }
+    check_legal(t)?;
     let Some(current) = existing else {
         return Ok(Transitioned::Conflict(None));
     };
-    // Invariant 3 (fencing): only the holder of the current token in the expected
-    // status may write.
-    if current.status != t.from || current.token != t.token {
+    if !holds(current, t) {
         return Ok(Transitioned::Conflict(Some(current.clone())));
     }
     let mut r = current.clone();
+    apply_transition(&mut r, t, now);
+    Ok(Transitioned::Applied(r))
+}
+
+/// [`plan_transition`]'s first check: `(t.from, t.to)` is in [`TRANSITIONS`].
+pub(crate) fn check_legal(t: &Transition) -> Result<(), StoreError> {
+    if is_legal(t.from, t.to) {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(format!(
+            "illegal transition {} -> {} for `{}`",
+            t.from, t.to, t.id
+        )))
+    }
+}
+
+/// Invariant 3 (fencing): only the holder of the current token in the expected
+/// status may write.
+pub(crate) fn holds(current: &Record, t: &Transition) -> bool {
+    current.status == t.from && current.token == t.token
+}
+
+/// Writes `t` into `r`, which passed [`check_legal`] and [`holds`]: the rest of
+/// [`plan_transition`]. Nothing in it can panic (saturating arithmetic, clones
+/// and moves), so a store may apply it in place under its lock.
+pub(crate) fn apply_transition(r: &mut Record, t: &Transition, now: Timestamp) {
     r.status = t.to;
     r.updated_at = now;
     if let Some(output) = &t.output {
@@ -766,7 +785,6 @@ pub fn plan_transition(
     } else {
         None
     };
-    Ok(Transitioned::Applied(r))
 }
 
 #[cfg(test)]
