@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::key::{Fingerprint, Key, KeyError};
 use crate::operation::{InFlight, Keying, Operation, OperationError, Output};
 use crate::record::{
@@ -139,11 +139,24 @@ fn unique_key() -> Key {
 
 async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op>, Error> {
     let span = tracing::debug_span!("tempox.call", op = Op::NAME, key = req.id.key());
-    let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
+    let claimed = store_claim(&rt, &req, &span).await?;
     match decide::<Op>(&rt, &req, claimed, &span)? {
         Some(begin) => Ok(begin),
         // Rare: its own box keeps the waiting machinery out of every call's future.
         None => Box::pin(wait::<Op>(rt, req, span)).await,
+    }
+}
+
+/// `req` claimed in `span`: at once when the store is immediate, else through
+/// its boxed future.
+async fn store_claim(
+    rt: &Runtime,
+    req: &ClaimRequest,
+    span: &tracing::Span,
+) -> Result<Claimed, StoreError> {
+    match rt.store().immediate() {
+        Some(store) => span.in_scope(|| store.claim_now(req)),
+        None => rt.store().claim(req).instrument(span.clone()).await,
     }
 }
 
@@ -246,7 +259,7 @@ async fn wait<Op: Operation>(
         tokio::pin!(notified);
         // Registered before the store is read, so a finish in between still wakes us.
         notified.as_mut().enable();
-        let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
+        let claimed = store_claim(&rt, &req, &span).await?;
         match decide::<Op>(&rt, &req, claimed, &span)? {
             Some(begin) => return Ok(begin),
             None => {

@@ -570,7 +570,19 @@ impl Runtime {
 
     /// Applies `t`, turning a lost compare-and-set into `Fenced`.
     pub(crate) async fn apply(&self, t: &Transition) -> Result<Record, Error> {
-        match self.store().transition(t).await? {
+        if let Some(store) = self.store().immediate() {
+            return self.applied(t, store.transition_now(t));
+        }
+        self.applied(t, self.store().transition(t).await)
+    }
+
+    /// What the store answered to `t`, turning a lost compare-and-set into `Fenced`.
+    fn applied(
+        &self,
+        t: &Transition,
+        outcome: Result<Transitioned, StoreError>,
+    ) -> Result<Record, Error> {
+        match outcome? {
             Transitioned::Applied(r) => {
                 tracing::debug!(id = %r.id, from = %t.from, to = %r.status, token = r.token, "transition");
                 Ok(r)

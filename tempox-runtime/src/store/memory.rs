@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Query, Store};
+use super::{ImmediateStore, Query, Store};
 use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
 use crate::record::{
@@ -392,16 +392,26 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+impl ImmediateStore for MemoryStore {
+    fn claim_now(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
         let now = self.clock.now();
         Ok(self.lock().claim(req, now))
     }
 
-    async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
+    fn transition_now(&self, t: &Transition) -> Result<Transitioned, StoreError> {
         let now = self.clock.now();
         self.lock().transition(t, now)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+        self.claim_now(req)
+    }
+
+    async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
+        self.transition_now(t)
     }
 
     async fn renew(
@@ -464,6 +474,10 @@ impl Store for MemoryStore {
 
     async fn now(&self) -> Result<Timestamp, StoreError> {
         Ok(self.clock.now())
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
     }
 }
 
@@ -528,6 +542,27 @@ mod tests {
         assert_eq!(
             listed.iter().map(|r| r.key()).collect::<Vec<_>>(),
             vec!["a", "b"]
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_and_transitions_answer_at_once_also_behind_an_arc() {
+        let store = Arc::new(MemoryStore::new());
+        let Some(now) = Store::immediate(&store) else {
+            panic!("a shared memory store is immediate too");
+        };
+        let Ok(Claimed::Acquired { record, .. }) = now.claim_now(&request("k")) else {
+            panic!("not acquired");
+        };
+        let t = Transition::new(record.id, Status::Pending, record.token, Status::Completed);
+        let Ok(Transitioned::Applied(done)) = now.transition_now(&t) else {
+            panic!("not applied");
+        };
+        assert_eq!(store.get(&done.id).await.ok(), Some(Some(done.clone())));
+        // The same step again holds no claim: refused, and nothing is written.
+        assert_eq!(
+            now.transition_now(&t).ok(),
+            Some(Transitioned::Conflict(Some(done)))
         );
     }
 

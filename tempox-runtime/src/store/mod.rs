@@ -128,6 +128,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The store's clock.
     async fn now(&self) -> Result<Timestamp, StoreError>;
+
+    /// This store as an [`ImmediateStore`], when it is one: the call path then
+    /// claims and records outcomes without an `async` round trip. The default,
+    /// `None`, is right for every store that does I/O.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
+    }
+}
+
+/// A store whose claims and transitions never wait (it holds its records in
+/// this process's memory, like [`MemoryStore`]), offered through
+/// [`Store::immediate`]. Each method answers exactly as its [`Store`]
+/// counterpart would, as the same one atomic step.
+pub trait ImmediateStore: Send + Sync {
+    /// [`Store::claim`], answered at once.
+    fn claim_now(&self, req: &ClaimRequest) -> Result<Claimed, StoreError>;
+
+    /// [`Store::transition`], answered at once.
+    fn transition_now(&self, t: &Transition) -> Result<Transitioned, StoreError>;
 }
 
 #[async_trait]
@@ -161,5 +180,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn now(&self) -> Result<Timestamp, StoreError> {
         (**self).now().await
+    }
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        (**self).immediate()
     }
 }
