@@ -509,7 +509,8 @@ impl Runtime {
             }
         };
         let output = held.output.as_deref().unwrap_or(b"null").to_vec();
-        let outcome = crate::invoke::heartbeat(self, &held, self.scope(run(output))).await;
+        let lease = crate::invoke::Held::from_ref(&held);
+        let outcome = crate::invoke::heartbeat(self, &lease, self.scope(run(output))).await;
         let record = self
             .finish_compensation(&held, outcome.clone(), policy)
             .await?;
