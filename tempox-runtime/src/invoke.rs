@@ -522,9 +522,9 @@ impl<Op: Operation> Guard<Op> {
                         Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
                     t.retention = Some(self.rt.inner.config.retention);
                     t.error = Some("not started: the workflow is being rolled back".into());
-                    let released = self.rt.apply(&t).await;
+                    let released = self.rt.write(&t).await;
                     Err(Err(self.error(match released {
-                        Ok(_) => Error::RollbackRequested { workflow },
+                        Ok(()) => Error::RollbackRequested { workflow },
                         Err(e) => e,
                     })))
                 }
@@ -603,8 +603,8 @@ impl<Op: Operation> Guard<Op> {
         if !t.to.is_final() {
             t.retention = None;
         }
-        match self.rt.apply(&t).await {
-            Ok(_) => output,
+        match self.rt.write(&t).await {
+            Ok(()) => output,
             Err(Error::Store { source }) => {
                 // Invariant 4: the record stays pending; the lease hands it on.
                 if let Err(e) = &output {
@@ -625,7 +625,7 @@ impl<Op: Operation> Guard<Op> {
         let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Pending);
         t.lease = LeaseChange::Clear;
         t.error = Some(e.to_string());
-        if let Err(store_error) = self.rt.apply(&t).await {
+        if let Err(store_error) = self.rt.write(&t).await {
             tracing::warn!(parent: &self.span, error = %store_error, "could not end the lease; it runs out on its own");
         }
         Err(e)

@@ -160,23 +160,25 @@ impl Inner {
     }
 
     /// Applies `t` in place, as [`plan_transition`](crate::record::plan_transition)
-    /// decides.
-    fn transition(&mut self, t: &Transition, now: Timestamp) -> Result<Transitioned, StoreError> {
+    /// decides, and lends the record as written (or as found, on a conflict).
+    fn transition(&mut self, t: &Transition, now: Timestamp) -> Result<Written<'_>, StoreError> {
         check_legal(t)?;
         let Some(slot) = self.find(self.hasher.hash_one(&t.id), &t.id) else {
-            return Ok(Transitioned::Conflict(None));
+            return Ok(Written::Conflict(None));
         };
         let Some(Some(s)) = self.slots.get_mut(slot) else {
-            return Ok(Transitioned::Conflict(None));
+            return Ok(Written::Conflict(None));
         };
         if !holds(&s.record, t) {
-            return Ok(Transitioned::Conflict(Some(s.record.clone())));
+            return Ok(Written::Conflict(self.slot(slot).map(|s| &s.record)));
         }
         let old = (s.record.due_at, s.record.expires_at);
         apply_transition(&mut s.record, t, now);
-        let written = s.record.clone();
         self.reindex(slot, old);
-        Ok(Transitioned::Applied(written))
+        Ok(match self.slot(slot) {
+            Some(s) => Written::Applied(&s.record),
+            None => Written::Conflict(None),
+        })
     }
 
     /// Extends the lease of the record held in `(status, token)`.
@@ -336,6 +338,12 @@ impl Slot {
     }
 }
 
+/// A transition's outcome, lending the record instead of copying it.
+enum Written<'a> {
+    Applied(&'a Record),
+    Conflict(Option<&'a Record>),
+}
+
 #[derive(Clone, Copy)]
 enum Which {
     Due,
@@ -400,7 +408,16 @@ impl ImmediateStore for MemoryStore {
 
     fn transition_now(&self, t: &Transition) -> Result<Transitioned, StoreError> {
         let now = self.clock.now();
-        self.lock().transition(t, now)
+        self.lock().transition(t, now).map(|written| match written {
+            Written::Applied(record) => Transitioned::Applied(record.clone()),
+            Written::Conflict(current) => Transitioned::Conflict(current.cloned()),
+        })
+    }
+
+    fn apply_now(&self, t: &Transition) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        Ok(matches!(inner.transition(t, now)?, Written::Applied(_)))
     }
 }
 
@@ -562,8 +579,35 @@ mod tests {
         // The same step again holds no claim: refused, and nothing is written.
         assert_eq!(
             now.transition_now(&t).ok(),
-            Some(Transitioned::Conflict(Some(done)))
+            Some(Transitioned::Conflict(Some(done.clone())))
         );
+        assert_eq!(now.apply_now(&t).ok(), Some(false));
+        assert_eq!(store.get(&done.id).await.ok(), Some(Some(done)));
+
+        // `apply_now` writes what `transition_now` would have (but the times,
+        // read from the store's clock).
+        let Ok(Claimed::Acquired { record, .. }) = now.claim_now(&request("j")) else {
+            panic!("not acquired");
+        };
+        let mut t = Transition::new(record.id, Status::Pending, record.token, Status::Released);
+        t.error = Some("boom".into());
+        let before = record_of(&store, &t.id).await;
+        let planned = crate::record::plan_transition(Some(&before), &t, Timestamp::from_millis(0));
+        let Ok(Transitioned::Applied(mut planned)) = planned else {
+            panic!("not planned");
+        };
+        assert_eq!(now.apply_now(&t).ok(), Some(true));
+        let written = record_of(&store, &t.id).await;
+        planned.updated_at = written.updated_at;
+        planned.expires_at = written.expires_at;
+        assert_eq!(written, planned);
+    }
+
+    async fn record_of(store: &Arc<MemoryStore>, id: &RecordId) -> Record {
+        match store.get(id).await {
+            Ok(Some(r)) => r,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -147,6 +147,13 @@ pub trait ImmediateStore: Send + Sync {
 
     /// [`Store::transition`], answered at once.
     fn transition_now(&self, t: &Transition) -> Result<Transitioned, StoreError>;
+
+    /// [`transition_now`](Self::transition_now) for a caller that needs no
+    /// record back: whether `t` was applied. A store may skip copying the record
+    /// out.
+    fn apply_now(&self, t: &Transition) -> Result<bool, StoreError> {
+        Ok(matches!(self.transition_now(t)?, Transitioned::Applied(_)))
+    }
 }
 
 #[async_trait]
