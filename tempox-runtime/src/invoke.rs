@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::key::{Fingerprint, Key, KeyError};
 use crate::operation::{InFlight, Keying, Operation, OperationError, Output};
 use crate::record::{
@@ -139,11 +139,24 @@ fn unique_key() -> Key {
 
 async fn claim<Op: Operation>(rt: Runtime, req: ClaimRequest) -> Result<Begin<Op>, Error> {
     let span = tracing::debug_span!("tempox.call", op = Op::NAME, key = req.id.key());
-    let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
+    let claimed = store_claim(&rt, &req, &span).await?;
     match decide::<Op>(&rt, &req, claimed, &span)? {
         Some(begin) => Ok(begin),
         // Rare: its own box keeps the waiting machinery out of every call's future.
         None => Box::pin(wait::<Op>(rt, req, span)).await,
+    }
+}
+
+/// `req` claimed in `span`: at once when the store is immediate, else through
+/// its boxed future.
+async fn store_claim(
+    rt: &Runtime,
+    req: &ClaimRequest,
+    span: &tracing::Span,
+) -> Result<Claimed, StoreError> {
+    match rt.store().immediate() {
+        Some(store) => span.in_scope(|| store.claim_now(req)),
+        None => rt.store().claim(req).instrument(span.clone()).await,
     }
 }
 
@@ -246,7 +259,7 @@ async fn wait<Op: Operation>(
         tokio::pin!(notified);
         // Registered before the store is read, so a finish in between still wakes us.
         notified.as_mut().enable();
-        let claimed = rt.store().claim(&req).instrument(span.clone()).await?;
+        let claimed = store_claim(&rt, &req, &span).await?;
         match decide::<Op>(&rt, &req, claimed, &span)? {
             Some(begin) => return Ok(begin),
             None => {
@@ -336,11 +349,51 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What the holder of a claim keeps of its record: enough to renew the lease
+/// and to write the outcome.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) id: RecordId,
+    pub(crate) status: Status,
+    pub(crate) token: u64,
+    /// The lease's length as written (`None`: the runtime's).
+    lease: Option<Duration>,
+}
+
+impl Held {
+    /// The claim on `record` (as the store wrote it), keeping its id.
+    pub(crate) fn of(record: Record) -> Self {
+        let lease = Self::lease_of(&record);
+        Held {
+            id: record.id,
+            status: record.status,
+            token: record.token,
+            lease,
+        }
+    }
+
+    /// The claim on a record that stays in use.
+    pub(crate) fn from_ref(record: &Record) -> Self {
+        Held {
+            id: record.id.clone(),
+            status: record.status,
+            token: record.token,
+            lease: Self::lease_of(record),
+        }
+    }
+
+    fn lease_of(r: &Record) -> Option<Duration> {
+        r.lease_until.map(|until| {
+            Duration::from_millis(until.as_millis().saturating_sub(r.updated_at.as_millis()))
+        })
+    }
+}
+
 /// Runs `fut` while renewing the lease of `held` every third of its length.
 ///
 /// If the renewal finds the record taken over, renewing stops; the holder's
 /// final write will then be refused (`Fenced`).
-pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) -> F::Output {
+pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Held, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     // Most bodies finish without waiting on anything: no timer for them, and
     // the renewal loop lives in a box so it does not weigh on every call's future.
@@ -350,15 +403,8 @@ pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Record, fut: F) ->
     Box::pin(renew_while(rt, held, fut)).await
 }
 
-async fn renew_while<F: Future>(rt: &Runtime, held: &Record, mut fut: Pin<&mut F>) -> F::Output {
-    let lease = held
-        .lease_until
-        .map(|until| {
-            until
-                .as_millis()
-                .saturating_sub(held.updated_at.as_millis())
-        })
-        .map_or(rt.inner.config.lease, Duration::from_millis);
+async fn renew_while<F: Future>(rt: &Runtime, held: &Held, mut fut: Pin<&mut F>) -> F::Output {
+    let lease = held.lease.unwrap_or(rt.inner.config.lease);
     let every = (lease / 3).max(Duration::from_millis(3));
     let mut renewing = true;
     loop {
@@ -386,7 +432,7 @@ async fn renew_while<F: Future>(rt: &Runtime, held: &Record, mut fut: Pin<&mut F
 #[derive(Debug)]
 pub struct Guard<Op: Operation> {
     pub(crate) rt: Runtime,
-    pub(crate) record: Box<Record>,
+    pub(crate) held: Held,
     span: tracing::Span,
     _op: PhantomData<fn() -> Op>,
 }
@@ -395,15 +441,20 @@ impl<Op: Operation> Guard<Op> {
     fn new(rt: Runtime, record: Record, span: tracing::Span) -> Self {
         Guard {
             rt,
-            record: Box::new(record),
+            held: Held::of(record),
             span,
             _op: PhantomData,
         }
     }
 
-    /// The record as claimed.
-    pub fn record(&self) -> &Record {
-        &self.record
+    /// The id of the claimed record.
+    pub fn id(&self) -> &RecordId {
+        &self.held.id
+    }
+
+    /// The fencing token the claim holds.
+    pub fn token(&self) -> u64 {
+        self.held.token
     }
 
     /// Runs the body once and records its outcome.
@@ -413,7 +464,7 @@ impl<Op: Operation> Guard<Op> {
     {
         bump(&self.rt.inner.counters.executions);
         let span = self.span.clone();
-        let result = heartbeat(&self.rt, &self.record, body.instrument(span)).await;
+        let result = heartbeat(&self.rt, &self.held, body.instrument(span)).await;
         self.finish(result).await
     }
 
@@ -449,7 +500,7 @@ impl<Op: Operation> Guard<Op> {
                 }
             }
         };
-        let result = heartbeat(rt, &self.record, attempts.instrument(self.span.clone())).await;
+        let result = heartbeat(rt, &self.held, attempts.instrument(self.span.clone())).await;
         self.finish(result).await
     }
 
@@ -466,14 +517,14 @@ impl<Op: Operation> Guard<Op> {
                 // Recovery is rolling the workflow back: the effect never
                 // happened, and it is not started now.
                 Some(workflow) => {
-                    let r = &self.record;
+                    let r = &self.held;
                     let mut t =
                         Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
                     t.retention = Some(self.rt.inner.config.retention);
                     t.error = Some("not started: the workflow is being rolled back".into());
-                    let released = self.rt.apply(&t).await;
+                    let released = self.rt.write(&t).await;
                     Err(Err(self.error(match released {
-                        Ok(_) => Error::RollbackRequested { workflow },
+                        Ok(()) => Error::RollbackRequested { workflow },
                         Err(e) => e,
                     })))
                 }
@@ -488,11 +539,14 @@ impl<Op: Operation> Guard<Op> {
         Op::Error::from_tempox(e)
     }
 
+    /// Records the outcome. Borrows the guard, which its caller drops (waking
+    /// local waiters) once the outcome is written: `run`'s future and this one
+    /// then do not each carry a copy of it.
     pub(crate) async fn finish(
-        self,
+        &self,
         result: Result<Op::Output, Op::Error>,
     ) -> Result<Op::Output, Op::Error> {
-        let r = &self.record;
+        let r = &self.held;
         let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Completed);
         t.retention = Some(
             Op::OPTIONS
@@ -549,8 +603,8 @@ impl<Op: Operation> Guard<Op> {
         if !t.to.is_final() {
             t.retention = None;
         }
-        match self.rt.apply(&t).await {
-            Ok(_) => output,
+        match self.rt.write(&t).await {
+            Ok(()) => output,
             Err(Error::Store { source }) => {
                 // Invariant 4: the record stays pending; the lease hands it on.
                 if let Err(e) = &output {
@@ -558,7 +612,7 @@ impl<Op: Operation> Guard<Op> {
                 }
                 Err(self.error(Error::OutcomeNotRecorded {
                     op: Op::NAME.to_owned(),
-                    key: r.key().to_owned(),
+                    key: r.id.key().to_owned(),
                     source,
                 }))
             }
@@ -566,12 +620,12 @@ impl<Op: Operation> Guard<Op> {
         }
     }
 
-    async fn expire_lease(self, e: Op::Error) -> Result<Op::Output, Op::Error> {
-        let r = &self.record;
+    async fn expire_lease(&self, e: Op::Error) -> Result<Op::Output, Op::Error> {
+        let r = &self.held;
         let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Pending);
         t.lease = LeaseChange::Clear;
         t.error = Some(e.to_string());
-        if let Err(store_error) = self.rt.apply(&t).await {
+        if let Err(store_error) = self.rt.write(&t).await {
             tracing::warn!(parent: &self.span, error = %store_error, "could not end the lease; it runs out on its own");
         }
         Err(e)
@@ -590,7 +644,7 @@ impl<Op: Operation> Drop for Guard<Op> {
         {
             return;
         }
-        let notify = lock(&self.rt.inner.running).remove(&self.record.id);
+        let notify = lock(&self.rt.inner.running).remove(&self.held.id);
         if let Some(n) = notify {
             n.notify_waiters();
         }

@@ -384,7 +384,9 @@ impl Reconciler {
             Err(Error::Fenced { .. }) => return Ok(Outcome::Skipped),
             Err(e) => return Err(e),
         };
-        let found = crate::invoke::heartbeat(rt, &held, rt.scope(probe(held.input.to_vec()))).await;
+        let lease = crate::invoke::Held::from_ref(&held);
+        let found =
+            crate::invoke::heartbeat(rt, &lease, rt.scope(probe(held.input.to_vec()))).await;
         let mut t = Transition::new(
             held.id.clone(),
             Status::Pending,

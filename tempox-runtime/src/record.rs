@@ -366,22 +366,34 @@ impl RecordId {
 
     /// `op/key` from a key already known to be valid.
     pub(crate) fn from_parts(op: &str, key: &str) -> Self {
-        // Joined on the stack when short, so the id costs one allocation.
-        let len = op.len() + 1 + key.len();
-        let mut buf = [0u8; 192];
-        if let Some(joined) = buf.get_mut(..len) {
-            joined[..op.len()].copy_from_slice(op.as_bytes());
-            joined[op.len()] = b'/';
-            joined[op.len() + 1..].copy_from_slice(key.as_bytes());
-            if let Ok(s) = std::str::from_utf8(joined) {
-                return RecordId(Arc::from(s));
-            }
+        thread_local! {
+            static JOINED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        let mut s = String::with_capacity(len);
-        s.push_str(op);
-        s.push('/');
-        s.push_str(key);
-        RecordId(s.into())
+        let join = |s: &mut String| {
+            s.clear();
+            s.push_str(op);
+            s.push('/');
+            s.push_str(key);
+        };
+        // Joined in a buffer reused by this thread, so the id costs one
+        // allocation (and, pushed as `str`s, is not checked for UTF-8 again).
+        JOINED
+            .try_with(|buf| {
+                let mut buf = buf.try_borrow_mut().ok()?;
+                join(&mut buf);
+                let id = RecordId(Arc::from(buf.as_str()));
+                if buf.capacity() > 4096 {
+                    *buf = String::new();
+                }
+                Some(id)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                let mut s = String::with_capacity(op.len() + 1 + key.len());
+                join(&mut s);
+                RecordId(s.into())
+            })
     }
 
     /// Parses `op/key`, as printed by the CLI.
@@ -706,21 +718,40 @@ pub fn plan_transition(
     t: &Transition,
     now: Timestamp,
 ) -> Result<Transitioned, StoreError> {
-    if !is_legal(t.from, t.to) {
-        return Err(StoreError::invalid(format!(
-            "illegal transition {} -> {} for `{}`",
-            t.from, t.to, t.id
-        )));
-    }
+    check_legal(t)?;
     let Some(current) = existing else {
         return Ok(Transitioned::Conflict(None));
     };
-    // Invariant 3 (fencing): only the holder of the current token in the expected
-    // status may write.
-    if current.status != t.from || current.token != t.token {
+    if !holds(current, t) {
         return Ok(Transitioned::Conflict(Some(current.clone())));
     }
     let mut r = current.clone();
+    apply_transition(&mut r, t, now);
+    Ok(Transitioned::Applied(r))
+}
+
+/// [`plan_transition`]'s first check: `(t.from, t.to)` is in [`TRANSITIONS`].
+pub(crate) fn check_legal(t: &Transition) -> Result<(), StoreError> {
+    if is_legal(t.from, t.to) {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(format!(
+            "illegal transition {} -> {} for `{}`",
+            t.from, t.to, t.id
+        )))
+    }
+}
+
+/// Invariant 3 (fencing): only the holder of the current token in the expected
+/// status may write.
+pub(crate) fn holds(current: &Record, t: &Transition) -> bool {
+    current.status == t.from && current.token == t.token
+}
+
+/// Writes `t` into `r`, which passed [`check_legal`] and [`holds`]: the rest of
+/// [`plan_transition`]. Nothing in it can panic (saturating arithmetic, clones
+/// and moves), so a store may apply it in place under its lock.
+pub(crate) fn apply_transition(r: &mut Record, t: &Transition, now: Timestamp) {
     r.status = t.to;
     r.updated_at = now;
     if let Some(output) = &t.output {
@@ -766,7 +797,6 @@ pub fn plan_transition(
     } else {
         None
     };
-    Ok(Transitioned::Applied(r))
 }
 
 #[cfg(test)]
@@ -818,6 +848,13 @@ mod tests {
         assert!(RecordId::parse("nokey").is_err());
         assert!(RecordId::parse("/k").is_err());
         assert!(RecordId::parse("op/").is_err());
+        // The buffer ids are joined in is reused: nothing of a longer id stays.
+        let long = "k".repeat(Key::MAX_LEN);
+        assert_eq!(
+            RecordId::from_parts("op", &long).as_str(),
+            format!("op/{long}")
+        );
+        assert_eq!(RecordId::from_parts("b", "c").as_str(), "b/c");
     }
 
     #[test]

@@ -509,7 +509,8 @@ impl Runtime {
             }
         };
         let output = held.output.as_deref().unwrap_or(b"null").to_vec();
-        let outcome = crate::invoke::heartbeat(self, &held, self.scope(run(output))).await;
+        let lease = crate::invoke::Held::from_ref(&held);
+        let outcome = crate::invoke::heartbeat(self, &lease, self.scope(run(output))).await;
         let record = self
             .finish_compensation(&held, outcome.clone(), policy)
             .await?;
@@ -570,19 +571,51 @@ impl Runtime {
 
     /// Applies `t`, turning a lost compare-and-set into `Fenced`.
     pub(crate) async fn apply(&self, t: &Transition) -> Result<Record, Error> {
-        match self.store().transition(t).await? {
+        if let Some(store) = self.store().immediate() {
+            return self.applied(t, store.transition_now(t));
+        }
+        self.applied(t, self.store().transition(t).await)
+    }
+
+    /// [`apply`](Self::apply) for a caller that needs no record back; an
+    /// immediate store then copies none out.
+    pub(crate) async fn write(&self, t: &Transition) -> Result<(), Error> {
+        match self.store().immediate() {
+            // Without a new lease the token stays the one `t` holds.
+            Some(store) if !matches!(t.lease, LeaseChange::Acquire(_)) => {
+                if store.apply_now(t)? {
+                    tracing::debug!(id = %t.id, from = %t.from, to = %t.to, token = t.token, "transition");
+                    Ok(())
+                } else {
+                    Err(self.fenced(t))
+                }
+            }
+            _ => self.apply(t).await.map(drop),
+        }
+    }
+
+    /// What the store answered to `t`, turning a lost compare-and-set into `Fenced`.
+    fn applied(
+        &self,
+        t: &Transition,
+        outcome: Result<Transitioned, StoreError>,
+    ) -> Result<Record, Error> {
+        match outcome? {
             Transitioned::Applied(r) => {
                 tracing::debug!(id = %r.id, from = %t.from, to = %r.status, token = r.token, "transition");
                 Ok(r)
             }
-            Transitioned::Conflict(_) => {
-                bump(&self.inner.counters.fenced);
-                Err(Error::Fenced {
-                    op: t.id.op().to_owned(),
-                    key: t.id.key().to_owned(),
-                    token: t.token,
-                })
-            }
+            Transitioned::Conflict(_) => Err(self.fenced(t)),
+        }
+    }
+
+    /// `t` lost its compare-and-set.
+    fn fenced(&self, t: &Transition) -> Error {
+        bump(&self.inner.counters.fenced);
+        Error::Fenced {
+            op: t.id.op().to_owned(),
+            key: t.id.key().to_owned(),
+            token: t.token,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::catalog::{Compensation, Recover};
 use crate::error::Error;
-use crate::invoke::{Guard, heartbeat};
+use crate::invoke::{Guard, Held, heartbeat};
 use crate::key::Fingerprint;
 use crate::operation::{Operation, OperationError};
 use crate::record::{ClaimRequest, Kind, LeaseChange, Record, RecordId, Status, Transition};
@@ -143,19 +143,19 @@ impl<Op: Workflow> Guard<Op> {
         let rolling_back = RECOVERY
             .try_with(|r| *r == Recover::Rollback)
             .unwrap_or(false);
-        let ctx = match Context::load(&rt, &self.record.id, rolling_back).await {
+        let ctx = match Context::load(&rt, &self.held.id, rolling_back).await {
             Ok(ctx) => Arc::new(ctx),
             Err(e) => return Err(Op::Error::from_tempox(e)),
         };
-        let result = heartbeat(&rt, &self.record, WORKFLOW.scope(ctx, body)).await;
+        let result = heartbeat(&rt, &self.held, WORKFLOW.scope(ctx, body)).await;
         let error = match result {
             Ok(output) if !rolling_back => return self.finish(Ok(output)).await,
             Ok(_) => Op::Error::from_tempox(Error::RollbackRequested {
-                workflow: self.record.id.to_string(),
+                workflow: self.held.id.to_string(),
             }),
             Err(e) => e,
         };
-        let wf = &self.record;
+        let wf = &self.held;
         let mut start = Transition::new(
             wf.id.clone(),
             Status::Pending,
@@ -244,7 +244,7 @@ pub(crate) async fn roll_back(rt: &Runtime, wf: Record, strict: bool) -> Result<
         }
         Ok::<_, Error>(parked)
     };
-    let parked = heartbeat(rt, &wf, work).await?;
+    let parked = heartbeat(rt, &Held::from_ref(&wf), work).await?;
     let mut t = Transition::new(
         wf.id.clone(),
         Status::RollingBack,

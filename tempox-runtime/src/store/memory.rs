@@ -2,22 +2,23 @@
 //! retention. Clones share the same records.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Query, Store};
+use super::{ImmediateStore, Query, Store};
 use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
 use crate::record::{
     ClaimRequest, Claimed, Record, RecordId, Status, Timestamp, Transition, Transitioned,
-    plan_claim, plan_transition,
+    apply_transition, check_legal, holds, plan_claim,
 };
 
 /// Records held in this process's memory; lost when it exits.
@@ -40,15 +41,32 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
 }
 
-/// The records and two time indexes (due work, retention).
+/// The records, found by id, and two time indexes (due work, retention).
+///
+/// Records live in slots that never move while they exist (a removed record's
+/// slot is reused), so the id index holds slot numbers and each id's hash:
+/// growing it moves 16-byte entries and hashes no id again, and the time
+/// indexes name a record by its slot.
 #[derive(Default)]
 struct Inner {
-    // foldhash: fast on short keys, seeded per map against collision floods.
-    records: HashMap<RecordId, Slot, RandomState>,
+    slots: Vec<Option<Slot>>,
+    /// Slots emptied by removals, to fill first.
+    free: Vec<usize>,
+    /// Slot numbers by id.
+    ids: HashTable<Pos>,
+    // foldhash: fast on short keys, seeded per store against collision floods.
+    hasher: RandomState,
     due: TimeIndex,
     expiry: TimeIndex,
     /// Stamps index entries; 0 means "not indexed".
     next_stamp: u64,
+}
+
+/// Where the record with an id lives.
+#[derive(Clone, Copy)]
+struct Pos {
+    hash: u64,
+    slot: usize,
 }
 
 struct Slot {
@@ -57,14 +75,16 @@ struct Slot {
     expiry_stamp: u64,
 }
 
-/// Records by a time, earliest first: a min-heap of `(time, stamp, id)`. An
-/// entry is live while its record's slot still carries its stamp; entries that
-/// went stale are dropped when met, and compacted away when they outnumber
-/// the live ones. Calls mostly push later and later times, which a heap takes
-/// in one comparison (an ordered map would search and shift nodes).
+/// Records by a time, earliest first: a min-heap of `(time, stamp, slot)`. An
+/// entry is live while its slot holds a record carrying its stamp (stamps are
+/// never reused, so a slot emptied or filled again leaves its old entries
+/// stale); entries that went stale are dropped when met, and compacted away
+/// when they outnumber the live ones. Calls mostly push later and later times,
+/// which a heap takes in one comparison (an ordered map would search and shift
+/// nodes).
 #[derive(Default)]
 struct TimeIndex {
-    heap: BinaryHeap<Reverse<(Timestamp, u64, RecordId)>>,
+    heap: BinaryHeap<Reverse<(Timestamp, u64, usize)>>,
     live: usize,
 }
 
@@ -76,7 +96,7 @@ impl TimeIndex {
         old: Option<Timestamp>,
         new: Option<Timestamp>,
         next_stamp: &mut u64,
-        id: &RecordId,
+        slot: usize,
     ) -> u64 {
         if old == new {
             return stamp;
@@ -89,7 +109,7 @@ impl TimeIndex {
         };
         *next_stamp += 1;
         self.live += 1;
-        self.heap.push(Reverse((at, *next_stamp, id.clone())));
+        self.heap.push(Reverse((at, *next_stamp, slot)));
         *next_stamp
     }
 
@@ -99,70 +119,187 @@ impl TimeIndex {
 }
 
 impl Inner {
-    fn get(&self, id: &RecordId) -> Option<&Record> {
-        self.records.get(id).map(|slot| &slot.record)
+    fn slot(&self, slot: usize) -> Option<&Slot> {
+        self.slots.get(slot).and_then(Option::as_ref)
     }
 
-    /// Writes `r`, keeping both indexes in step with it.
-    fn put(&mut self, r: Record) {
+    /// The slot of the record with this id (whose hash is `hash`).
+    fn find(&self, hash: u64, id: &RecordId) -> Option<usize> {
+        let slots = &self.slots;
+        self.ids
+            .find(hash, |pos| {
+                slots
+                    .get(pos.slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.record.id == *id)
+            })
+            .map(|pos| pos.slot)
+    }
+
+    fn get(&self, id: &RecordId) -> Option<&Record> {
+        let slot = self.find(self.hasher.hash_one(id), id)?;
+        self.slot(slot).map(|s| &s.record)
+    }
+
+    /// Claims as [`plan_claim`] decides, looking the id up once.
+    fn claim(&mut self, req: &ClaimRequest, now: Timestamp) -> Claimed {
+        let hash = self.hasher.hash_one(&req.id);
+        let found = self.find(hash, &req.id);
+        let existing = found.and_then(|slot| self.slot(slot)).map(|s| &s.record);
+        let outcome = plan_claim(existing, req, now);
+        match (&outcome, found) {
+            (Claimed::Acquired { record, .. } | Claimed::MarkedUnknown(record), Some(slot)) => {
+                self.replace(slot, record.clone());
+            }
+            (Claimed::Acquired { record, .. } | Claimed::MarkedUnknown(record), None) => {
+                self.insert(hash, record.clone());
+            }
+            (Claimed::Existing(_), _) => {}
+        }
+        outcome
+    }
+
+    /// Applies `t` in place, as [`plan_transition`](crate::record::plan_transition)
+    /// decides, and lends the record as written (or as found, on a conflict).
+    fn transition(&mut self, t: &Transition, now: Timestamp) -> Result<Written<'_>, StoreError> {
+        check_legal(t)?;
+        let Some(slot) = self.find(self.hasher.hash_one(&t.id), &t.id) else {
+            return Ok(Written::Conflict(None));
+        };
+        let Some(Some(s)) = self.slots.get_mut(slot) else {
+            return Ok(Written::Conflict(None));
+        };
+        if !holds(&s.record, t) {
+            return Ok(Written::Conflict(self.slot(slot).map(|s| &s.record)));
+        }
+        let old = (s.record.due_at, s.record.expires_at);
+        apply_transition(&mut s.record, t, now);
+        self.reindex(slot, old);
+        Ok(match self.slot(slot) {
+            Some(s) => Written::Applied(&s.record),
+            None => Written::Conflict(None),
+        })
+    }
+
+    /// Extends the lease of the record held in `(status, token)`.
+    fn renew(&mut self, id: &RecordId, status: Status, token: u64, until: Timestamp) -> bool {
+        let Some(slot) = self.find(self.hasher.hash_one(id), id) else {
+            return false;
+        };
+        let Some(Some(s)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        let r = &mut s.record;
+        if r.status != status || r.token != token {
+            return false;
+        }
+        let old = (r.due_at, r.expires_at);
+        r.lease_until = Some(until);
+        r.due_at = Some(until);
+        self.reindex(slot, old);
+        true
+    }
+
+    /// Stores a new record (its id is not in the store).
+    fn insert(&mut self, hash: u64, record: Record) {
+        let filled = Some(Slot {
+            record,
+            due_stamp: 0,
+            expiry_stamp: 0,
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = filled;
+        }
+        self.ids
+            .insert_unique(hash, Pos { hash, slot }, |pos| pos.hash);
+        self.reindex(slot, (None, None));
+    }
+
+    /// Writes `record` over the one in `slot` (same id).
+    fn replace(&mut self, slot: usize, record: Record) {
+        let Some(Some(s)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.record, record);
+        self.reindex(slot, (old.due_at, old.expires_at));
+    }
+
+    /// Brings both indexes in step with the record in `slot`, whose due and
+    /// expiry times were `old`.
+    fn reindex(
+        &mut self,
+        slot: usize,
+        (old_due, old_expires): (Option<Timestamp>, Option<Timestamp>),
+    ) {
         let Inner {
-            records,
+            slots,
             due,
             expiry,
             next_stamp,
+            ..
         } = self;
-        let id = r.id.clone();
-        let (new_due, new_expires) = (r.due_at, r.expires_at);
-        // A slot's stamp is non-zero exactly when its record has that time.
-        let (slot, old_due, old_expires) = match records.entry(id.clone()) {
-            Entry::Occupied(e) => {
-                let slot = e.into_mut();
-                let old = std::mem::replace(&mut slot.record, r);
-                (slot, old.due_at, old.expires_at)
-            }
-            Entry::Vacant(e) => {
-                let slot = e.insert(Slot {
-                    record: r,
-                    due_stamp: 0,
-                    expiry_stamp: 0,
-                });
-                (slot, None, None)
-            }
+        let Some(Some(s)) = slots.get_mut(slot) else {
+            return;
         };
-        slot.due_stamp = due.update(slot.due_stamp, old_due, new_due, next_stamp, &id);
-        slot.expiry_stamp =
-            expiry.update(slot.expiry_stamp, old_expires, new_expires, next_stamp, &id);
+        // A slot's stamp is non-zero exactly when its record has that time.
+        s.due_stamp = due.update(s.due_stamp, old_due, s.record.due_at, next_stamp, slot);
+        s.expiry_stamp = expiry.update(
+            s.expiry_stamp,
+            old_expires,
+            s.record.expires_at,
+            next_stamp,
+            slot,
+        );
+        let live = |slot: usize, stamp: u64, which: Which| {
+            slots
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.stamp(which) == stamp)
+        };
         if due.needs_compaction() {
-            due.heap.retain(|Reverse((_, stamp, id))| {
-                records.get(id).is_some_and(|s| s.due_stamp == *stamp)
-            });
+            due.heap
+                .retain(|Reverse((_, stamp, slot))| live(*slot, *stamp, Which::Due));
         }
         if expiry.needs_compaction() {
-            expiry.heap.retain(|Reverse((_, stamp, id))| {
-                records.get(id).is_some_and(|s| s.expiry_stamp == *stamp)
-            });
+            expiry
+                .heap
+                .retain(|Reverse((_, stamp, slot))| live(*slot, *stamp, Which::Expiry));
         }
     }
 
-    fn remove(&mut self, id: &RecordId) {
-        if let Some(slot) = self.records.remove(id) {
-            if slot.due_stamp != 0 {
-                self.due.live -= 1;
-            }
-            if slot.expiry_stamp != 0 {
-                self.expiry.live -= 1;
-            }
+    fn remove(&mut self, slot: usize) {
+        let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(&s.record.id);
+        if let Ok(pos) = self.ids.find_entry(hash, |pos| pos.slot == slot) {
+            pos.remove();
         }
+        self.free.push(slot);
+        if s.due_stamp != 0 {
+            self.due.live -= 1;
+        }
+        if s.expiry_stamp != 0 {
+            self.expiry.live -= 1;
+        }
+    }
+
+    fn records(&self) -> impl Iterator<Item = &Record> {
+        self.slots.iter().flatten().map(|s| &s.record)
     }
 
     /// Live entries of `index` with a time at or before `now`, earliest first,
-    /// at most `limit`; stale ones met on the way are dropped.
-    fn take_due(&mut self, which: Which, now: Timestamp, limit: usize) -> Vec<(u64, RecordId)> {
+    /// at most `limit`, as slots; stale ones met on the way are dropped.
+    fn take_due(&mut self, which: Which, now: Timestamp, limit: usize) -> Vec<usize> {
         let Inner {
-            records,
-            due,
-            expiry,
-            ..
+            slots, due, expiry, ..
         } = self;
         let index = match which {
             Which::Due => due,
@@ -174,25 +311,37 @@ impl Inner {
                 Some(Reverse((at, _, _))) if *at <= now => {}
                 _ => break,
             }
-            let Some(Reverse((at, stamp, id))) = index.heap.pop() else {
+            let Some(Reverse((at, stamp, slot))) = index.heap.pop() else {
                 break;
             };
-            let live = records.get(&id).is_some_and(|s| match which {
-                Which::Due => s.due_stamp == stamp,
-                Which::Expiry => s.expiry_stamp == stamp,
-            });
+            let live = slots
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.stamp(which) == stamp);
             if live {
-                found.push((at, stamp, id));
+                found.push((at, stamp, slot));
             }
         }
-        let out = found
-            .iter()
-            .map(|(_, stamp, id)| (*stamp, id.clone()))
-            .collect();
+        let out = found.iter().map(|&(_, _, slot)| slot).collect();
         // What was read stays indexed until its record changes.
         index.heap.extend(found.into_iter().map(Reverse));
         out
     }
+}
+
+impl Slot {
+    fn stamp(&self, which: Which) -> u64 {
+        match which {
+            Which::Due => self.due_stamp,
+            Which::Expiry => self.expiry_stamp,
+        }
+    }
+}
+
+/// A transition's outcome, lending the record instead of copying it.
+enum Written<'a> {
+    Applied(&'a Record),
+    Conflict(Option<&'a Record>),
 }
 
 #[derive(Clone, Copy)]
@@ -218,7 +367,7 @@ impl MemoryStore {
 
     /// How many records the store holds.
     pub fn len(&self) -> usize {
-        self.lock().records.len()
+        self.lock().ids.len()
     }
 
     /// Whether the store holds no record.
@@ -228,7 +377,8 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written record: every
-        // write is a single `put` of a record computed beforehand.
+        // write either stores a record computed beforehand or applies a step that
+        // cannot panic (`apply_transition`, a renewed lease).
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -250,29 +400,35 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+impl ImmediateStore for MemoryStore {
+    fn claim_now(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+        let now = self.clock.now();
+        Ok(self.lock().claim(req, now))
+    }
+
+    fn transition_now(&self, t: &Transition) -> Result<Transitioned, StoreError> {
+        let now = self.clock.now();
+        self.lock().transition(t, now).map(|written| match written {
+            Written::Applied(record) => Transitioned::Applied(record.clone()),
+            Written::Conflict(current) => Transitioned::Conflict(current.cloned()),
+        })
+    }
+
+    fn apply_now(&self, t: &Transition) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        Ok(matches!(inner.transition(t, now)?, Written::Applied(_)))
+    }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
-        let now = self.clock.now();
-        let mut inner = self.lock();
-        let outcome = plan_claim(inner.get(&req.id), req, now);
-        match &outcome {
-            Claimed::Acquired { record, .. } | Claimed::MarkedUnknown(record) => {
-                inner.put(record.clone());
-            }
-            Claimed::Existing(_) => {}
-        }
-        Ok(outcome)
+        self.claim_now(req)
     }
 
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
-        let now = self.clock.now();
-        let mut inner = self.lock();
-        let outcome = plan_transition(inner.get(&t.id), t, now)?;
-        if let Transitioned::Applied(record) = &outcome {
-            inner.put(record.clone());
-        }
-        Ok(outcome)
+        self.transition_now(t)
     }
 
     async fn renew(
@@ -282,20 +438,9 @@ impl Store for MemoryStore {
         token: u64,
         lease: Duration,
     ) -> Result<Option<Timestamp>, StoreError> {
-        let now = self.clock.now();
-        let mut inner = self.lock();
-        let Some(current) = inner.get(id) else {
-            return Ok(None);
-        };
-        if current.status != status || current.token != token {
-            return Ok(None);
-        }
-        let mut r = current.clone();
-        let until = now.plus(lease);
-        r.lease_until = Some(until);
-        r.due_at = Some(until);
-        inner.put(r);
-        Ok(Some(until))
+        let until = self.clock.now().plus(lease);
+        let renewed = self.lock().renew(id, status, token, until);
+        Ok(renewed.then_some(until))
     }
 
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
@@ -308,16 +453,14 @@ impl Store for MemoryStore {
         let due = inner.take_due(Which::Due, now, limit);
         Ok(due
             .into_iter()
-            .filter_map(|(_, id)| inner.get(&id).cloned())
+            .filter_map(|slot| inner.slot(slot).map(|s| s.record.clone()))
             .collect())
     }
 
     async fn list(&self, query: &Query) -> Result<Vec<Record>, StoreError> {
         let inner = self.lock();
         let mut found: Vec<&Record> = inner
-            .records
-            .values()
-            .map(|slot| &slot.record)
+            .records()
             .filter(|r| query.after.as_ref().is_none_or(|after| &r.id > after))
             .filter(|r| query.matches(r))
             .collect();
@@ -329,19 +472,17 @@ impl Store for MemoryStore {
     async fn expire(&self, limit: usize) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let ids: Vec<RecordId> = inner
-            .take_due(Which::Expiry, now, usize::MAX)
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
+        let slots = inner.take_due(Which::Expiry, now, usize::MAX);
         let mut removed = 0;
-        for id in ids {
+        for slot in slots {
             if removed == limit {
                 break;
             }
-            let expired = inner.get(&id).is_some_and(|r| r.retention_passed(now));
+            let expired = inner
+                .slot(slot)
+                .is_some_and(|s| s.record.retention_passed(now));
             if expired {
-                inner.remove(&id);
+                inner.remove(slot);
                 removed += 1;
             }
         }
@@ -350,6 +491,10 @@ impl Store for MemoryStore {
 
     async fn now(&self) -> Result<Timestamp, StoreError> {
         Ok(self.clock.now())
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
     }
 }
 
@@ -360,6 +505,110 @@ mod tests {
     use super::*;
     use crate::key::{Fingerprint, Key};
     use crate::record::{Kind, OnExpired, Status, Transition};
+
+    fn request(key: &str) -> ClaimRequest {
+        ClaimRequest {
+            id: RecordId::new("t.op", &Key::new(key).unwrap_or_else(|e| panic!("{e}"))),
+            kind: Kind::Idempotent,
+            fingerprint: Fingerprint::from_bytes([0; 16]),
+            input: b"[]".to_vec().into(),
+            lease: Duration::from_secs(30),
+            on_expired: OnExpired::TakeOver,
+            workflow: None,
+            step: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slot_freed_by_expiry_is_reused_without_its_old_index_entries() {
+        let clock = crate::clock::ManualClock::new();
+        let store = MemoryStore::with_clock(clock.clone());
+        let Ok(Claimed::Acquired { record: a, .. }) = store.claim(&request("a")).await else {
+            panic!("not acquired");
+        };
+        let mut t = Transition::new(a.id.clone(), Status::Pending, a.token, Status::Completed);
+        t.retention = Some(Duration::from_secs(1));
+        assert!(matches!(
+            store.transition(&t).await,
+            Ok(Transitioned::Applied(_))
+        ));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.expire(10).await.ok(), Some(1));
+        assert!(store.is_empty());
+
+        // `b` takes the slot `a` had; `a`'s old entries must not speak for it.
+        let Ok(Claimed::Acquired { record: b, .. }) = store.claim(&request("b")).await else {
+            panic!("not acquired");
+        };
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.get(&a.id).await.ok(), Some(None));
+        assert_eq!(store.get(&b.id).await.ok(), Some(Some(b.clone())));
+        assert_eq!(store.expire(10).await.ok(), Some(0));
+        assert_eq!(store.due(10).await.map(|d| d.len()).ok(), Some(0));
+        clock.advance(Duration::from_secs(31));
+        let due = store.due(10).await.unwrap_or_default();
+        assert_eq!(due, vec![b.clone()]);
+
+        // `a` again: a new record, in a slot of its own.
+        let Ok(Claimed::Acquired { previous: None, .. }) = store.claim(&request("a")).await else {
+            panic!("not acquired afresh");
+        };
+        assert_eq!(store.len(), 2);
+        let mut listed = store.list(&Query::default()).await.unwrap_or_default();
+        listed.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(
+            listed.iter().map(|r| r.key()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_and_transitions_answer_at_once_also_behind_an_arc() {
+        let store = Arc::new(MemoryStore::new());
+        let Some(now) = Store::immediate(&store) else {
+            panic!("a shared memory store is immediate too");
+        };
+        let Ok(Claimed::Acquired { record, .. }) = now.claim_now(&request("k")) else {
+            panic!("not acquired");
+        };
+        let t = Transition::new(record.id, Status::Pending, record.token, Status::Completed);
+        let Ok(Transitioned::Applied(done)) = now.transition_now(&t) else {
+            panic!("not applied");
+        };
+        assert_eq!(store.get(&done.id).await.ok(), Some(Some(done.clone())));
+        // The same step again holds no claim: refused, and nothing is written.
+        assert_eq!(
+            now.transition_now(&t).ok(),
+            Some(Transitioned::Conflict(Some(done.clone())))
+        );
+        assert_eq!(now.apply_now(&t).ok(), Some(false));
+        assert_eq!(store.get(&done.id).await.ok(), Some(Some(done)));
+
+        // `apply_now` writes what `transition_now` would have (but the times,
+        // read from the store's clock).
+        let Ok(Claimed::Acquired { record, .. }) = now.claim_now(&request("j")) else {
+            panic!("not acquired");
+        };
+        let mut t = Transition::new(record.id, Status::Pending, record.token, Status::Released);
+        t.error = Some("boom".into());
+        let before = record_of(&store, &t.id).await;
+        let planned = crate::record::plan_transition(Some(&before), &t, Timestamp::from_millis(0));
+        let Ok(Transitioned::Applied(mut planned)) = planned else {
+            panic!("not planned");
+        };
+        assert_eq!(now.apply_now(&t).ok(), Some(true));
+        let written = record_of(&store, &t.id).await;
+        planned.updated_at = written.updated_at;
+        planned.expires_at = written.expires_at;
+        assert_eq!(written, planned);
+    }
+
+    async fn record_of(store: &Arc<MemoryStore>, id: &RecordId) -> Record {
+        match store.get(id).await {
+            Ok(Some(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn stale_index_entries_do_not_pile_up() {

@@ -128,6 +128,32 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The store's clock.
     async fn now(&self) -> Result<Timestamp, StoreError>;
+
+    /// This store as an [`ImmediateStore`], when it is one: the call path then
+    /// claims and records outcomes without an `async` round trip. The default,
+    /// `None`, is right for every store that does I/O.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
+    }
+}
+
+/// A store whose claims and transitions never wait (it holds its records in
+/// this process's memory, like [`MemoryStore`]), offered through
+/// [`Store::immediate`]. Each method answers exactly as its [`Store`]
+/// counterpart would, as the same one atomic step.
+pub trait ImmediateStore: Send + Sync {
+    /// [`Store::claim`], answered at once.
+    fn claim_now(&self, req: &ClaimRequest) -> Result<Claimed, StoreError>;
+
+    /// [`Store::transition`], answered at once.
+    fn transition_now(&self, t: &Transition) -> Result<Transitioned, StoreError>;
+
+    /// [`transition_now`](Self::transition_now) for a caller that needs no
+    /// record back: whether `t` was applied. A store may skip copying the record
+    /// out.
+    fn apply_now(&self, t: &Transition) -> Result<bool, StoreError> {
+        Ok(matches!(self.transition_now(t)?, Transitioned::Applied(_)))
+    }
 }
 
 #[async_trait]
@@ -161,5 +187,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn now(&self) -> Result<Timestamp, StoreError> {
         (**self).now().await
+    }
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        (**self).immediate()
     }
 }
