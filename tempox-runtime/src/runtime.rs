@@ -590,7 +590,15 @@ impl Runtime {
                     Err(self.fenced(t))
                 }
             }
-            _ => self.apply(t).await.map(drop),
+            Some(_) => self.apply(t).await.map(drop),
+            None => {
+                if self.store().apply(t).await? {
+                    tracing::debug!(id = %t.id, from = %t.from, to = %t.to, "transition");
+                    Ok(())
+                } else {
+                    Err(self.fenced(t))
+                }
+            }
         }
     }
 

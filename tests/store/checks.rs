@@ -299,6 +299,42 @@ pub async fn transition_is_a_compare_and_set_on_status_and_token(f: &Fixture) {
     ));
 }
 
+pub async fn apply_is_the_same_compare_and_set_without_the_record(f: &Fixture) {
+    let store = &*f.store;
+    let r = acquire(store, &request("conf.apply", "k", "a")).await;
+    let mut stale = complete(&r, b"1");
+    stale.token += 1;
+    assert!(
+        !store.apply(&stale).await.unwrap(),
+        "a stale token is refused"
+    );
+    assert_eq!(
+        store.get(&r.id).await.unwrap(),
+        Some(r.clone()),
+        "nothing was written"
+    );
+    let illegal = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Compensated);
+    assert_eq!(
+        store.apply(&illegal).await.unwrap_err().kind(),
+        StoreErrorKind::Invalid
+    );
+    assert!(store.apply(&complete(&r, b"{\"ok\":2}")).await.unwrap());
+    let done = store.get(&r.id).await.unwrap().expect("the record");
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.output.as_deref(), Some(&b"{\"ok\":2}"[..]));
+    assert_eq!((done.lease_until, done.due_at), (None, None));
+    assert!(done.expires_at.is_some(), "retention is kept");
+    assert!(
+        !store.apply(&complete(&r, b"3")).await.unwrap(),
+        "applied once"
+    );
+    // The record is in its status's listing, and out of the pending one.
+    for (status, expected) in [(Status::Completed, true), (Status::Pending, false)] {
+        let listed = store.list(&Query::statuses(&[status])).await.unwrap();
+        assert_eq!(listed.iter().any(|l| l.id == r.id), expected, "{status}");
+    }
+}
+
 pub async fn transition_refuses_what_the_table_does_not_allow(f: &Fixture) {
     let store = &*f.store;
     let r = acquire(store, &request("conf.illegal", "k", "a")).await;

@@ -99,6 +99,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// returns [`Transitioned::Conflict`] and writes nothing (invariant 3).
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError>;
 
+    /// [`transition`](Self::transition) for a caller that needs no record
+    /// back: whether `t` was applied, with the same promises. A store may skip
+    /// sending the record (the Redis store then answers in a few bytes).
+    async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        Ok(matches!(
+            self.transition(t).await?,
+            Transitioned::Applied(_)
+        ))
+    }
+
     /// Extends the lease of a record held in `(status, token)` to `now + lease`
     /// (heartbeat). Returns the new end of the lease, or `None` when the record is
     /// no longer held with that token (fenced) and nothing was written.
@@ -163,6 +173,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
         (**self).transition(t).await
+    }
+    async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        (**self).apply(t).await
     }
     async fn renew(
         &self,

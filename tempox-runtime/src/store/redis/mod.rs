@@ -1055,6 +1055,10 @@ impl Store for RedisStore {
         }
     }
 
+    async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        Ok(self.send_transition(t, true).await?.0)
+    }
+
     async fn renew(
         &self,
         id: &RecordId,
@@ -1236,9 +1240,10 @@ pub mod bench {
     }
 
     /// The transition script and the `EVALSHA` command that
-    /// [`Store::transition`](crate::store::Store::transition) sends for `t`.
+    /// [`Store::apply`](crate::store::Store::apply) sends for `t` (how a call
+    /// records its outcome).
     pub fn transition(store: &RedisStore, t: &Transition) -> (&'static Script, Cmd) {
-        let call = store.transition_call(t, false);
+        let call = store.transition_call(t, true);
         (call.script, call.cmd)
     }
 }
