@@ -357,13 +357,13 @@ mod redis_rows {
         })
     }
 
-    /// What the server spent: CPU seconds of its main thread, and `EVALSHA`
-    /// calls and the microseconds spent in them (`INFO commandstats`).
+    /// What the server spent: CPU seconds of its main thread, and the calls
+    /// of each command and the microseconds spent in them (`INFO
+    /// commandstats`; a script's own commands are counted apart and inside it).
     struct Usage {
         at: Instant,
         cpu: f64,
-        calls: f64,
-        usec: f64,
+        commands: std::collections::BTreeMap<String, (f64, f64)>,
     }
 
     impl Usage {
@@ -373,24 +373,27 @@ mod redis_rows {
                 .iter()
                 .filter_map(|f| info(server, "cpu", f)?.parse::<f64>().ok())
                 .sum();
-            let evalsha = info(server, "commandstats", "cmdstat_evalsha").unwrap_or_default();
-            let stat = |name: &str| {
-                evalsha
-                    .split(',')
-                    .find_map(|kv| {
-                        kv.strip_prefix(name)?
-                            .strip_prefix('=')?
-                            .parse::<f64>()
-                            .ok()
-                    })
-                    .unwrap_or(0.0)
-            };
-            Usage {
-                at,
-                cpu,
-                calls: stat("calls"),
-                usec: stat("usec"),
-            }
+            let commands = server
+                .cli(&["INFO", "commandstats"])
+                .lines()
+                .filter_map(|l| {
+                    let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                    let stat = |key: &str| {
+                        stats.split(',').find_map(|kv| {
+                            kv.strip_prefix(key)?.strip_prefix('=')?.parse::<f64>().ok()
+                        })
+                    };
+                    Some((name.to_owned(), (stat("calls")?, stat("usec")?)))
+                })
+                .collect();
+            Usage { at, cpu, commands }
+        }
+
+        /// Calls and microseconds of `name` between `self` and `later`.
+        fn spent(&self, later: &Usage, name: &str) -> (f64, f64) {
+            let (c0, u0) = self.commands.get(name).copied().unwrap_or_default();
+            let (c1, u1) = later.commands.get(name).copied().unwrap_or_default();
+            (c1 - c0, u1 - u0)
         }
 
         /// What the server spent between `self` and `later`, per call of
@@ -398,13 +401,30 @@ mod redis_rows {
         fn describe(&self, later: &Usage, calls_per_op: f64) -> String {
             let wall = later.at.duration_since(self.at).as_secs_f64();
             let cpu = later.cpu - self.cpu;
-            let ops = (later.calls - self.calls) / calls_per_op;
+            let (scripts, script_usec) = self.spent(later, "evalsha");
+            let ops = scripts / calls_per_op;
             let cpu_per_op = cpu * 1e6 / ops;
-            let script_per_op = (later.usec - self.usec) / ops;
+            let script_per_op = script_usec / ops;
+            // The commands the scripts ran, per call, most expensive first.
+            let mut inside: Vec<(String, f64)> = later
+                .commands
+                .keys()
+                .filter(|name| name.as_str() != "evalsha")
+                .map(|name| (name.clone(), self.spent(later, name).1 / ops))
+                .filter(|(_, usec)| *usec >= 0.05)
+                .collect();
+            inside.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let in_commands: f64 = inside.iter().map(|(_, usec)| usec).sum();
+            let listed: Vec<String> = inside
+                .iter()
+                .map(|(name, usec)| format!("{name} {usec:.1}"))
+                .collect();
             format!(
                 "redis-server's main thread {:.0}% busy: {cpu_per_op:.0} us CPU per call, {script_per_op:.0} us of it \
-                 running the scripts; one redis core does at most ~{:.0} calls/s",
+                 running the scripts ({in_commands:.1} us in their commands: {}; the rest is Lua and the \
+                 scripts' replication); one redis core does at most ~{:.0} calls/s",
                 cpu / wall * 100.0,
+                listed.join(", "),
                 1e6 / cpu_per_op
             )
         }
