@@ -580,25 +580,20 @@ impl Runtime {
     /// [`apply`](Self::apply) for a caller that needs no record back; an
     /// immediate store then copies none out.
     pub(crate) async fn write(&self, t: &Transition) -> Result<(), Error> {
-        match self.store().immediate() {
+        // A new lease means a new token: logged from the record written.
+        if matches!(t.lease, LeaseChange::Acquire(_)) {
+            return self.apply(t).await.map(drop);
+        }
+        let applied = match self.store().immediate() {
+            Some(store) => store.apply_now(t)?,
+            None => self.store().apply(t).await?,
+        };
+        if applied {
             // Without a new lease the token stays the one `t` holds.
-            Some(store) if !matches!(t.lease, LeaseChange::Acquire(_)) => {
-                if store.apply_now(t)? {
-                    tracing::debug!(id = %t.id, from = %t.from, to = %t.to, token = t.token, "transition");
-                    Ok(())
-                } else {
-                    Err(self.fenced(t))
-                }
-            }
-            Some(_) => self.apply(t).await.map(drop),
-            None => {
-                if self.store().apply(t).await? {
-                    tracing::debug!(id = %t.id, from = %t.from, to = %t.to, "transition");
-                    Ok(())
-                } else {
-                    Err(self.fenced(t))
-                }
-            }
+            tracing::debug!(id = %t.id, from = %t.from, to = %t.to, token = t.token, "transition");
+            Ok(())
+        } else {
+            Err(self.fenced(t))
         }
     }
 

@@ -1,5 +1,6 @@
-//! An in-process store: a map behind a mutex, with indexes for due work and
-//! retention. Clones share the same records.
+//! An in-process store: records in slots that stay put while they exist, a
+//! hash table from id to slot, and lazily cleaned heaps of slots for due work
+//! and retention, all behind one mutex. Clones share the same records.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -378,7 +379,8 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written record: every
         // write either stores a record computed beforehand or applies a step that
-        // cannot panic (`apply_transition`, a renewed lease).
+        // does not panic (`apply_transition`, a renewed lease; only allocation
+        // can fail there, and that aborts).
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -429,6 +431,10 @@ impl Store for MemoryStore {
 
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
         self.transition_now(t)
+    }
+
+    async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        self.apply_now(t)
     }
 
     async fn renew(

@@ -101,7 +101,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// [`transition`](Self::transition) for a caller that needs no record
     /// back: whether `t` was applied, with the same promises. A store may skip
-    /// sending the record (the Redis store then answers in a few bytes).
+    /// copying or sending the record (the Redis store's answer to an applied
+    /// transition is then a single word).
     async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
         Ok(matches!(
             self.transition(t).await?,
@@ -141,7 +142,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// This store as an [`ImmediateStore`], when it is one: the call path then
     /// claims and records outcomes without an `async` round trip. The default,
-    /// `None`, is right for every store that does I/O.
+    /// `None`, is right for every store that does I/O. A wrapper that adds
+    /// behaviour to claims or transitions (faults, metrics) must keep the
+    /// default rather than forward this, or the call path goes around it.
     fn immediate(&self) -> Option<&dyn ImmediateStore> {
         None
     }

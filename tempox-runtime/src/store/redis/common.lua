@@ -41,8 +41,11 @@ local function ucmp(a, b)
   end
   if exact(a) and exact(b) then
     local x, y = tonumber(a), tonumber(b)
-    if x < y then return -1 elseif x > y then return 1 end
-    return 0
+    -- Not numbers (a damaged record): compared byte by byte below.
+    if x ~= nil and y ~= nil then
+      if x < y then return -1 elseif x > y then return 1 end
+      return 0
+    end
   end
   for i = 1, #a do
     local x, y = string.byte(a, i), string.byte(b, i)

@@ -116,7 +116,18 @@ const MAX_BATCH: usize = 100_000;
 /// (little-endian) modulo the number of buckets, so it is found from the id
 /// alone. [`Store::due`], [`Store::list`] and [`Store::expire`] visit every
 /// bucket concurrently: they cost the number of buckets plus what they return,
-/// not what is stored.
+/// not what is stored. The scripts reach a bucket's status sets and records
+/// through its key prefix, so every key a script touches shares its hash tag
+/// (one slot), though not every one is named in `KEYS`.
+///
+/// # Layout versions
+///
+/// This release writes layout 2 (one set of ids per status; layout 1 kept an
+/// `ids` set and one `st` set of `<status>\0<id>`). A store opened on data of
+/// another layout is refused with an error naming both versions, and nothing
+/// is changed. To move on, let the older release finish its work (nothing
+/// pending or due) and give this one a new prefix
+/// ([`RedisStoreBuilder::prefix`]), or delete the old prefix's keys.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
