@@ -620,19 +620,7 @@ mod tests {
     async fn stale_index_entries_do_not_pile_up() {
         let store = MemoryStore::new();
         for i in 0..10_000u32 {
-            let req = ClaimRequest {
-                id: RecordId::new(
-                    "t.op",
-                    &Key::new(i.to_string()).unwrap_or_else(|e| panic!("{e}")),
-                ),
-                kind: Kind::Idempotent,
-                fingerprint: Fingerprint::from_bytes([0; 16]),
-                input: b"[]".to_vec().into(),
-                lease: Duration::from_secs(30),
-                on_expired: OnExpired::TakeOver,
-                workflow: None,
-                step: None,
-            };
+            let req = request(&i.to_string());
             let Ok(Claimed::Acquired { record, .. }) = store.claim(&req).await else {
                 panic!("not acquired");
             };
