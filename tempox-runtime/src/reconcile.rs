@@ -193,8 +193,11 @@ impl Reconciler {
         self
     }
 
-    /// Called once for each record that enters a dead-letter status, by the one
-    /// reconciler that acknowledges it (a compare-and-set with a new token).
+    /// Called for each record that enters a dead-letter status, by the one
+    /// reconciler that claims its alert (a compare-and-set with a new token).
+    /// Once while that reconciler stays up; if it dies inside the hook, before
+    /// acknowledging, another calls the hook again after the lease: an alert
+    /// may be raised twice, never lost.
     pub fn alert(mut self, hook: impl Fn(&Record) + Send + Sync + 'static) -> Self {
         self.alert = Some(Arc::new(hook));
         self
@@ -434,24 +437,44 @@ impl Reconciler {
         }
     }
 
-    /// Acknowledges a new dead letter and raises its alert: a same-status
-    /// transition that takes a new token, so exactly one reconciler wins it.
+    /// Raises the alert of a new dead letter, at least once and, among
+    /// reconcilers that stay up, exactly once: a same-status transition that
+    /// takes a new token claims the alert (only one reconciler wins it) and
+    /// leaves the record due again after the lease; the hook runs; a second one
+    /// acknowledges it. A reconciler that dies between the two leaves the alert
+    /// to be raised again after the lease, never lost.
     async fn acknowledge(&self, r: Record) -> Result<Outcome, Error> {
         if r.due_at.is_none() {
             return Ok(Outcome::Skipped);
         }
-        let mut t = Transition::new(r.id.clone(), r.status, r.token, r.status);
-        t.lease = LeaseChange::Acquire(self.rt.inner.config.lease);
-        match self.rt.apply(&t).await {
-            Ok(acked) => {
-                tracing::warn!(id = %acked.id, status = %acked.status, error = ?acked.error, "dead letter: needs an operator");
-                if let Some(alert) = &self.alert {
-                    alert(&acked);
-                }
+        let lease = self.rt.inner.config.lease;
+        let mut claim = Transition::new(r.id.clone(), r.status, r.token, r.status);
+        claim.lease = LeaseChange::Acquire(lease);
+        claim.retry_after = Some(lease);
+        let claimed = match self.rt.apply(&claim).await {
+            Ok(claimed) => claimed,
+            Err(Error::Fenced { .. }) => return Ok(Outcome::Skipped),
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(id = %claimed.id, status = %claimed.status, error = ?claimed.error, "dead letter: needs an operator");
+        if let Some(alert) = &self.alert {
+            alert(&claimed);
+        }
+        let mut ack = Transition::new(
+            claimed.id.clone(),
+            claimed.status,
+            claimed.token,
+            claimed.status,
+        );
+        ack.lease = LeaseChange::Acquire(lease);
+        match self.rt.write(&ack).await {
+            // Raised either way; a lost acknowledgement raises it once more
+            // after the lease.
+            Ok(()) | Err(Error::Fenced { .. }) => Ok(Outcome::Alerted),
+            Err(e) => {
+                tracing::warn!(id = %claimed.id, error = %e, "alert raised but not acknowledged; it is raised again after the lease");
                 Ok(Outcome::Alerted)
             }
-            Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
-            Err(e) => Err(e),
         }
     }
 }

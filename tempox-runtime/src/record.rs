@@ -594,7 +594,10 @@ pub struct Transition {
     pub error: Option<String>,
     /// Lease and token handling.
     pub lease: LeaseChange,
-    /// Without a lease: when the reconciler should look again (backoff).
+    /// Without a lease: when the reconciler should look again (backoff). On a
+    /// dead letter's own status (`from == to`), a millisecond or more: its
+    /// alert is claimed and due again after this unless acknowledged (the same
+    /// transition without it).
     pub retry_after: Option<Duration>,
     /// For a final `to`: how long to retain the record.
     pub retention: Option<Duration>,
@@ -788,8 +791,15 @@ pub(crate) fn apply_transition(r: &mut Record, t: &Transition, now: Timestamp) {
     } else if r.status.is_dead_letter() && t.from != t.to {
         // Entering a dead letter: due at once, so a reconciler raises its alert.
         Some(now)
+    } else if r.status.is_dead_letter() {
+        // A dead letter's own status (`from == to`): with a `retry_after` of a
+        // millisecond or more its alert is claimed and due again after it
+        // unless acknowledged; without, the alert is acknowledged.
+        t.retry_after
+            .filter(|d| d.as_millis() > 0)
+            .map(|d| now.plus(d))
     } else {
-        // Final, or a dead letter whose alert was acknowledged (`from == to`).
+        // Final.
         None
     };
     r.expires_at = if r.status.is_final() {
@@ -827,6 +837,52 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", s.as_str()));
         }
         assert!("done".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn a_dead_letters_alert_is_claimed_with_a_retry_after_and_acknowledged_without() {
+        let now = Timestamp::from_millis(10_000);
+        let parked = Record {
+            id: RecordId::from_parts("t.op", "k"),
+            kind: Kind::NonIdempotent,
+            fingerprint: crate::key::Fingerprint::from_bytes([0; 16]),
+            input: Blob::default(),
+            output: None,
+            error: Some("lost".into()),
+            status: Status::OutcomeUnknown,
+            token: 7,
+            lease_until: None,
+            attempts: 1,
+            workflow: None,
+            step: None,
+            created_at: now,
+            updated_at: now,
+            due_at: Some(now),
+            expires_at: None,
+            note: None,
+        };
+        let due_after = |retry_after: Option<Duration>| {
+            let mut t = Transition::new(parked.id.clone(), parked.status, 7, parked.status);
+            t.lease = LeaseChange::Acquire(Duration::from_secs(30));
+            t.retry_after = retry_after;
+            match plan_transition(Some(&parked), &t, now) {
+                Ok(Transitioned::Applied(r)) => {
+                    assert!(r.token > parked.token);
+                    assert_eq!((r.status, r.lease_until), (parked.status, None));
+                    r.due_at
+                }
+                other => panic!("not applied: {other:?}"),
+            }
+        };
+        assert_eq!(
+            due_after(Some(Duration::from_secs(30))),
+            Some(now.plus(Duration::from_secs(30))),
+            "claimed: due again after the lease"
+        );
+        // Below a millisecond is nothing to the stores that count in them.
+        for none in [None, Some(Duration::ZERO), Some(Duration::from_micros(900))] {
+            assert_eq!(due_after(none), None, "acknowledged ({none:?})");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ macro_rules! scenarios {
                 always_failing_ends_compensation_failed_with_its_last_error,
                 operator_retry_and_resolve,
                 crashed_calls_are_released_probed_or_parked,
+                an_alert_cut_off_before_its_acknowledgement_is_raised_again,
                 a_crashed_workflow_is_resumed_by_the_reconciler,
                 a_mirror_with_injected_drift_converges,
                 a_spawned_reconciler_works_in_the_background_and_stops_cleanly,

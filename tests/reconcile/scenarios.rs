@@ -546,3 +546,53 @@ pub async fn a_spawned_reconciler_works_in_the_background_and_stops_cleanly(b: &
         .await
         .unwrap();
 }
+
+pub async fn an_alert_cut_off_before_its_acknowledgement_is_raised_again(b: &Backend) {
+    let rt = b.runtime();
+    let key = b.key("alert-cut-off");
+    crash(&rt, &key, ops::unprobed(key.clone())).await;
+    b.pass_lease().await;
+    let parked = id("rc.unprobed", &key);
+
+    // A reconciler that dies inside the alert hook: after the alert was
+    // claimed, before it was acknowledged.
+    let dying = b
+        .runtime()
+        .reconciler()
+        .alert(|r| panic!("the reconciler dies while alerting {}", r.id));
+    let died = tokio::spawn(async move {
+        for _ in 0..3 {
+            let _ = dying.run_once().await;
+        }
+    })
+    .await;
+    assert!(died.is_err_and(|e| e.is_panic()), "the hook never ran");
+    assert_eq!(record(&rt, &parked).await.status, Status::OutcomeUnknown);
+
+    // Within the lease the claimed alert is nobody else's to raise.
+    let (r, alerts) = collecting_alerts(b.runtime().reconciler());
+    for _ in 0..2 {
+        r.run_once().await.unwrap();
+    }
+    assert!(lock(&alerts).is_empty(), "raised twice within the lease");
+
+    // After it, another reconciler raises it, once.
+    b.pass_lease().await;
+    for _ in 0..3 {
+        r.run_once().await.unwrap();
+    }
+    assert_eq!(*lock(&alerts), std::slice::from_ref(&parked));
+    let acked = record(&rt, &parked).await;
+    assert_eq!(
+        (acked.status, acked.due_at),
+        (Status::OutcomeUnknown, None),
+        "acknowledged, still a dead letter"
+    );
+    assert!(
+        rt.dead_letters()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == parked)
+    );
+}

@@ -397,17 +397,37 @@ pub async fn transition_records_outcome_retention_and_due_time(f: &Fixture) {
         parked.due_at.is_some(),
         "a new dead letter is due for its alert"
     );
-    // Acknowledging the alert: a new token, no longer due; a second
-    // acknowledgement with the old token loses.
-    let mut ack = Transition::new(
+    // Claiming the alert: a new token, due again after the lease unless
+    // acknowledged; a second claim with the old token loses.
+    let mut claim = Transition::new(
         parked.id.clone(),
         Status::CompensationFailed,
         parked.token,
         Status::CompensationFailed,
     );
+    claim.lease = LeaseChange::Acquire(LEASE);
+    claim.retry_after = Some(LEASE);
+    let before_claim = store.now().await.unwrap();
+    let claimed = applied(store, &claim).await;
+    assert!(claimed.token > parked.token);
+    let again = claimed.due_at.expect("a claimed alert is due again");
+    assert!(again >= before_claim.plus(LEASE), "due at {again}");
+    assert_eq!((claimed.lease_until, claimed.expires_at), (None, None));
+    assert!(matches!(
+        store.transition(&claim).await.unwrap(),
+        Transitioned::Conflict(Some(_))
+    ));
+    // Acknowledging it: a new token, no longer due; a second acknowledgement
+    // with the old token loses.
+    let mut ack = Transition::new(
+        parked.id.clone(),
+        Status::CompensationFailed,
+        claimed.token,
+        Status::CompensationFailed,
+    );
     ack.lease = LeaseChange::Acquire(LEASE);
     let acked = applied(store, &ack).await;
-    assert!(acked.token > parked.token);
+    assert!(acked.token > claimed.token);
     assert_eq!(
         (acked.due_at, acked.lease_until, acked.expires_at),
         (None, None, None)

@@ -49,6 +49,9 @@ if ACTIVE[to] then
 elseif DEAD_LETTER[to] and from ~= to then
   -- Entering a dead letter: due at once, so a reconciler raises its alert.
   r.due_at = now
+elseif DEAD_LETTER[to] and ARGV[15] ~= '0' then
+  -- Its alert claimed: due again after retry_after unless acknowledged.
+  r.due_at = uadd(now, ARGV[15], U64_MAX)
 else
   r.due_at = nil
 end
