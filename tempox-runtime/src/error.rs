@@ -150,7 +150,8 @@ pub enum Error {
     /// The record for this key is closed: it was compensated, parked, or resolved by
     /// an operator, so it can neither replay an output nor run again.
     #[error(
-        "`{op}` with key `{key}` is {status} and can neither replay nor run again; use a new key"
+        "`{op}` with key `{key}` is {status}{} and can neither replay nor run again; use a new key",
+        recorded(.error.as_deref())
     )]
     Closed {
         /// The operation's name.
@@ -159,6 +160,8 @@ pub enum Error {
         key: String,
         /// The record's status.
         status: Status,
+        /// The error recorded with it, if any (e.g. why a workflow rolled back).
+        error: Option<String>,
     },
 
     /// Two operations were registered under one name.
@@ -323,5 +326,54 @@ impl fmt::Display for Human {
             ms if ms % 1_000 == 0 => write!(f, "{}s", ms / 1_000),
             ms => write!(f, "{ms}ms"),
         }
+    }
+}
+
+/// ` (error: …)` for a record's error in a message, or nothing. Only the
+/// first line, at most 200 characters: records keep whole reports.
+fn recorded(error: Option<&str>) -> String {
+    match error.and_then(|e| e.lines().next()).map(str::trim) {
+        Some(line) if !line.is_empty() => {
+            let mut shown: String = line.chars().take(200).collect();
+            if shown.len() < line.len() {
+                shown.push('…');
+            }
+            format!(" (error: {shown})")
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_key_says_what_was_recorded_in_one_short_line() {
+        let closed = |error: Option<&str>| {
+            Error::Closed {
+                op: "shop.checkout".into(),
+                key: "order-3".into(),
+                status: Status::RolledBack,
+                error: error.map(str::to_owned),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            closed(None),
+            "`shop.checkout` with key `order-3` is rolled_back and can neither replay nor run \
+             again; use a new key"
+        );
+        assert_eq!(
+            closed(Some("card declined\nat line 3")),
+            "`shop.checkout` with key `order-3` is rolled_back (error: card declined) and can \
+             neither replay nor run again; use a new key"
+        );
+        assert_eq!(closed(Some("  \n")), closed(None));
+        let long = closed(Some(&"é".repeat(300)));
+        assert!(
+            long.contains(&format!("(error: {}…)", "é".repeat(200))),
+            "{long}"
+        );
     }
 }

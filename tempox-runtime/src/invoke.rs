@@ -282,6 +282,7 @@ fn closed(r: &Record) -> Error {
         op: r.op().to_owned(),
         key: r.key().to_owned(),
         status: r.status,
+        error: r.error.clone(),
     }
 }
 

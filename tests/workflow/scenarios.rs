@@ -63,8 +63,23 @@ pub async fn failing_at_step_three_compensates_two_then_one(b: &Backend) {
             ("shop.ship".to_owned(), Status::Released),
         ]
     );
-    // Compensated once each, even when asked again.
-    assert!(rt.scope(shop::checkout(order.clone())).await.is_err());
+    // Compensated once each, even when asked again; asking again says why.
+    let again = rt.scope(shop::checkout(order.clone())).await.unwrap_err();
+    assert!(
+        matches!(
+            again.tempox(),
+            Some(tempox::Error::Closed {
+                status: Status::RolledBack,
+                error: Some(_),
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    assert!(
+        again.to_string().contains(&format!("(error: {err})")),
+        "{again}"
+    );
     assert_eq!(
         (
             shop::count(&order.id, "refund"),
