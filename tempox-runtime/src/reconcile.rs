@@ -306,7 +306,7 @@ impl Reconciler {
             Status::Pending if r.kind == Kind::Idempotent => self.release(&r).await,
             Status::Pending => self.probe_or_park(&r).await,
             Status::RollingBack if r.lease_expired(now) => self.recover(&r).await,
-            Status::Compensating if r.lease_expired(now) => self.compensate(&r).await,
+            Status::Compensating if r.lease_expired(now) => self.compensate(r, now).await,
             Status::CompensationFailed | Status::OutcomeUnknown => self.acknowledge(r).await,
             _ => Ok(Outcome::Skipped),
         }
@@ -415,23 +415,17 @@ impl Reconciler {
         rt.apply(&t).await.map(|_| Outcome::Probed)
     }
 
-    async fn compensate(&self, r: &Record) -> Result<Outcome, Error> {
-        let rt = &self.rt;
-        match rt
-            .compensate_with(&r.id, (self.max_attempts, self.backoff))
-            .await
-        {
-            Ok(done) if done.status == Status::Compensated => Ok(Outcome::Compensated),
-            Ok(_) => Ok(Outcome::Skipped),
-            Err(Error::Compensation { .. }) => {
-                let now = rt.store().get(&r.id).await?;
-                match now {
-                    Some(parked) if parked.status == Status::CompensationFailed => {
-                        Ok(Outcome::Parked(Box::new(parked)))
-                    }
-                    _ => Ok(Outcome::Retried),
-                }
+    /// Compensates the record as listed, at the pass's clock: its claim is a
+    /// compare-and-set, so a stale listing only loses it.
+    async fn compensate(&self, r: Record, now: Timestamp) -> Result<Outcome, Error> {
+        let policy = (self.max_attempts, self.backoff);
+        match self.rt.compensate_record(r, now, policy).await {
+            Ok((done, None)) if done.status == Status::Compensated => Ok(Outcome::Compensated),
+            Ok((_, None)) => Ok(Outcome::Skipped),
+            Ok((parked, Some(_))) if parked.status == Status::CompensationFailed => {
+                Ok(Outcome::Parked(Box::new(parked)))
             }
+            Ok((_, Some(_))) => Ok(Outcome::Retried),
             Err(Error::Fenced { .. } | Error::WrongStatus { .. }) => Ok(Outcome::Skipped),
             Err(e) => Err(e),
         }

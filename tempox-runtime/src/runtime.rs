@@ -451,18 +451,26 @@ impl Runtime {
             self.inner.config.compensation_attempts,
             self.inner.config.retry_backoff,
         );
-        self.compensate_with(id, policy).await
-    }
-
-    /// [`compensate`](Self::compensate) with `(max attempts, backoff)` of the
-    /// caller's (the reconciler's).
-    pub(crate) async fn compensate_with(
-        &self,
-        id: &RecordId,
-        policy: (u32, Backoff),
-    ) -> Result<Record, Error> {
         let r = self.expect_record(id).await?;
         let now = self.now().await?;
+        match self.compensate_record(r, now, policy).await? {
+            (record, None) => Ok(record),
+            (_, Some(failed)) => Err(failed),
+        }
+    }
+
+    /// [`compensate`](Self::compensate) of a record already read, at `now`, with
+    /// `(max attempts, backoff)` of the caller's (the reconciler passes what it
+    /// listed and its pass's clock: no second read). Answers the record last
+    /// written, and the [`Error::Compensation`] when the compensation ran and
+    /// failed.
+    pub(crate) async fn compensate_record(
+        &self,
+        r: Record,
+        now: crate::record::Timestamp,
+        policy: (u32, Backoff),
+    ) -> Result<(Record, Option<Error>), Error> {
+        let id = &r.id;
         let claimable = r.status == Status::Completed
             || (r.status == Status::Compensating && r.lease_expired(now));
         if !claimable {
@@ -480,7 +488,9 @@ impl Runtime {
                 .catalog
                 .workflow(r.op())
                 .is_none_or(|w| !w.continue_past_dead_letters);
-            return Box::pin(crate::workflow::roll_back_completed(self, &r, strict)).await;
+            return Box::pin(crate::workflow::roll_back_completed(self, &r, strict))
+                .await
+                .map(|record| (record, None));
         }
         let mut claim = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
         claim.lease = LeaseChange::Acquire(self.inner.config.lease);
@@ -494,18 +504,25 @@ impl Runtime {
         let (compensation, run) = match entry.map(|e| e.compensation) {
             Some(Compensation::Call { name, run }) => (name, run),
             Some(Compensation::Noop) => {
-                return self.finish_compensation(&held, Ok(()), policy).await;
+                let record = self.finish_compensation(&held, Ok(()), policy).await?;
+                return Ok((record, None));
             }
             Some(Compensation::None | Compensation::Rollback) => {
                 let message = format!("`{}` declares no compensation", r.op());
-                return self.finish_compensation(&held, Err(message), policy).await;
+                let record = self
+                    .finish_compensation(&held, Err(message), policy)
+                    .await?;
+                return Ok((record, None));
             }
             None => {
                 let message = format!(
                     "no operation named `{}` is linked into this program",
                     r.op()
                 );
-                return self.finish_compensation(&held, Err(message), policy).await;
+                let record = self
+                    .finish_compensation(&held, Err(message), policy)
+                    .await?;
+                return Ok((record, None));
             }
         };
         let output = held.output.as_deref().unwrap_or(b"null").to_vec();
@@ -514,14 +531,12 @@ impl Runtime {
         let record = self
             .finish_compensation(&held, outcome.clone(), policy)
             .await?;
-        match outcome {
-            Ok(()) => Ok(record),
-            Err(message) => Err(Error::Compensation {
-                op: r.op().to_owned(),
-                compensation: compensation.to_owned(),
-                message,
-            }),
-        }
+        let failed = outcome.err().map(|message| Error::Compensation {
+            op: r.op().to_owned(),
+            compensation: compensation.to_owned(),
+            message,
+        });
+        Ok((record, failed))
     }
 
     async fn finish_compensation(
