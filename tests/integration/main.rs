@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod calls;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod checks;
@@ -12,25 +13,10 @@ mod faults;
 mod fixture;
 mod sqlite_only;
 
-/// Stamps one `#[tokio::test]` per check for a backend whose fixture is made by
-/// `$make` (an async expression returning a `fixture::Fixture`).
-macro_rules! conformance {
-    ($backend:ident => $make:expr; $($check:ident),* $(,)?) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let fixture = $make.await;
-                    crate::checks::$check(&fixture).await;
-                }
-            )*
-        }
-    };
-}
-
+/// Stamps every check for one backend: `$make` returns a `fixture::Fixture`.
 macro_rules! all_checks {
     ($backend:ident => $make:expr) => {
-        conformance!($backend => $make;
+        stamp!($backend => $make; checks;
             claim_writes_a_pending_record_with_a_lease,
             claim_is_atomic_under_contention,
             claim_is_atomic_across_handles,

@@ -4,6 +4,24 @@
 pub mod backend;
 pub mod redis;
 
+/// Stamps `mod $backend` with one `#[tokio::test]` per case, each running
+/// `crate::$module::$case(&fixture)` on the fixture `$make` gives (awaited),
+/// so a failure names both the case and the backend.
+#[allow(unused_macros)]
+macro_rules! stamp {
+    ($backend:ident => $make:expr; $module:ident; $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = $make.await;
+                    crate::$module::$case(&fixture).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod scenarios;
@@ -11,29 +12,18 @@ mod shop;
 /// Stamps every scenario for one backend: `$make` returns a `shop::Backend`.
 macro_rules! scenarios {
     ($backend:ident => $make:expr) => {
-        mod $backend {
-            scenarios!(@each $make;
-                failing_at_step_three_compensates_two_then_one,
-                the_same_key_twice_replays,
-                concurrent_runs_of_one_key_execute_once,
-                a_changed_step_is_non_deterministic,
-                crash_anywhere_then_resume_in_a_fresh_runtime,
-                crash_anywhere_then_roll_back_in_a_fresh_runtime,
-                cancelling_the_caller_during_rollback_does_not_stop_it,
-                a_dead_lettered_compensation_stops_the_rollback_until_an_operator_acts,
-                rollback_continue_goes_past_a_dead_letter,
-                a_nested_workflow_is_a_step_and_is_rolled_back_with_its_parent,
-            );
-        }
-    };
-    (@each $make:expr; $($scenario:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() {
-                let backend = $make.await;
-                crate::scenarios::$scenario(&backend).await;
-            }
-        )*
+        stamp!($backend => $make; scenarios;
+            failing_at_step_three_compensates_two_then_one,
+            the_same_key_twice_replays,
+            concurrent_runs_of_one_key_execute_once,
+            a_changed_step_is_non_deterministic,
+            crash_anywhere_then_resume_in_a_fresh_runtime,
+            crash_anywhere_then_roll_back_in_a_fresh_runtime,
+            cancelling_the_caller_during_rollback_does_not_stop_it,
+            a_dead_lettered_compensation_stops_the_rollback_until_an_operator_acts,
+            rollback_continue_goes_past_a_dead_letter,
+            a_nested_workflow_is_a_step_and_is_rolled_back_with_its_parent,
+        );
     };
 }
 
