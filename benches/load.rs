@@ -87,10 +87,10 @@ fn args() -> Args {
 }
 
 /// Runs `concurrency` tasks calling `f(task, i)` until `seconds` pass; calls/s.
-async fn drive<F, Fut>(rt: &Runtime, concurrency: u64, seconds: f64, f: F) -> f64
+async fn drive_tasks<F, Fut>(concurrency: u64, seconds: f64, f: F) -> f64
 where
     F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<u64, LoadError>> + Send,
+    Fut: std::future::Future<Output = ()> + Send,
 {
     let f = Arc::new(f);
     let done = Arc::new(AtomicU64::new(0));
@@ -98,11 +98,11 @@ where
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|t| {
-            let (rt, f, done) = (rt.clone(), f.clone(), done.clone());
+            let (f, done) = (f.clone(), done.clone());
             tokio::spawn(async move {
                 let mut i = 0;
                 while Instant::now() < deadline {
-                    rt.scope(f(t, i)).await.unwrap();
+                    f(t, i).await;
                     i += 1;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -113,6 +113,22 @@ where
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// [`drive_tasks`] of annotated calls `f(task, i)` in `rt`'s scope; calls/s.
+async fn drive<F, Fut>(rt: &Runtime, concurrency: u64, seconds: f64, f: F) -> f64
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64, LoadError>> + Send,
+{
+    let rt = rt.clone();
+    drive_tasks(concurrency, seconds, move |t, i| {
+        let (rt, call) = (rt.clone(), f(t, i));
+        async move {
+            rt.scope(call).await.unwrap();
+        }
+    })
+    .await
 }
 
 /// The store column's width (`redis/everysec`).
@@ -274,10 +290,8 @@ fn main() {
 mod redis_rows {
     //! The Redis rows: tempox on `RedisStore` next to the same scripts sent raw.
 
-    use std::future::Future;
     use std::process::{Command, Stdio};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     use tempox::record::{
@@ -291,7 +305,7 @@ mod redis_rows {
     use redis::{Cmd, Value};
 
     use super::redis_server::RedisServer;
-    use super::{call, drive, row, row_note};
+    use super::{call, drive, drive_tasks, row, row_note};
 
     /// The target of fresh and replay calls, as a fraction of the raw scripts.
     const TARGET: f64 = 0.7;
@@ -569,7 +583,7 @@ mod redis_rows {
             "redis.call('SET', KEYS[1], ARGV[1]) return 1",
         ));
         let conn = conn.clone();
-        drive_raw(concurrency, seconds, move |t, i| {
+        drive_tasks(concurrency, seconds, move |t, i| {
             let (script, mut conn) = (script.clone(), conn.clone());
             async move {
                 let key = format!("floor:{t}:{i}");
@@ -600,35 +614,6 @@ mod redis_rows {
             .unwrap()
     }
 
-    /// Runs `concurrency` tasks calling `f(task, i)` until `seconds` pass; calls/s.
-    async fn drive_raw<F, Fut>(concurrency: u64, seconds: f64, f: F) -> f64
-    where
-        F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send,
-    {
-        let f = Arc::new(f);
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let (f, done) = (f.clone(), done.clone());
-                tokio::spawn(async move {
-                    let mut i = 0;
-                    while Instant::now() < deadline {
-                        f(t, i).await;
-                        i += 1;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
-    }
-
     /// The claim script, then the transition to `Completed` with the token it
     /// returned, for a new key each time; calls/s.
     async fn raw_fresh(
@@ -651,7 +636,7 @@ mod redis_rows {
         });
         let output = sample.output.clone().expect("an output");
         let (store, conn) = (store.clone(), conn.clone());
-        drive_raw(concurrency, seconds, move |t, i| {
+        drive_tasks(concurrency, seconds, move |t, i| {
             let (store, mut conn, template, output) = (
                 store.clone(),
                 conn.clone(),
@@ -692,7 +677,7 @@ mod redis_rows {
         seconds: f64,
     ) -> f64 {
         let (conn, claims) = (conn.clone(), claims.clone());
-        drive_raw(concurrency, seconds, move |t, i| {
+        drive_tasks(concurrency, seconds, move |t, i| {
             let (mut conn, claims) = (conn.clone(), claims.clone());
             async move {
                 let claim = &claims[usize::try_from((t * 7 + i) % KEYS).unwrap()];
