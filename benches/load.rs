@@ -411,12 +411,11 @@ mod redis_rows {
         }
 
         /// What the server spent between `self` and `later`, per call of
-        /// `calls_per_op` scripts.
-        fn describe(&self, later: &Usage, calls_per_op: f64) -> String {
+        /// the `ops` made meanwhile.
+        fn describe(&self, later: &Usage, ops: f64) -> String {
             let wall = later.at.duration_since(self.at).as_secs_f64();
             let cpu = later.cpu - self.cpu;
             let (scripts, script_usec) = self.spent(later, "evalsha");
-            let ops = scripts / calls_per_op;
             let cpu_per_op = cpu * 1e6 / ops;
             let script_per_op = script_usec / ops;
             // The commands the scripts ran, per call, most expensive first.
@@ -434,11 +433,12 @@ mod redis_rows {
                 .map(|(name, usec)| format!("{name} {usec:.1}"))
                 .collect();
             format!(
-                "redis-server's main thread {:.0}% busy: {cpu_per_op:.0} us CPU per call, {script_per_op:.0} us of it \
+                "redis-server's main thread {:.0}% busy: {cpu_per_op:.1} us CPU per call, {script_per_op:.1} us of it \
                  running the scripts ({in_commands:.1} us in their commands: {}; the rest is Lua and the \
-                 scripts' replication); one redis core does at most ~{:.0} calls/s",
+                 scripts' replication); {:.2} script calls per call; one redis core does at most ~{:.0} calls/s",
                 cpu / wall * 100.0,
                 listed.join(", "),
+                scripts / ops,
                 1e6 / cpu_per_op
             )
         }
@@ -461,7 +461,7 @@ mod redis_rows {
             .await;
             if concurrency == 64 {
                 fresh64 = tempox;
-                fresh_usage = before.describe(&Usage::sample(server), 2.0);
+                fresh_usage = before.describe(&Usage::sample(server), tempox * seconds);
             }
             // What tempox sent for one of those calls: the raw calls send the
             // same fingerprint, input and output.
@@ -657,13 +657,13 @@ mod redis_rows {
                 };
                 let (_, claim) = redis_bench::claim(&store, &req);
                 let reply: Value = claim.query_async(&mut conn).await.unwrap();
-                let token = acquired_token(reply);
+                let token = acquired_token(only_item(reply));
                 let mut done = Transition::new(req.id, Status::Pending, token, Status::Completed);
                 done.output = Some(output);
                 done.retention = Some(RETENTION);
                 let (_, transition) = redis_bench::transition(&store, &done);
                 let reply: Value = transition.query_async(&mut conn).await.unwrap();
-                assert_eq!(outcome(&reply), b"applied");
+                assert_eq!(outcome(&only_item(reply)), b"applied");
             }
         })
         .await
@@ -682,7 +682,7 @@ mod redis_rows {
             async move {
                 let claim = &claims[usize::try_from((t * 7 + i) % KEYS).unwrap()];
                 let reply: Value = claim.query_async(&mut conn).await.unwrap();
-                assert_eq!(outcome(&reply), b"existing");
+                assert_eq!(outcome(&only_item(reply)), b"existing");
             }
         })
         .await
@@ -700,6 +700,15 @@ mod redis_rows {
     }
 
     /// The token of the record a claim acquired.
+    /// The reply to the one request of a script call (the scripts answer
+    /// one item per request they were sent).
+    fn only_item(reply: Value) -> Value {
+        match reply {
+            Value::Array(mut items) if items.len() == 1 => items.remove(0),
+            other => panic!("not one reply item: {other:?}"),
+        }
+    }
+
     fn acquired_token(reply: Value) -> u64 {
         let Value::Array(items) = &reply else {
             panic!("unexpected reply {reply:?}")

@@ -313,6 +313,83 @@ async fn corrupt_records_name_the_record_and_the_field() {
     assert!(err.to_string().contains("field `token`"), "{err}");
 }
 
+/// Claims and transitions sent while others are in flight share one script
+/// call; a record the server refuses to work on (here a key of another type
+/// where a record should be) fails its own request with the server's error and
+/// leaves the key untouched, while every other request sent with it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_fails_alone_among_the_requests_sent_with_it() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    let bad = claim_request("wrong-type");
+    let bad_key = store.record_key(&bad.id);
+    server.cli(&["SET", &bad_key, "not a record"]);
+    let script_calls = || {
+        let stats = server.cli(&["INFO", "commandstats"]);
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
+        line.and_then(|l| l.split([':', ',']).find_map(|kv| kv.strip_prefix("calls=")))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let calls_before = script_calls();
+    for round in 0..5 {
+        // The refused request in the middle: the first one is sent alone,
+        // the rest queue behind it and share the next call.
+        let mut reqs: Vec<ClaimRequest> = (0..40)
+            .map(|i| claim_request(&format!("neighbour-{round}-{i}")))
+            .collect();
+        reqs.insert(20, bad.clone());
+        let claims = futures_join_all(reqs.iter().map(|r| store.claim(r))).await;
+        for (req, claimed) in reqs.iter().zip(claims) {
+            if req.id == bad.id {
+                let err = claimed.unwrap_err();
+                assert_eq!(err.kind(), StoreErrorKind::Other, "{err}");
+                assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+                assert!(
+                    err.to_string().contains("`faults.claim/wrong-type`"),
+                    "{err}"
+                );
+                continue;
+            }
+            match claimed.unwrap() {
+                Claimed::Acquired { record, previous } => {
+                    assert_eq!((record.id, previous), (req.id.clone(), None));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(server.cli(&["GET", &bad_key]).trim(), "not a record");
+    // 205 requests went in far fewer calls: the refused one shared its calls.
+    let calls = script_calls() - calls_before;
+    assert!(calls < 50, "{calls} script calls for 205 claims");
+}
+
+/// Runs `futures` concurrently on this task, their outputs in order.
+async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
 /// Connecting to nothing, and settings that cannot work, fail clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_reports_unreachable_servers_and_bad_settings() {

@@ -1,70 +1,98 @@
 -- Store::claim, mirroring tempox::record::plan_claim.
--- KEYS: record, due, exp, wf (one bucket)
--- ARGV: id, kind, fingerprint, input, lease_ms, on_expired, workflow ('' = none),
---       step ('' = none), the prefix of the bucket's status sets
+-- K: the record's key and its bucket's (see write); the arguments of the
+-- request: id, kind, fingerprint, input, lease_ms, on_expired,
+-- workflow ('' = none), step ('' = none)
 -- Returns {outcome, previous status or '', record}; outcome is one of
 -- acquired, existing, marked_unknown; or {'fresh', now} when there was no
 -- record: the new one is plan_claim's for no record at the server's now, and
 -- the client builds it from its request instead of reading it back.
-local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], wf = KEYS[4], st = ARGV[9]}
-local id, kind, fingerprint, input = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local lease, on_expired, workflow, step = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+-- What every new record of this script call shares: its token, and the end of its
+-- lease for each lease length asked (usually one).
+local first_token = next_token(nil, now)
+local lease_ends = {}
 
-local now = now_ms()
-local old = load(K.rec)
--- A record past its retention counts as none.
-local existing = old
-if existing ~= nil and retention_passed(existing, now) then existing = nil end
-
-local function fresh(previous)
-  local lease_until = uadd(now, lease, U64_MAX)
-  local r = {
-    id = id, kind = kind, fingerprint = fingerprint, input = input,
-    status = STATUS.Pending,
-    token = next_token(previous and previous.token, now),
-    lease_until = lease_until, due_at = lease_until,
-    attempts = '1', created_at = now, updated_at = now,
-  }
-  if workflow ~= '' then r.workflow = workflow end
-  if step ~= '' then r.step = step end
-  if previous ~= nil then
-    r.error = previous.error
-    r.note = previous.note
-    r.created_at = previous.created_at
-    r.attempts = uadd(previous.attempts, '1', U32_MAX)
+local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflow, step)
+  local rec = K.rec
+  -- The common case, a key never seen: written field by field, no record
+  -- table built (the same record and indexes as write(K, id, nil, fresh(nil))).
+  if redis.call('EXISTS', rec) == 0 then
+    local lease_until = lease_ends[lease]
+    if lease_until == nil then
+      lease_until = uadd(now, lease, U64_MAX)
+      lease_ends[lease] = lease_until
+    end
+    local f = {
+      'id', id, 'kind', kind, 'fingerprint', fingerprint, 'input', input,
+      'status', STATUS.Pending, 'token', first_token,
+      'lease_until', lease_until, 'attempts', '1',
+    }
+    if workflow ~= '' then f[#f + 1] = 'workflow'; f[#f + 1] = workflow end
+    if step ~= '' then f[#f + 1] = 'step'; f[#f + 1] = step end
+    f[#f + 1] = 'created_at'; f[#f + 1] = now
+    f[#f + 1] = 'updated_at'; f[#f + 1] = now
+    f[#f + 1] = 'due_at'; f[#f + 1] = lease_until
+    redis.call('HSET', rec, unpack(f))
+    redis.call('ZADD', K.due, lease_until, id)
+    redis.call('ZADD', K.st .. STATUS.Pending, 0, id)
+    if workflow ~= '' then redis.call('ZADD', K.wf, 0, workflow .. '\0' .. id) end
+    return {'fresh', now}
   end
-  return r
-end
 
-if existing == nil then
-  write(K, id, old, fresh(nil))
-  return {'fresh', now}
-end
+  local old = load(rec)
+  -- A record past its retention counts as none.
+  local existing = old
+  if existing ~= nil and retention_passed(existing, now) then existing = nil end
 
--- A released key is free for any request (invariant 8).
-if existing.status == STATUS.Released then
-  local r = fresh(existing)
-  write(K, id, old, r)
-  return {'acquired', STATUS.Released, flat(id, r)}
-end
+  local function fresh(previous)
+    local lease_until = uadd(now, lease, U64_MAX)
+    local r = {
+      id = id, kind = kind, fingerprint = fingerprint, input = input,
+      status = STATUS.Pending,
+      token = next_token(previous and previous.token, now),
+      lease_until = lease_until, due_at = lease_until,
+      attempts = '1', created_at = now, updated_at = now,
+    }
+    if workflow ~= '' then r.workflow = workflow end
+    if step ~= '' then r.step = step end
+    if previous ~= nil then
+      r.error = previous.error
+      r.note = previous.note
+      r.created_at = previous.created_at
+      r.attempts = uadd(previous.attempts, '1', U32_MAX)
+    end
+    return r
+  end
 
--- Invariant 2: an expired claim is only taken over by the same request.
-if existing.status == STATUS.Pending and lease_expired(existing, now)
-    and existing.fingerprint == fingerprint then
-  if on_expired == 'take_over' then
+  if existing == nil then
+    write(K, id, old, fresh(nil))
+    return {'fresh', now}
+  end
+
+  -- A released key is free for any request (invariant 8).
+  if existing.status == STATUS.Released then
     local r = fresh(existing)
     write(K, id, old, r)
-    return {'acquired', STATUS.Pending, flat(id, r)}
+    return {'acquired', STATUS.Released, flat(id, r)}
   end
-  local r = copy(existing)
-  r.status = STATUS.OutcomeUnknown
-  r.lease_until = nil
-  -- Due at once: the reconciler raises the alert for it.
-  r.due_at = now
-  r.updated_at = now
-  r.error = LEASE_EXPIRED_ERROR
-  write(K, id, old, r)
-  return {'marked_unknown', '', flat(id, r)}
-end
 
-return {'existing', '', flat(id, existing)}
+  -- Invariant 2: an expired claim is only taken over by the same request.
+  if existing.status == STATUS.Pending and lease_expired(existing, now)
+      and existing.fingerprint == fingerprint then
+    if on_expired == 'take_over' then
+      local r = fresh(existing)
+      write(K, id, old, r)
+      return {'acquired', STATUS.Pending, flat(id, r)}
+    end
+    local r = copy(existing)
+    r.status = STATUS.OutcomeUnknown
+    r.lease_until = nil
+    -- Due at once: the reconciler raises the alert for it.
+    r.due_at = now
+    r.updated_at = now
+    r.error = LEASE_EXPIRED_ERROR
+    write(K, id, old, r)
+    return {'marked_unknown', '', flat(id, r)}
+  end
+
+  return {'existing', '', flat(id, existing)}
+end

@@ -1,12 +1,14 @@
 //! A store on Redis: a single server or a Redis Cluster, shared by any number
 //! of processes and machines.
 //!
-//! Each state change is one Lua script, so it is atomic, fenced and one round
-//! trip; leases are compared with the server's `TIME`; records are spread over a
+//! Each state change is run by a Lua script, so it is atomic, fenced and one
+//! round trip, and the changes made while others are in flight share one
+//! script call; leases are compared with the server's `TIME`; records are spread over a
 //! fixed number of buckets, each a Redis Cluster hash slot, with sorted sets
 //! for what is due and what may be removed. See [`RedisStore`].
 
 mod codec;
+mod lane;
 mod scripts;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use ::redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use ::redis::{Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use async_trait::async_trait;
 
+use self::lane::{Failure, Lanes};
 use self::scripts::{ScriptCall, scripts};
 use super::{Query, Store};
 use crate::error::{Human, StoreError, StoreErrorKind};
@@ -67,11 +70,20 @@ const MAX_BATCH: usize = 100_000;
 /// # How it keeps the store's promises
 ///
 /// - Every state change ([`Store::claim`], [`Store::transition`],
-///   [`Store::renew`], [`Store::expire`]) is one Lua script that reads the
+///   [`Store::renew`], [`Store::expire`]) is run by a Lua script that reads the
 ///   record, compares status and token and writes, atomically and in one round
 ///   trip. The scripts mirror [`plan_claim`](crate::record::plan_claim) and
 ///   [`plan_transition`](crate::record::plan_transition); their table of legal
 ///   transitions is generated from [`TRANSITIONS`](crate::record::TRANSITIONS).
+/// - Claims and transitions made while one is in flight are sent together:
+///   the store keeps at most two calls of its operations script in flight (per
+///   bucket on Redis Cluster, where a script may touch one slot only), and
+///   whatever queued meanwhile goes in the next call, which runs each request
+///   in order exactly as if it had been sent alone. A lone call is sent at once,
+///   so nothing waits for company; under load the server runs one script and,
+///   with `appendfsync always`, one fsync for many calls instead of one each.
+///   A request the server refuses (say a damaged record) fails alone: the
+///   others in its call are not held back.
 /// - A lease is a field compared with the server's `TIME`, never a key expiry:
 ///   an expiring key would take the fingerprint and the token with it and invite
 ///   a second execution. Records leave only through [`Store::expire`].
@@ -142,6 +154,8 @@ struct Inner {
     timeout: Duration,
     /// The keys of every bucket, by bucket.
     keys: Vec<Keys>,
+    /// Where claims and transitions wait to be sent together.
+    lanes: Lanes,
 }
 
 /// The two kinds of connection, both reconnecting by themselves. Cloned per call.
@@ -336,6 +350,7 @@ impl RedisStoreBuilder {
                     .map(|b| Keys::new(&self.prefix, b))
                     .collect(),
                 prefix: self.prefix,
+                lanes: Lanes::new(self.buckets, self.cluster),
                 buckets: self.buckets,
                 timeout: self.response_timeout,
             }),
@@ -456,18 +471,15 @@ impl RedisStore {
         0..self.inner.buckets
     }
 
-    /// The call of the claim script that [`Store::claim`] sends for `req`.
-    fn claim_call(&self, req: &ClaimRequest) -> ScriptCall {
-        let keys = self.keys(self.bucket_of(&req.id));
+    /// The arguments of the claim script for `req` (its share of `ARGV`).
+    fn claim_args(req: &ClaimRequest) -> Cmd {
         let on_expired = match req.on_expired {
             OnExpired::TakeOver => "take_over",
             OnExpired::MarkUnknown => "mark_unknown",
         };
-        let mut call = ScriptCall::new(
-            &scripts().claim,
-            &[&keys.record(&req.id), &keys.due, &keys.exp, &keys.wf],
-        );
-        call.arg(req.id.as_str())
+        let mut args = Cmd::with_capacity(9, 128 + req.input.as_ref().len());
+        args.arg("claim")
+            .arg(req.id.as_str())
             .arg(req.kind.as_str())
             .arg(req.fingerprint.hex().as_slice())
             .arg(req.input.as_ref())
@@ -475,17 +487,15 @@ impl RedisStore {
             .arg(on_expired)
             .arg(req.workflow.as_ref().map_or("", RecordId::as_str));
         match req.step {
-            Some(step) => call.arg(step),
-            None => call.arg(""),
+            Some(step) => args.arg(step),
+            None => args.arg(""),
         };
-        call.arg(&keys.status_prefix);
-        call
+        args
     }
 
-    /// The call of the transition script that [`Store::transition`] sends for
-    /// `t`; `quiet` asks for no record back when applied.
-    fn transition_call(&self, t: &Transition, quiet: bool) -> ScriptCall {
-        let keys = self.keys(self.bucket_of(&t.id));
+    /// The arguments of the transition script for `t` (its share of `ARGV`);
+    /// `quiet` asks for no record back when applied.
+    fn transition_args(t: &Transition, quiet: bool) -> Cmd {
         let flag = |present: bool| if present { "1" } else { "0" };
         let (lease, lease_ms) = match t.lease {
             LeaseChange::Keep => ("keep", 0),
@@ -497,11 +507,12 @@ impl RedisStore {
             AttemptsChange::Increment => ("increment", 0),
             AttemptsChange::Set(n) => ("set", n),
         };
-        let mut call = ScriptCall::new(
-            &scripts().transition,
-            &[&keys.record(&t.id), &keys.due, &keys.exp, &keys.wf],
-        );
-        call.arg(t.id.as_str())
+        let blobs = t.output.as_ref().map_or(0, |o| o.len())
+            + t.error.as_ref().map_or(0, String::len)
+            + t.note.as_ref().map_or(0, String::len);
+        let mut args = Cmd::with_capacity(19, 128 + blobs);
+        args.arg("transition")
+            .arg(t.id.as_str())
             .arg(t.from.as_str())
             .arg(t.token)
             .arg(t.to.as_str())
@@ -518,9 +529,90 @@ impl RedisStore {
             .arg(millis(t.retry_after.unwrap_or_default()))
             .arg(flag(t.retention.is_some()))
             .arg(millis(t.retention.unwrap_or_default()))
-            .arg(&keys.status_prefix)
             .arg(flag(quiet));
+        args
+    }
+
+    /// One call of the operations script for requests, each its bucket, its
+    /// record key and its arguments (the first naming the operation).
+    fn group_call<'a>(
+        &self,
+        requests: impl IntoIterator<Item = (u16, &'a str, &'a Cmd)> + Clone,
+    ) -> ScriptCall {
+        let mut keys = Vec::new();
+        for (bucket, record, _) in requests.clone() {
+            let k = self.keys(bucket);
+            keys.extend([record, k.due.as_str(), k.exp.as_str(), k.wf.as_str()]);
+        }
+        let mut call = ScriptCall::new(&scripts().ops, &keys);
+        for (bucket, _, args) in requests {
+            lane::append_args(&mut call, args, &self.keys(bucket).status_prefix);
+        }
         call
+    }
+
+    /// Sends one request through its bucket's lane: its item of the reply.
+    async fn send_one(
+        &self,
+        action: Action<'_>,
+        id: &RecordId,
+        args: Cmd,
+    ) -> Result<Value, StoreError> {
+        let bucket = self.bucket_of(id);
+        let key = self.keys(bucket).record(id);
+        let reply = lane::send(self, bucket, key, args)
+            .await
+            .map_err(|f| self.failure(action, f))?;
+        // {'error', message}: the server refused a command of this request
+        // (the others in its call went on).
+        if let Value::Array(items) = &reply
+            && let [Value::BulkString(outcome), message] = items.as_slice()
+            && outcome.as_slice() == b"error"
+        {
+            let message = match message {
+                Value::BulkString(m) => String::from_utf8_lossy(m).into_owned(),
+                other => format!("{other:?}"),
+            };
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!(
+                    "redis at {} failed ({action}): {message}{}",
+                    self.inner.target,
+                    action.maybe_applied()
+                ),
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// A lane's failure as the error of one request in it.
+    fn failure(&self, action: Action<'_>, failure: Failure) -> StoreError {
+        let target = &self.inner.target;
+        match failure {
+            Failure::Redis(e) => {
+                let error = redis_error_message(target, action, &e);
+                error.with_source(e)
+            }
+            Failure::Timeout => StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "redis at {target} did not answer within {} ({action}){}",
+                    Human(self.inner.timeout),
+                    action.maybe_applied()
+                ),
+            ),
+            Failure::Reply(value) => {
+                codec::unexpected("a script sent for several requests", &value)
+            }
+            Failure::Abandoned => StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "the request to redis at {target} was abandoned: the task sending it stopped \
+                     ({action}){}",
+                    action.maybe_applied()
+                ),
+            ),
+        }
     }
 
     /// Sends the transition script for `t`: whether it applied, and the
@@ -534,8 +626,9 @@ impl RedisStore {
         // An illegal pair is the caller's bug, refused before any I/O with
         // plan_transition's own error.
         plan_transition(None, t, Timestamp::from_millis(0))?;
+        let args = Self::transition_args(t, quiet);
         let reply = self
-            .invoke(Action::Transition(&t.id), &self.transition_call(t, quiet))
+            .send_one(Action::Transition(&t.id), &t.id, args)
             .await?;
         let what = "the transition script";
         let mut items = codec::array(what, reply)?.into_iter();
@@ -583,6 +676,14 @@ impl RedisStore {
     /// Invokes a script (EVALSHA, loading the script and sending the call
     /// again when the server does not know it, e.g. after a restart).
     async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
+        self.invoke_raw(call)
+            .await
+            .map_err(|f| self.failure(action, f))
+    }
+
+    /// [`invoke`](Self::invoke) with the failure kept whole, for a lane to
+    /// describe once per request in its call.
+    async fn invoke_raw(&self, call: &ScriptCall) -> Result<Value, Failure> {
         let mut conn = self.inner.conn.clone();
         let request = async {
             match call.cmd.query_async::<Value>(&mut conn).await {
@@ -593,7 +694,11 @@ impl RedisStore {
                 reply => reply,
             }
         };
-        self.run(action, request).await
+        match tokio::time::timeout(self.inner.timeout, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
+            Err(_) => Err(Failure::Timeout),
+        }
     }
 
     async fn query(&self, action: Action<'_>, cmd: &Cmd) -> Result<Value, StoreError> {
@@ -931,6 +1036,11 @@ impl fmt::Display for Action<'_> {
 
 /// A [`RedisError`] as a [`StoreError`] that classifies itself.
 fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
+    redis_error_message(target, action, &e).with_source(e)
+}
+
+/// The [`StoreError`] of [`redis_error`], without its source.
+fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> StoreError {
     let kind = if e.is_timeout() {
         StoreErrorKind::Timeout
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -958,7 +1068,7 @@ fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
         ),
         _ => format!("redis at {target} failed ({action}): {e}"),
     };
-    StoreError::new(kind, message).with_source(e)
+    StoreError::new(kind, message)
 }
 
 /// Every string in a reply, depth first.
@@ -1015,9 +1125,8 @@ async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
 #[async_trait]
 impl Store for RedisStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
-        let reply = self
-            .invoke(Action::Claim(&req.id), &self.claim_call(req))
-            .await?;
+        let args = Self::claim_args(req);
+        let reply = self.send_one(Action::Claim(&req.id), &req.id, args).await?;
         let what = "the claim script";
         let mut items = codec::array(what, reply)?.into_iter();
         let outcome = match items.next() {
@@ -1246,7 +1355,9 @@ pub mod bench {
     /// The claim script and the `EVALSHA` command that
     /// [`Store::claim`](crate::store::Store::claim) sends for `req`.
     pub fn claim(store: &RedisStore, req: &ClaimRequest) -> (&'static Script, Cmd) {
-        let call = store.claim_call(req);
+        let args = RedisStore::claim_args(req);
+        let key = store.record_key(&req.id);
+        let call = store.group_call([(store.bucket_of(&req.id), key.as_str(), &args)]);
         (call.script, call.cmd)
     }
 
@@ -1254,7 +1365,9 @@ pub mod bench {
     /// [`Store::apply`](crate::store::Store::apply) sends for `t` (how a call
     /// records its outcome).
     pub fn transition(store: &RedisStore, t: &Transition) -> (&'static Script, Cmd) {
-        let call = store.transition_call(t, true);
+        let args = RedisStore::transition_args(t, true);
+        let key = store.record_key(&t.id);
+        let call = store.group_call([(store.bucket_of(&t.id), key.as_str(), &args)]);
         (call.script, call.cmd)
     }
 }

@@ -15,8 +15,8 @@ use crate::record::{
 
 /// Every script a [`RedisStore`](super::RedisStore) runs.
 pub(super) struct Scripts {
-    pub(super) claim: Script,
-    pub(super) transition: Script,
+    /// Claims and transitions, any number in one call (`ops.lua`).
+    pub(super) ops: Script,
     pub(super) renew: Script,
     pub(super) due_scan: Script,
     pub(super) due_fetch: Script,
@@ -60,8 +60,12 @@ pub(super) fn scripts() -> &'static Scripts {
         let common = common();
         let build = |body: &str| Script::new(&format!("{common}\n{body}"));
         Scripts {
-            claim: build(include_str!("claim.lua")),
-            transition: build(include_str!("transition.lua")),
+            ops: build(&format!(
+                "-- The server's clock, read once per call.\nlocal now = now_ms()\n{}\n{}\n{}",
+                include_str!("claim.lua"),
+                include_str!("transition.lua"),
+                include_str!("ops.lua")
+            )),
             renew: build(include_str!("renew.lua")),
             due_scan: build(include_str!("due_scan.lua")),
             due_fetch: build(include_str!("due_fetch.lua")),

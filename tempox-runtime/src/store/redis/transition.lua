@@ -1,65 +1,156 @@
 -- Store::transition, mirroring tempox::record::plan_transition: a
 -- compare-and-set on (status, token).
--- KEYS: record, due, exp, wf (one bucket)
--- ARGV: id, from, token, to,
---       has_output, output, has_error, error,
---       lease (keep | clear | acquire), lease_ms,
---       attempts (keep | increment | set), attempts_n,
---       has_note, note, retry_after_ms, has_retention, retention_ms,
---       the prefix of the bucket's status sets, quiet ('1': the caller does
---       not need the record written)
+-- K: the record's key and its bucket's (see write); ARGV[a + 1 ..]: the
+-- arguments of the transition: id, from, token, to, has_output, output,
+-- has_error, error, lease (keep | clear | acquire), lease_ms,
+-- attempts (keep | increment | set), attempts_n, has_note, note,
+-- retry_after_ms, has_retention, retention_ms,
+-- quiet ('1': the caller does not need the record written)
 -- Returns {'illegal'}, {'conflict'} (no record), {'conflict', record} or
 -- {'applied', record} ({'applied'} when quiet).
-local K = {rec = KEYS[1], due = KEYS[2], exp = KEYS[3], wf = KEYS[4], st = ARGV[18]}
-local id, from, token, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-if not legal(from, to) then return {'illegal'} end
+-- The fields a quiet transition reads: the pair it compares, and those it
+-- computes from or keeps indexes of.
+local SMALL = {'status', 'token', 'lease_until', 'attempts', 'due_at', 'expires_at', 'note'}
 
-local now = now_ms()
-local old = load(K.rec)
-if old == nil then return {'conflict'} end
--- Invariant 3 (fencing): only the holder of the current token in the expected
--- status may write.
-if old.status ~= from or old.token ~= token then return {'conflict', flat(id, old)} end
+-- The same transition as below for a caller that wants no record back: only
+-- the fields a transition reads are loaded, and only what changes is written.
+local function apply(K, a, id, from, token, to)
+  local h = redis.call('HMGET', K.rec, unpack(SMALL))
+  -- HMGET answers false for a missing field (and every field of no record).
+  if h[1] ~= from or h[2] ~= token then return {'conflict'} end
+  local old = {}
+  for i = 3, #SMALL do
+    if h[i] then old[SMALL[i]] = h[i] end
+  end
+  local set = {'status', to, 'updated_at', now}
+  local del = {}
+  if ARGV[a + 5] == '1' then set[#set + 1] = 'output'; set[#set + 1] = ARGV[a + 6] end
+  if ARGV[a + 7] == '1' then set[#set + 1] = 'error'; set[#set + 1] = ARGV[a + 8] end
+  local lease_until = old.lease_until
+  local lease = ARGV[a + 9]
+  if lease == 'clear' then
+    lease_until = nil
+  elseif lease == 'acquire' then
+    set[#set + 1] = 'token'; set[#set + 1] = next_token(token, now)
+    lease_until = uadd(now, ARGV[a + 10], U64_MAX)
+  end
+  local attempts = ARGV[a + 11]
+  if attempts == 'increment' then
+    set[#set + 1] = 'attempts'; set[#set + 1] = uadd(old.attempts or '0', '1', U32_MAX)
+  elseif attempts == 'set' then
+    set[#set + 1] = 'attempts'; set[#set + 1] = ARGV[a + 12]
+  end
+  if ARGV[a + 13] == '1' then
+    local note = ARGV[a + 14]
+    if old.note ~= nil then note = old.note .. '\n' .. note end
+    set[#set + 1] = 'note'; set[#set + 1] = note
+  end
+  if not ACTIVE[to] then lease_until = nil end
+  local retry_after, due_at = ARGV[a + 15], nil
+  if ACTIVE[to] then
+    due_at = lease_until or uadd(now, retry_after, U64_MAX)
+  elseif DEAD_LETTER[to] and from ~= to then
+    due_at = now
+  elseif DEAD_LETTER[to] and retry_after ~= '0' then
+    due_at = uadd(now, retry_after, U64_MAX)
+  end
+  local expires_at = nil
+  if FINAL[to] and ARGV[a + 16] == '1' then expires_at = uadd(now, ARGV[a + 17], U64_MAX) end
+  if lease_until ~= old.lease_until then
+    if lease_until ~= nil then
+      set[#set + 1] = 'lease_until'; set[#set + 1] = lease_until
+    else
+      del[#del + 1] = 'lease_until'
+    end
+  end
+  if due_at ~= old.due_at then
+    if due_at ~= nil then
+      set[#set + 1] = 'due_at'; set[#set + 1] = due_at
+      redis.call('ZADD', K.due, due_at, id)
+    else
+      del[#del + 1] = 'due_at'
+      redis.call('ZREM', K.due, id)
+    end
+  end
+  if expires_at ~= old.expires_at then
+    if expires_at ~= nil then
+      set[#set + 1] = 'expires_at'; set[#set + 1] = expires_at
+      redis.call('ZADD', K.exp, expires_at, id)
+    else
+      del[#del + 1] = 'expires_at'
+      redis.call('ZREM', K.exp, id)
+    end
+  end
+  redis.call('HSET', K.rec, unpack(set))
+  if #del > 0 then redis.call('HDEL', K.rec, unpack(del)) end
+  if to ~= from then
+    redis.call('ZREM', K.st .. from, id)
+    redis.call('ZADD', K.st .. to, 0, id)
+  end
+  return {'applied'}
+end
 
-local r = copy(old)
-r.status = to
-r.updated_at = now
-if ARGV[5] == '1' then r.output = ARGV[6] end
-if ARGV[7] == '1' then r.error = ARGV[8] end
-local lease = ARGV[9]
-if lease == 'clear' then
-  r.lease_until = nil
-elseif lease == 'acquire' then
-  r.token = next_token(r.token, now)
-  r.lease_until = uadd(now, ARGV[10], U64_MAX)
+-- legal(), asked once per pair in a script call.
+local checked = {}
+
+local function transition(K, a)
+  local id, from, token, to = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local pair = from .. '>' .. to
+  local ok = checked[pair]
+  if ok == nil then
+    ok = legal(from, to)
+    checked[pair] = ok
+  end
+  if not ok then return {'illegal'} end
+  if ARGV[a + 18] == '1' then return apply(K, a, id, from, token, to) end
+
+  local old = load(K.rec)
+  if old == nil then return {'conflict'} end
+  -- Invariant 3 (fencing): only the holder of the current token in the
+  -- expected status may write.
+  if old.status ~= from or old.token ~= token then return {'conflict', flat(id, old)} end
+
+  local r = copy(old)
+  r.status = to
+  r.updated_at = now
+  if ARGV[a + 5] == '1' then r.output = ARGV[a + 6] end
+  if ARGV[a + 7] == '1' then r.error = ARGV[a + 8] end
+  local lease = ARGV[a + 9]
+  if lease == 'clear' then
+    r.lease_until = nil
+  elseif lease == 'acquire' then
+    r.token = next_token(r.token, now)
+    r.lease_until = uadd(now, ARGV[a + 10], U64_MAX)
+  end
+  local attempts = ARGV[a + 11]
+  if attempts == 'increment' then
+    r.attempts = uadd(r.attempts, '1', U32_MAX)
+  elseif attempts == 'set' then
+    r.attempts = ARGV[a + 12]
+  end
+  if ARGV[a + 13] == '1' then
+    if r.note ~= nil then r.note = r.note .. '\n' .. ARGV[a + 14] else r.note = ARGV[a + 14] end
+  end
+  local retry_after = ARGV[a + 15]
+  if not ACTIVE[to] then r.lease_until = nil end
+  if ACTIVE[to] then
+    r.due_at = r.lease_until or uadd(now, retry_after, U64_MAX)
+  elseif DEAD_LETTER[to] and from ~= to then
+    -- Entering a dead letter: due at once, so a reconciler raises its alert.
+    r.due_at = now
+  elseif DEAD_LETTER[to] and retry_after ~= '0' then
+    -- Its alert claimed: due again after retry_after unless acknowledged.
+    r.due_at = uadd(now, retry_after, U64_MAX)
+  else
+    r.due_at = nil
+  end
+  if FINAL[to] and ARGV[a + 16] == '1' then
+    r.expires_at = uadd(now, ARGV[a + 17], U64_MAX)
+  else
+    r.expires_at = nil
+  end
+  write(K, id, old, r)
+  if ARGV[a + 18] == '1' then return {'applied'} end
+  return {'applied', flat(id, r)}
 end
-local attempts = ARGV[11]
-if attempts == 'increment' then
-  r.attempts = uadd(r.attempts, '1', U32_MAX)
-elseif attempts == 'set' then
-  r.attempts = ARGV[12]
-end
-if ARGV[13] == '1' then
-  if r.note ~= nil then r.note = r.note .. '\n' .. ARGV[14] else r.note = ARGV[14] end
-end
-if not ACTIVE[to] then r.lease_until = nil end
-if ACTIVE[to] then
-  r.due_at = r.lease_until or uadd(now, ARGV[15], U64_MAX)
-elseif DEAD_LETTER[to] and from ~= to then
-  -- Entering a dead letter: due at once, so a reconciler raises its alert.
-  r.due_at = now
-elseif DEAD_LETTER[to] and ARGV[15] ~= '0' then
-  -- Its alert claimed: due again after retry_after unless acknowledged.
-  r.due_at = uadd(now, ARGV[15], U64_MAX)
-else
-  r.due_at = nil
-end
-if FINAL[to] and ARGV[16] == '1' then
-  r.expires_at = uadd(now, ARGV[17], U64_MAX)
-else
-  r.expires_at = nil
-end
-write(K, id, old, r)
-if ARGV[19] == '1' then return {'applied'} end
-return {'applied', flat(id, r)}

@@ -1,0 +1,215 @@
+//! Group sending of claims and transitions: the requests that wait while a
+//! script is in flight go together in its next call.
+//!
+//! Redis runs a script's commands for little, but every call of a script has
+//! a fixed cost on the server (reading the call, setting up Lua, the reply, the
+//! `MULTI`/`EXEC` around its effects in the append-only file). Under
+//! concurrency that fixed cost (and, with `appendfsync always`, the fsync
+//! after each round of the server's event loop) is what limits a single
+//! server, so a lane sends one call at a time, and the claims and transitions
+//! that arrive meanwhile share the next one. A lone request is sent at once:
+//! nothing waits for company. The script runs its requests in order, each
+//! exactly as if it had been sent alone, so grouping changes no outcome. On a
+//! single server one lane serves every bucket; on Redis Cluster a script may
+//! only touch one hash slot, so there is a lane per bucket.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ::redis::{Arg, Cmd, RedisError, Value};
+use tokio::sync::oneshot;
+
+use super::RedisStore;
+use super::scripts::ScriptCall;
+
+/// The most requests one script call carries.
+const MAX_GROUP: usize = 64;
+/// The most calls of one lane in flight at once.
+const IN_FLIGHT: usize = 2;
+
+/// Why a request got no reply of its own.
+#[derive(Clone, Debug)]
+pub(super) enum Failure {
+    /// The call failed; every request in it gets the same error.
+    Redis(Arc<RedisError>),
+    /// The call (or the wait for it) took longer than the store's timeout.
+    Timeout,
+    /// The reply did not have one item per request.
+    Reply(Value),
+    /// The task sending the call was stopped (its runtime shut down).
+    Abandoned,
+}
+
+/// One request: its bucket, its record key and its arguments (its share of
+/// `ARGV`, in the script's order: what it is, its bucket's status-set prefix,
+/// then its own).
+pub(super) struct Job {
+    pub(super) bucket: u16,
+    pub(super) record_key: String,
+    pub(super) args: Cmd,
+    reply: oneshot::Sender<Result<Value, Failure>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Calls of this lane in flight (their senders take the queue next).
+    in_flight: usize,
+    queue: Vec<Job>,
+}
+
+/// The lane of one bucket, or of all of them.
+#[derive(Default)]
+pub(super) struct Lane {
+    state: Mutex<State>,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a flag and a queue, consistent after every statement:
+        // a panic elsewhere while it was held leaves nothing to repair.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every lane of a store.
+pub(super) struct Lanes {
+    lanes: Vec<Lane>,
+    per_bucket: bool,
+}
+
+impl Lanes {
+    /// One lane, or with `per_bucket` one per bucket.
+    pub(super) fn new(buckets: u16, per_bucket: bool) -> Self {
+        let lanes = if per_bucket { usize::from(buckets) } else { 1 };
+        Lanes {
+            lanes: (0..lanes).map(|_| Lane::default()).collect(),
+            per_bucket,
+        }
+    }
+
+    fn get(&self, bucket: u16) -> &Lane {
+        if self.per_bucket {
+            &self.lanes[usize::from(bucket)]
+        } else {
+            &self.lanes[0]
+        }
+    }
+}
+
+/// Sends `args` for `record_key` through the lane of `bucket`, and waits (at
+/// most the store's timeout) for its own item of the reply.
+pub(super) async fn send(
+    store: &RedisStore,
+    bucket: u16,
+    record_key: String,
+    args: Cmd,
+) -> Result<Value, Failure> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        bucket,
+        record_key,
+        args,
+        reply,
+    };
+    let lead = {
+        let mut state = store.inner.lanes.get(bucket).lock();
+        if state.in_flight >= IN_FLIGHT {
+            state.queue.push(job);
+            None
+        } else {
+            state.in_flight += 1;
+            Some(job)
+        }
+    };
+    if let Some(job) = lead {
+        // Sent from a task of its own, so a caller that stops waiting does
+        // not strand the requests queued behind its call.
+        tokio::spawn(drive(store.clone(), bucket, vec![job]));
+    }
+    match tokio::time::timeout(store.inner.timeout, answer).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(Failure::Abandoned),
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+/// Frees the lane if the sending task stops before it does (its runtime shut
+/// down): the queued requests then fail as abandoned instead of waiting.
+struct Release<'a> {
+    lane: &'a Lane,
+    armed: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.lane.lock();
+            state.in_flight -= 1;
+            if state.in_flight == 0 {
+                state.queue.clear();
+            }
+        }
+    }
+}
+
+/// Sends `jobs`, then whatever queued meanwhile, until the lane is empty.
+async fn drive(store: RedisStore, bucket: u16, mut jobs: Vec<Job>) {
+    let lane = store.inner.lanes.get(bucket);
+    let mut release = Release { lane, armed: true };
+    loop {
+        let requests = jobs
+            .iter()
+            .map(|j| (j.bucket, j.record_key.as_str(), &j.args));
+        let call = store.group_call(requests);
+        let result = store.invoke_raw(&call).await;
+        answer(jobs, result);
+        // Let the callers just answered run first: most send their next
+        // request at once, and it can go in the next call.
+        tokio::task::yield_now().await;
+        let mut state = lane.lock();
+        if state.queue.is_empty() {
+            state.in_flight -= 1;
+            release.armed = false;
+            return;
+        }
+        let take = state.queue.len().min(MAX_GROUP);
+        jobs = state.queue.drain(..take).collect();
+    }
+}
+
+/// Hands each job its item of the reply.
+fn answer(jobs: Vec<Job>, result: Result<Value, Failure>) {
+    match result {
+        Ok(Value::Array(items)) if items.len() == jobs.len() => {
+            for (job, item) in jobs.into_iter().zip(items) {
+                // A caller that stopped waiting has dropped its receiver.
+                let _ = job.reply.send(Ok(item));
+            }
+        }
+        Ok(other) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(Failure::Reply(other.clone())));
+            }
+        }
+        Err(failure) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(failure.clone()));
+            }
+        }
+    }
+}
+
+/// Appends a request's arguments to `call`: its operation, its bucket's
+/// status-set prefix, then the rest.
+pub(super) fn append_args(call: &mut ScriptCall, args: &Cmd, status_prefix: &str) {
+    let mut args = args.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        Arg::Cursor => None,
+    });
+    if let Some(op) = args.next() {
+        call.arg(op);
+    }
+    call.arg(status_prefix);
+    for bytes in args {
+        call.arg(bytes);
+    }
+}

@@ -1,0 +1,34 @@
+-- The state changes sent together (see lane.rs): claims and transitions of
+-- any number of records, run in order, each exactly as if it had been sent
+-- alone (a later one sees what an earlier one wrote).
+-- KEYS: 4 per operation: its record, then due, exp and wf of its bucket
+-- ARGV: per operation: 'claim' or 'transition', the prefix of its bucket's
+--       status sets, then its 8 (claim) or 18 (transition) arguments
+-- Returns one reply per operation, as claim() or transition() answers, or
+-- {'error', message} for one that failed (a command refused, e.g. on a
+-- damaged record): the others are not held back by it.
+local out = {}
+local a = 0
+for i = 1, #KEYS / 4 do
+  local k = (i - 1) * 4
+  local K = {rec = KEYS[k + 1], due = KEYS[k + 2], exp = KEYS[k + 3], wf = KEYS[k + 4], st = ARGV[a + 2]}
+  local ok, reply
+  if ARGV[a + 1] == 'claim' then
+    ok, reply = pcall(claim, K, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6],
+      ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10])
+    a = a + 10
+  elseif ARGV[a + 1] == 'transition' then
+    ok, reply = pcall(transition, K, a + 2)
+    a = a + 20
+  else
+    return redis.error_reply('tempox: unknown operation ' .. tostring(ARGV[a + 1]))
+  end
+  if ok then
+    out[i] = reply
+  else
+    -- redis.call raises a table with the server's error in err.
+    if type(reply) == 'table' then reply = reply.err end
+    out[i] = {'error', tostring(reply)}
+  end
+end
+return out
