@@ -31,6 +31,14 @@
 //!   call that write one small key each, the most any design with two
 //!   writing round trips per fresh call can do on this server and disk.
 //!
+//! With `--powertools` (Redis only; needs CPython 3 and PyPI the first time):
+//! AWS Powertools for Python's idempotency utility with its Redis layer
+//! (`benches/powertools/driver.py`, pinned in `requirements.txt`, installed in
+//! a virtual environment under `target/`) on the same server, fresh keys, one
+//! and eight processes; then tempox's fresh calls at concurrency 64 against
+//! five times the eight-process figure (target `>= 1.0`), the issue's
+//! comparison made on this machine rather than quoted from another.
+//!
 //! Ratios are what to compare across machines; absolute figures depend on the
 //! disk and on what else runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -61,11 +69,14 @@ async fn call(key: u64, payload: &str) -> Result<u64, LoadError> {
 struct Args {
     stores: Vec<String>,
     seconds: f64,
+    /// Also measure AWS Powertools for Python on the same Redis server.
+    powertools: bool,
 }
 
 fn args() -> Args {
     let mut stores = vec!["sqlite".to_owned()];
     let mut seconds = 3.0;
+    let mut powertools = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -76,14 +87,21 @@ fn args() -> Args {
                     .and_then(|s| s.parse().ok())
                     .expect("--seconds needs a number")
             }
+            "--powertools" => powertools = true,
             "--bench" => {}
-            other => panic!("unknown argument {other}; use --store sqlite|redis|all, --seconds N"),
+            other => panic!(
+                "unknown argument {other}; use --store sqlite|redis|all, --seconds N, --powertools"
+            ),
         }
     }
     if stores == ["all"] {
         stores = vec!["sqlite".into(), "redis".into()];
     }
-    Args { stores, seconds }
+    Args {
+        stores,
+        seconds,
+        powertools,
+    }
 }
 
 /// Runs `concurrency` tasks calling `f(task, i)` until `seconds` pass; calls/s.
@@ -278,7 +296,7 @@ fn main() {
         match store.as_str() {
             "sqlite" => tokio.block_on(sqlite(args.seconds)),
             #[cfg(feature = "redis")]
-            "redis" => tokio.block_on(redis_rows::redis(args.seconds)),
+            "redis" => tokio.block_on(redis_rows::redis(args.seconds, args.powertools)),
             #[cfg(not(feature = "redis"))]
             "redis" => println!("redis: skipped, build with `--features redis`"),
             other => panic!("unknown store {other}"),
@@ -290,6 +308,7 @@ fn main() {
 mod redis_rows {
     //! The Redis rows: tempox on `RedisStore` next to the same scripts sent raw.
 
+    use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -325,7 +344,8 @@ mod redis_rows {
 
     /// Every row on a server with `appendfsync always` (what the store's
     /// guarantees need), then again on a new one with `everysec`.
-    pub(super) async fn redis(seconds: f64) {
+    pub(super) async fn redis(seconds: f64, powertools: bool) {
+        let python = powertools.then(powertools_python);
         for fsync in ["always", "everysec"] {
             let server = RedisServer::start();
             if fsync != "always" {
@@ -348,8 +368,97 @@ mod redis_rows {
             } else {
                 format!("redis/{mode}")
             };
-            one_server(&server, &label, seconds).await;
+            let fresh64 = one_server(&server, &label, seconds).await;
+            if let Some(python) = &python {
+                powertools_rows(&server, &label, python, fresh64, seconds);
+            }
         }
+    }
+
+    /// The baseline's Python: a virtual environment under `target/` with the
+    /// pinned packages of `benches/powertools/requirements.txt`, made on first
+    /// use (it needs PyPI).
+    fn powertools_python() -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let venv = dir.join("target/powertools-venv");
+        let python = venv.join("bin/python");
+        let requirements = dir.join("benches/powertools/requirements.txt");
+        let run = |cmd: &mut Command, what: &str| {
+            let status = cmd.status().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(status.success(), "{what} failed: {status}");
+        };
+        if !python.exists() {
+            run(
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+                "python3 -m venv (the baseline needs CPython 3 with venv)",
+            );
+        }
+        run(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "-q", "-r"])
+                .arg(&requirements),
+            "pip install -r benches/powertools/requirements.txt",
+        );
+        python
+    }
+
+    /// AWS Powertools for Python's idempotency utility with its Redis layer on
+    /// this server, fresh keys, 1 and 8 processes; then tempox's fresh calls
+    /// at concurrency 64 against five times the 8-process figure.
+    fn powertools_rows(
+        server: &RedisServer,
+        label: &str,
+        python: &Path,
+        fresh64: f64,
+        seconds: f64,
+    ) {
+        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/powertools/driver.py");
+        let rate = |processes: u32| -> f64 {
+            let out = Command::new(python)
+                .arg(&driver)
+                .args([
+                    server.port().to_string(),
+                    processes.to_string(),
+                    seconds.to_string(),
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run the Powertools driver");
+            assert!(
+                out.status.success(),
+                "the Powertools driver failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let (one, eight) = (rate(1), rate(8));
+        row_note(
+            label,
+            "powertools",
+            1,
+            one,
+            one,
+            None,
+            "AWS Powertools (Python) idempotency, Redis layer, fresh keys, 1 process",
+        );
+        row_note(
+            label,
+            "powertools",
+            8,
+            eight,
+            eight,
+            None,
+            "the same with 8 processes",
+        );
+        row_note(
+            label,
+            "fresh",
+            64,
+            fresh64,
+            5.0 * eight,
+            Some(1.0),
+            "tempox in one process against 5 x Powertools with 8 processes, same server, same run",
+        );
     }
 
     /// `CONFIG GET <name>`'s value.
@@ -444,7 +553,8 @@ mod redis_rows {
         }
     }
 
-    async fn one_server(server: &RedisServer, label: &str, seconds: f64) {
+    /// Every row on `server`; tempox's fresh calls/s at concurrency 64.
+    async fn one_server(server: &RedisServer, label: &str, seconds: f64) -> f64 {
         let url = server.url();
         let store = RedisStore::connect(&url).await.unwrap();
         let rt = Runtime::builder().store(store.clone()).build().unwrap();
@@ -575,6 +685,7 @@ mod redis_rows {
             "{label:<width$} tempox fresh c64: {fresh_usage}",
             width = super::STORE
         );
+        fresh64
     }
 
     /// Two scripts per call, each setting one small key; calls/s.
