@@ -366,6 +366,91 @@ async fn a_refused_record_fails_alone_among_the_requests_sent_with_it() {
     assert!(calls < 50, "{calls} script calls for 205 claims");
 }
 
+/// A server turned into a read-only replica (as after a failover) makes
+/// claims and transitions fail as unavailable, like any call to it, not as a
+/// fault of one record; once it takes writes again, so does the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_is_unavailable_not_a_bad_record() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    let held = claim_request("before-failover");
+    let token = match store.claim(&held).await.unwrap() {
+        Claimed::Acquired { record, .. } => record.token,
+        other => panic!("{other:?}"),
+    };
+    // A master on a loopback port nobody listens on: the server stays a
+    // read-only replica of nothing.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nobody.local_addr().unwrap().port().to_string();
+    drop(nobody);
+    server.cli(&["REPLICAOF", "127.0.0.1", &port]);
+    let reqs: Vec<ClaimRequest> = (0..10)
+        .map(|i| claim_request(&format!("during-failover-{i}")))
+        .collect();
+    for claimed in futures_join_all(reqs.iter().map(|r| store.claim(r))).await {
+        let err = claimed.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(err.to_string().contains("read only replica"), "{err}");
+    }
+    let mut done =
+        tempox::record::Transition::new(held.id.clone(), Status::Pending, token, Status::Completed);
+    done.output = Some(b"\"ok\"".to_vec().into());
+    let err = store.apply(&done).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    server.cli(&["REPLICAOF", "NO", "ONE"]);
+    assert!(store.apply(&done).await.unwrap());
+    for req in &reqs {
+        assert!(matches!(
+            store.claim(req).await.unwrap(),
+            Claimed::Acquired { .. }
+        ));
+    }
+}
+
+/// Calls made from a runtime that is then left idle (a blocking wrapper
+/// around `block_on`) hold up no other caller: the store sends its calls from
+/// the runtime it connected on, never from a caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_runtime_left_idle_holds_up_nobody() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    let elsewhere = store.clone();
+    let idle = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for i in 0..50 {
+            let (a, b) = (
+                claim_request(&format!("idle-a-{i}")),
+                claim_request(&format!("idle-b-{i}")),
+            );
+            let (a, b) =
+                rt.block_on(async { tokio::join!(elsewhere.claim(&a), elsewhere.claim(&b)) });
+            a.unwrap();
+            b.unwrap();
+        }
+        // Kept, not driven again.
+        rt
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        let req = claim_request(&format!("here-{i}"));
+        assert!(matches!(
+            store.claim(&req).await.unwrap(),
+            Claimed::Acquired { .. }
+        ));
+    }
+    tokio::task::spawn_blocking(move || drop(idle))
+        .await
+        .unwrap();
+}
+
 /// Runs `futures` concurrently on this task, their outputs in order.
 async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();

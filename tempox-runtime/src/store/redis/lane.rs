@@ -6,12 +6,17 @@
 //! `MULTI`/`EXEC` around its effects in the append-only file). Under
 //! concurrency that fixed cost (and, with `appendfsync always`, the fsync
 //! after each round of the server's event loop) is what limits a single
-//! server, so a lane sends one call at a time, and the claims and transitions
-//! that arrive meanwhile share the next one. A lone request is sent at once:
-//! nothing waits for company. The script runs its requests in order, each
-//! exactly as if it had been sent alone, so grouping changes no outcome. On a
-//! single server one lane serves every bucket; on Redis Cluster a script may
-//! only touch one hash slot, so there is a lane per bucket.
+//! server, so a lane keeps at most two calls in flight, and the claims and
+//! transitions that arrive meanwhile share the next one. A request that finds
+//! a free slot is sent at once: nothing waits for company. The script runs its
+//! requests in order, each exactly as if it had been sent alone, so grouping
+//! changes no outcome. On a single server one lane serves every bucket; on
+//! Redis Cluster a script may only touch one hash slot, so there is a lane per
+//! bucket.
+//!
+//! The calls are sent from tasks on the runtime the store connected on (which
+//! also drives its connection), never on a caller's: a caller's runtime may be
+//! left idle once its own answer is in, and must not hold up anyone else's.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,13 +40,14 @@ pub(super) enum Failure {
     Timeout,
     /// The reply did not have one item per request.
     Reply(Value),
-    /// The task sending the call was stopped (its runtime shut down).
+    /// The call was never sent or its answer never came back: the task
+    /// sending it stopped (the store's runtime shut down).
     Abandoned,
 }
 
 /// One request: its bucket, its record key and its arguments (its share of
-/// `ARGV`, in the script's order: what it is, its bucket's status-set prefix,
-/// then its own).
+/// `ARGV` in the script's order, but for its bucket's status-set prefix,
+/// which [`append_args`] puts second).
 pub(super) struct Job {
     pub(super) bucket: u16,
     pub(super) record_key: String,
@@ -121,9 +127,16 @@ pub(super) async fn send(
         }
     };
     if let Some(job) = lead {
+        // The slot is the guard's from here: if the task never runs (its
+        // runtime is shutting down), dropping it unpolled gives the slot back.
+        let slot = Slot {
+            store: store.clone(),
+            bucket,
+            held: true,
+        };
         // Sent from a task of its own, so a caller that stops waiting does
         // not strand the requests queued behind its call.
-        tokio::spawn(drive(store.clone(), bucket, vec![job]));
+        store.inner.runtime.spawn(drive(slot, vec![job]));
     }
     match tokio::time::timeout(store.inner.timeout, answer).await {
         Ok(Ok(reply)) => reply,
@@ -132,17 +145,26 @@ pub(super) async fn send(
     }
 }
 
-/// Frees the lane if the sending task stops before it does (its runtime shut
-/// down): the queued requests then fail as abandoned instead of waiting.
-struct Release<'a> {
-    lane: &'a Lane,
-    armed: bool,
+/// A lane's in-flight slot, held by the task sending on it. Given back when
+/// that task stops for any reason other than an empty queue (its runtime shut
+/// down before or while it ran, a panic): if no other call is in flight, the
+/// queued requests then fail as abandoned instead of waiting for nobody.
+struct Slot {
+    store: RedisStore,
+    bucket: u16,
+    held: bool,
 }
 
-impl Drop for Release<'_> {
+impl Slot {
+    fn lane(&self) -> &Lane {
+        self.store.inner.lanes.get(self.bucket)
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        if self.armed {
-            let mut state = self.lane.lock();
+        if self.held {
+            let mut state = self.lane().lock();
             state.in_flight -= 1;
             if state.in_flight == 0 {
                 state.queue.clear();
@@ -152,23 +174,25 @@ impl Drop for Release<'_> {
 }
 
 /// Sends `jobs`, then whatever queued meanwhile, until the lane is empty.
-async fn drive(store: RedisStore, bucket: u16, mut jobs: Vec<Job>) {
-    let lane = store.inner.lanes.get(bucket);
-    let mut release = Release { lane, armed: true };
+async fn drive(mut slot: Slot, mut jobs: Vec<Job>) {
     loop {
         let requests = jobs
             .iter()
             .map(|j| (j.bucket, j.record_key.as_str(), &j.args));
-        let call = store.group_call(requests);
-        let result = store.invoke_raw(&call).await;
+        let call = slot.store.group_call(requests);
+        let result = slot.store.invoke_raw(&call).await;
         answer(jobs, result);
         // Let the callers just answered run first: most send their next
         // request at once, and it can go in the next call.
         tokio::task::yield_now().await;
-        let mut state = lane.lock();
+        let mut state = slot.lane().lock();
+        // A request whose caller stopped waiting (timed out, or dropped the
+        // call) while it queued is not sent: nobody would learn its outcome.
+        state.queue.retain(|job| !job.reply.is_closed());
         if state.queue.is_empty() {
             state.in_flight -= 1;
-            release.armed = false;
+            drop(state);
+            slot.held = false;
             return;
         }
         let take = state.queue.len().min(MAX_GROUP);

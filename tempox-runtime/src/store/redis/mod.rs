@@ -156,6 +156,8 @@ struct Inner {
     keys: Vec<Keys>,
     /// Where claims and transitions wait to be sent together.
     lanes: Lanes,
+    /// The runtime the store connected on, which sends the lanes' calls.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The two kinds of connection, both reconnecting by themselves. Cloned per call.
@@ -294,13 +296,22 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
-    ///   prefix, 0 or more than 16384 buckets, or a zero timeout.
+    ///   prefix, 0 or more than 16384 buckets, a zero timeout, or no Tokio
+    ///   runtime to connect on (the store's connection and the tasks that
+    ///   send its calls run on the runtime it connected on).
     /// - [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]: the
     ///   server cannot be reached.
     /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
     ///   with another number of buckets or another layout version.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         self.validate()?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                "a RedisStore connects from within a Tokio runtime, which then drives its \
+                 connection and sends its calls",
+            ));
+        };
         let target = self.target()?;
         let deadline = self.connection_timeout + self.response_timeout;
         let connecting = async {
@@ -351,6 +362,7 @@ impl RedisStoreBuilder {
                     .collect(),
                 prefix: self.prefix,
                 lanes: Lanes::new(self.buckets, self.cluster),
+                runtime,
                 buckets: self.buckets,
                 timeout: self.response_timeout,
             }),
@@ -1352,8 +1364,9 @@ pub mod bench {
     use super::RedisStore;
     use crate::record::{ClaimRequest, Transition};
 
-    /// The claim script and the `EVALSHA` command that
-    /// [`Store::claim`](crate::store::Store::claim) sends for `req`.
+    /// The operations script and the `EVALSHA` command that
+    /// [`Store::claim`](crate::store::Store::claim) sends for `req` when it
+    /// goes alone (under load, several requests share one call).
     pub fn claim(store: &RedisStore, req: &ClaimRequest) -> (&'static Script, Cmd) {
         let args = RedisStore::claim_args(req);
         let key = store.record_key(&req.id);
@@ -1361,9 +1374,9 @@ pub mod bench {
         (call.script, call.cmd)
     }
 
-    /// The transition script and the `EVALSHA` command that
+    /// The operations script and the `EVALSHA` command that
     /// [`Store::apply`](crate::store::Store::apply) sends for `t` (how a call
-    /// records its outcome).
+    /// records its outcome) when it goes alone.
     pub fn transition(store: &RedisStore, t: &Transition) -> (&'static Script, Cmd) {
         let args = RedisStore::transition_args(t, true);
         let key = store.record_key(&t.id);

@@ -5,8 +5,13 @@
 -- ARGV: per operation: 'claim' or 'transition', the prefix of its bucket's
 --       status sets, then its 8 (claim) or 18 (transition) arguments
 -- Returns one reply per operation, as claim() or transition() answers, or
--- {'error', message} for one that failed (a command refused, e.g. on a
--- damaged record): the others are not held back by it.
+-- {'error', message} for one whose record or arguments a command refused
+-- (e.g. a damaged record): the others are not held back by it. An error of
+-- the server's state fails the whole call.
+-- Errors of redis.call that are about the record or the arguments (a key of
+-- another type, a damaged number): they fail their operation alone.
+local RECORD_ERRORS = {WRONGTYPE = true, ERR = true}
+
 local out = {}
 local a = 0
 for i = 1, #KEYS / 4 do
@@ -26,9 +31,18 @@ for i = 1, #KEYS / 4 do
   if ok then
     out[i] = reply
   else
-    -- redis.call raises a table with the server's error in err.
-    if type(reply) == 'table' then reply = reply.err end
-    out[i] = {'error', tostring(reply)}
+    -- redis.call raises a table with the server's error in err, or the
+    -- server's message itself; Lua raises 'user_script:<line>: ...'.
+    local message = reply
+    if type(reply) == 'table' then message = reply.err end
+    message = tostring(message)
+    local code = string.match(message, '^%u+')
+    if code ~= nil and not RECORD_ERRORS[code] then
+      -- The server's state, not this record, refused (READONLY after a
+      -- failover, OOM, ...): the whole call fails with it, as any call would.
+      return redis.error_reply(message)
+    end
+    out[i] = {'error', message}
   end
 end
 return out

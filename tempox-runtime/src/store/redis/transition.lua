@@ -6,8 +6,8 @@
 -- attempts (keep | increment | set), attempts_n, has_note, note,
 -- retry_after_ms, has_retention, retention_ms,
 -- quiet ('1': the caller does not need the record written)
--- Returns {'illegal'}, {'conflict'} (no record), {'conflict', record} or
--- {'applied', record} ({'applied'} when quiet).
+-- Returns {'illegal'}, {'conflict'} (no record, or quiet), {'conflict',
+-- record} or {'applied', record} ({'applied'} when quiet).
 
 -- The fields a quiet transition reads: the pair it compares, and those it
 -- computes from or keeps indexes of.
@@ -37,7 +37,7 @@ local function apply(K, a, id, from, token, to)
   end
   local attempts = ARGV[a + 11]
   if attempts == 'increment' then
-    set[#set + 1] = 'attempts'; set[#set + 1] = uadd(old.attempts or '0', '1', U32_MAX)
+    set[#set + 1] = 'attempts'; set[#set + 1] = uadd(old.attempts, '1', U32_MAX)
   elseif attempts == 'set' then
     set[#set + 1] = 'attempts'; set[#set + 1] = ARGV[a + 12]
   end
