@@ -10,7 +10,7 @@ use tempox::record::{ClaimRequest, Claimed, OnExpired};
 use tempox::store::{RedisStore, Store};
 use tempox::{Error, Fingerprint, Key, Kind, RecordId, Runtime, Status, StoreErrorKind};
 
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -220,6 +220,111 @@ async fn killed_server_under_load_loses_nothing_and_comes_back() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// One master of a three-master Redis Cluster killed (no replica to take its
+/// slots over) and restarted with its data: while it is down, calls whose
+/// bucket it serves fail as `Store` errors and the others go on; once it is
+/// back, the same runtime serves every bucket again, nothing completed is
+/// lost, and no body runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_and_restarted_loses_nothing() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::cluster_builder(&urls)
+        .prefix("cluster-fault")
+        .response_timeout(Duration::from_secs(1))
+        .connection_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let rt = Runtime::builder().store(store.clone()).build().unwrap();
+    let call = |key: String| rt.scope(work(key));
+    let keys =
+        |phase: &str| -> Vec<String> { (0..48).map(|i| format!("cluster-{phase}-{i}")).collect() };
+
+    let before = keys("before");
+    for r in futures_join_all(before.iter().cloned().map(call)).await {
+        r.unwrap();
+    }
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill(0);
+        cluster
+    })
+    .await
+    .unwrap();
+    // Each key is tried until it succeeds or 4 s pass: the client may fail a
+    // first round of calls everywhere while it learns that a node is gone.
+    let during = keys("during");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let attempts = during.iter().map(|key| async move {
+        loop {
+            match call(key.clone()).await {
+                Ok(out) => return Ok(out),
+                Err(FaultError::Tempox(Error::Store { source })) => {
+                    assert!(source.is_unavailable() || source.is_timeout(), "{source:?}");
+                    if Instant::now() > deadline {
+                        return Err(source);
+                    }
+                }
+                Err(other) => panic!("a call during the outage returned {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let results = futures_join_all(attempts).await;
+    let failed: Vec<&String> = during
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_err())
+        .map(|(k, _)| k)
+        .collect();
+    // 16 buckets over three masters: some are the dead one's, most are not.
+    assert!(
+        !failed.is_empty() && failed.len() < during.len(),
+        "{failed:?}"
+    );
+
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart(0);
+        cluster
+    })
+    .await
+    .unwrap();
+    // The store finds the node again by itself; calls succeed within seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for key in &failed {
+        loop {
+            match call((*key).clone()).await {
+                Ok(out) => {
+                    assert_eq!(out, format!("done {key}"));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "{key} still failing: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for key in before.iter().chain(&during) {
+        assert_eq!(call(key.clone()).await.unwrap(), format!("done {key}"));
+        let record = store.get(&record_id(key)).await.unwrap().expect("kept");
+        assert_eq!(record.status, Status::Completed, "{key}");
+    }
+    let runs: Vec<Option<u32>> = {
+        let runs = RUNS.lock().unwrap();
+        before
+            .iter()
+            .chain(&during)
+            .map(|k| runs.get(k).copied())
+            .collect()
+    };
+    assert!(runs.iter().all(|n| *n == Some(1)), "{runs:?}");
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }
 
 fn claim_request(key: &str) -> ClaimRequest {

@@ -289,8 +289,15 @@ impl RedisCluster {
                 cluster.logs()
             );
         }
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok`; panics with the logs
+    /// after 20 s.
+    fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster
+        while !self
             .nodes
             .iter()
             .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
@@ -298,12 +305,24 @@ impl RedisCluster {
             if Instant::now() > deadline {
                 panic!(
                     "the redis cluster never reached cluster_state:ok\n{}",
-                    cluster.logs()
+                    self.logs()
                 );
             }
             sleep(Duration::from_millis(20));
         }
-        cluster
+    }
+
+    /// Kills node `i` (SIGKILL, as a crash would); its data directory (AOF,
+    /// `nodes.conf`) stays for [`restart`](Self::restart).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on its port with its data, and waits until every
+    /// node says `cluster_state:ok`.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.wait_ok();
     }
 
     /// `redis://127.0.0.1:<port>/` of every node.

@@ -1064,7 +1064,11 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             | ErrorKind::TryAgain
             | ErrorKind::BusyLoadingError
             | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::ReadOnly => StoreErrorKind::Unavailable,
+            | ErrorKind::ReadOnly
+            // A redirection left over once the client's retries are spent:
+            // the slot's owner is moving or out of reach.
+            | ErrorKind::Moved
+            | ErrorKind::Ask => StoreErrorKind::Unavailable,
             ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
             _ => StoreErrorKind::Other,
         }
