@@ -15,13 +15,15 @@
 //! - Redis: the bench starts its own `redis-server` on a free 127.0.0.1 port
 //!   (AOF, `appendfsync always` as the store's durability needs; then the same
 //!   rows again on a new server with `appendfsync everysec`, labelled, to show
-//!   how much of the cost is the disk). Raw: the store's own scripts with the
-//!   exact keys and arguments it sends, sent straight through the redis client
-//!   (a `ConnectionManager` configured as the store's, the same concurrency):
-//!   fresh = the claim script then the completing transition per key, replay =
-//!   the claim script on a completed key; the commands come from the store's
-//!   own builders (`tempox::store::redis_bench`, benchmark-only). Targets: both
-//!   `>= 0.7` of raw. Then, as information: the server's limit,
+//!   how much of the cost is the disk). Raw: the store's own script with the
+//!   exact keys and arguments it sends for one request, sent straight through
+//!   the redis client, one call per request (a `ConnectionManager` configured
+//!   as the store's, the same concurrency): fresh = a claim then the
+//!   completing transition per key, replay = a claim of a completed key; the
+//!   commands come from the store's own builders (`tempox::store::redis_bench`,
+//!   benchmark-only). tempox itself sends the requests that meet in flight
+//!   together in one call, so under concurrency it can beat this raw rate.
+//!   Targets: both `>= 0.7` of raw. Then, as information: the server's limit,
 //!   `redis-benchmark -c 64 -P 16` of that replay `EVALSHA`, with tempox as a
 //!   fraction of it; the absolute target (`>= 47000` fresh calls/s at
 //!   concurrency 64, five times AWS Powertools' Python utility with eight
