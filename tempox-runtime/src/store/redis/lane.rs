@@ -14,9 +14,9 @@
 //! Redis Cluster a script may only touch one hash slot, so there is a lane per
 //! bucket.
 //!
-//! The calls are sent from tasks on the runtime the store connected on (which
-//! also drives its connection), never on a caller's: a caller's runtime may be
-//! left idle once its own answer is in, and must not hold up anyone else's.
+//! The calls are sent from tasks on the store's own runtime (which also drives
+//! its connection), never on a caller's: a caller's runtime may be left idle
+//! once its own answer is in, or shut down, and must hold up nobody else.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,8 +40,8 @@ pub(super) enum Failure {
     Timeout,
     /// The reply did not have one item per request.
     Reply(Value),
-    /// The call was never sent or its answer never came back: the task
-    /// sending it stopped (the store's runtime shut down).
+    /// The call was never sent or its answer never came back: the store's
+    /// runtime stopped (the store was being dropped).
     Abandoned,
 }
 
@@ -127,8 +127,9 @@ pub(super) async fn send(
         }
     };
     if let Some(job) = lead {
-        // The slot is the guard's from here: if the task never runs (its
-        // runtime is shutting down), dropping it unpolled gives the slot back.
+        // The slot is the guard's from here: if the task never runs (the
+        // store's runtime is stopping), dropping it unpolled gives the slot
+        // back.
         let slot = Slot {
             store: store.clone(),
             bucket,
@@ -136,7 +137,7 @@ pub(super) async fn send(
         };
         // Sent from a task of its own, so a caller that stops waiting does
         // not strand the requests queued behind its call.
-        store.inner.runtime.spawn(drive(slot, vec![job]));
+        store.inner.driver.spawn(drive(slot, vec![job]));
     }
     match tokio::time::timeout(store.inner.timeout, answer).await {
         Ok(Ok(reply)) => reply,
@@ -146,9 +147,10 @@ pub(super) async fn send(
 }
 
 /// A lane's in-flight slot, held by the task sending on it. Given back when
-/// that task stops for any reason other than an empty queue (its runtime shut
-/// down before or while it ran, a panic): if no other call is in flight, the
-/// queued requests then fail as abandoned instead of waiting for nobody.
+/// that task stops for any reason other than an empty queue (the store's
+/// runtime stopped before or while it ran, a panic): if no other call is in
+/// flight, the queued requests then fail as abandoned instead of waiting for
+/// nobody.
 struct Slot {
     store: RedisStore,
     bucket: u16,
@@ -180,7 +182,7 @@ async fn drive(mut slot: Slot, mut jobs: Vec<Job>) {
             .iter()
             .map(|j| (j.bucket, j.record_key.as_str(), &j.args));
         let call = slot.store.group_call(requests);
-        let result = slot.store.invoke_raw(&call).await;
+        let result = slot.store.invoke_raw(call).await;
         answer(jobs, result);
         // Let the callers just answered run first: most send their next
         // request at once, and it can go in the next call.

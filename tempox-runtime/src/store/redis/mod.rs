@@ -156,8 +156,48 @@ struct Inner {
     keys: Vec<Keys>,
     /// Where claims and transitions wait to be sent together.
     lanes: Lanes,
-    /// The runtime the store connected on, which sends the lanes' calls.
-    runtime: tokio::runtime::Handle,
+    /// The store's own runtime, which drives its connection and sends every
+    /// request.
+    driver: Driver,
+}
+
+/// The store's own runtime, on a thread of its own: it drives the connection
+/// (reconnects included) and sends every request, so that no caller's
+/// runtime, which may be left idle or shut down, holds up anyone else.
+/// Stopped when the last clone of the store is dropped.
+struct Driver {
+    handle: tokio::runtime::Handle,
+    /// Dropping it ends the thread, which drops the runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Driver {
+    fn start() -> std::io::Result<Driver> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("tempox-redis".into())
+            .spawn(move || {
+                // Returns when the sender is dropped; the runtime is then
+                // dropped here, outside any async context.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Driver {
+            handle,
+            _stop: stop,
+        })
+    }
+
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
 }
 
 /// The two kinds of connection, both reconnecting by themselves. Cloned per call.
@@ -297,51 +337,65 @@ impl RedisStoreBuilder {
     /// # Errors
     /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
     ///   prefix, 0 or more than 16384 buckets, a zero timeout, or no Tokio
-    ///   runtime to connect on (the store's connection and the tasks that
-    ///   send its calls run on the runtime it connected on).
+    ///   runtime to connect from.
     /// - [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]: the
     ///   server cannot be reached.
     /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
     ///   with another number of buckets or another layout version.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         self.validate()?;
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError::new(
                 StoreErrorKind::Invalid,
-                "a RedisStore connects from within a Tokio runtime, which then drives its \
-                 connection and sends its calls",
+                "a RedisStore connects from within a Tokio runtime",
             ));
-        };
+        }
         let target = self.target()?;
+        let driver = Driver::start().map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                format!("could not start the thread of the store for redis at {target}: {e}"),
+            )
+        })?;
         let deadline = self.connection_timeout + self.response_timeout;
-        let connecting = async {
-            if self.cluster {
-                let client = ClusterClient::builder(self.urls.clone())
-                    .connection_timeout(self.connection_timeout)
-                    .response_timeout(self.response_timeout)
+        let (urls, cluster) = (self.urls.clone(), self.cluster);
+        let (connection_timeout, response_timeout) =
+            (self.connection_timeout, self.response_timeout);
+        // Made on the store's runtime, which then drives the connection.
+        let connecting = driver.spawn(async move {
+            if cluster {
+                let client = ClusterClient::builder(urls)
+                    .connection_timeout(connection_timeout)
+                    .response_timeout(response_timeout)
                     .retries(3)
                     .min_retry_wait(10)
                     .max_retry_wait(500)
                     .build()?;
                 client.get_async_connection().await.map(Conn::Cluster)
             } else {
-                let url = self.urls.first().map_or("", String::as_str);
+                let url = urls.first().map_or("", String::as_str);
                 let client = ::redis::Client::open(url)?;
                 // No reconnection retries inside the manager: a call made while
                 // the server is away fails at once, and the next one tries again.
                 let config = ConnectionManagerConfig::new()
                     .set_number_of_retries(0)
-                    .set_connection_timeout(self.connection_timeout)
-                    .set_response_timeout(self.response_timeout);
+                    .set_connection_timeout(connection_timeout)
+                    .set_response_timeout(response_timeout);
                 ConnectionManager::new_with_config(client, config)
                     .await
                     .map(Conn::Single)
             }
-        };
+        });
         let conn = match tokio::time::timeout(deadline, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
+            Ok(Ok(Ok(conn))) => conn,
+            Ok(Ok(Err(e))) => {
                 return Err(redis_error(&target, Action::Connect, e));
+            }
+            Ok(Err(stopped)) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("connecting to redis at {target} stopped: {stopped}"),
+                ));
             }
             Err(_) => {
                 return Err(StoreError::new(
@@ -362,7 +416,7 @@ impl RedisStoreBuilder {
                     .collect(),
                 prefix: self.prefix,
                 lanes: Lanes::new(self.buckets, self.cluster),
-                runtime,
+                driver,
                 buckets: self.buckets,
                 timeout: self.response_timeout,
             }),
@@ -614,12 +668,12 @@ impl RedisStore {
                 ),
             ),
             Failure::Reply(value) => {
-                codec::unexpected("a script sent for several requests", &value)
+                codec::unexpected(&format!("the operations script ({action})"), &value)
             }
             Failure::Abandoned => StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!(
-                    "the request to redis at {target} was abandoned: the task sending it stopped \
+                    "the request to redis at {target} was abandoned: the store's runtime stopped \
                      ({action}){}",
                     action.maybe_applied()
                 ),
@@ -664,48 +718,35 @@ impl RedisStore {
         }
     }
 
-    /// Runs one request with the store's deadline, mapping failures.
-    async fn run<T>(
+    /// Runs `request` on the store's runtime with the store's deadline.
+    async fn on_driver<T: Send + 'static>(
         &self,
-        action: Action<'_>,
-        request: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(redis_error(&self.inner.target, action, e)),
-            Err(_) => Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!(
-                    "redis at {} did not answer within {} ({action}){}",
-                    self.inner.target,
-                    Human(self.inner.timeout),
-                    action.maybe_applied()
-                ),
-            )),
-        }
+        request: impl Future<Output = Result<T, RedisError>> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let timeout = self.inner.timeout;
+        let task = self.inner.driver.spawn(async move {
+            match tokio::time::timeout(timeout, request).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
+                Err(_) => Err(Failure::Timeout),
+            }
+        });
+        task.await.unwrap_or(Err(Failure::Abandoned))
     }
 
     /// Invokes a script (EVALSHA, loading the script and sending the call
     /// again when the server does not know it, e.g. after a restart).
     async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
-        self.invoke_raw(call)
+        let (conn, script, cmd) = (self.inner.conn.clone(), call.script, call.cmd.clone());
+        self.on_driver(send_script(conn, script, cmd))
             .await
             .map_err(|f| self.failure(action, f))
     }
 
-    /// [`invoke`](Self::invoke) with the failure kept whole, for a lane to
-    /// describe once per request in its call.
-    async fn invoke_raw(&self, call: &ScriptCall) -> Result<Value, Failure> {
-        let mut conn = self.inner.conn.clone();
-        let request = async {
-            match call.cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::NoScriptError => {
-                    call.script.load_async(&mut conn).await?;
-                    call.cmd.query_async::<Value>(&mut conn).await
-                }
-                reply => reply,
-            }
-        };
+    /// [`invoke`](Self::invoke) from a task already on the store's runtime,
+    /// the failure kept whole for a lane to describe once per request.
+    async fn invoke_raw(&self, call: ScriptCall) -> Result<Value, Failure> {
+        let request = send_script(self.inner.conn.clone(), call.script, call.cmd);
         match tokio::time::timeout(self.inner.timeout, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
@@ -714,8 +755,10 @@ impl RedisStore {
     }
 
     async fn query(&self, action: Action<'_>, cmd: &Cmd) -> Result<Value, StoreError> {
-        let mut conn = self.inner.conn.clone();
-        self.run(action, cmd.query_async::<Value>(&mut conn)).await
+        let (mut conn, cmd) = (self.inner.conn.clone(), cmd.clone());
+        self.on_driver(async move { cmd.query_async::<Value>(&mut conn).await })
+            .await
+            .map_err(|f| self.failure(action, f))
     }
 
     /// Checks (or records, on first use) the layout of every bucket.
@@ -777,8 +820,9 @@ impl RedisStore {
             Conn::Cluster(c) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let mut c = c.clone();
-                self.run(Action::Connect, c.route_command(&cmd, routing))
+                self.on_driver(async move { c.route_command(&cmd, routing).await })
                     .await
+                    .map_err(|f| self.failure(Action::Connect, f))
             }
         };
         let reply = match reply {
@@ -1046,6 +1090,22 @@ impl fmt::Display for Action<'_> {
     }
 }
 
+/// Sends a script call (EVALSHA), loading the script and sending the call
+/// again when the server does not know it (e.g. after a restart).
+async fn send_script(
+    mut conn: Conn,
+    script: &'static ::redis::Script,
+    cmd: Cmd,
+) -> Result<Value, RedisError> {
+    match cmd.query_async::<Value>(&mut conn).await {
+        Err(e) if e.kind() == ErrorKind::NoScriptError => {
+            script.load_async(&mut conn).await?;
+            cmd.query_async::<Value>(&mut conn).await
+        }
+        reply => reply,
+    }
+}
+
 /// A [`RedisError`] as a [`StoreError`] that classifies itself.
 fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
     redis_error_message(target, action, &e).with_source(e)
@@ -1053,6 +1113,17 @@ fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
 
 /// The [`StoreError`] of [`redis_error`], without its source.
 fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> StoreError {
+    let redirected = matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask);
+    if redirected && !target.starts_with("cluster ") {
+        // A single-server store pointed at a node of a Redis Cluster.
+        return StoreError::new(
+            StoreErrorKind::Invalid,
+            format!(
+                "redis at {target} is a Redis Cluster node ({action}): {e}; connect with \
+                 RedisStore::connect_cluster or RedisStore::cluster_builder"
+            ),
+        );
+    }
     let kind = if e.is_timeout() {
         StoreErrorKind::Timeout
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -1065,8 +1136,8 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             | ErrorKind::BusyLoadingError
             | ErrorKind::ClusterConnectionNotFound
             | ErrorKind::ReadOnly
-            // A redirection left over once the client's retries are spent:
-            // the slot's owner is moving or out of reach.
+            // On a cluster store, a redirection left once the client's retries
+            // are spent: the slot's owner is moving or out of reach.
             | ErrorKind::Moved
             | ErrorKind::Ask => StoreErrorKind::Unavailable,
             ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
@@ -1082,7 +1153,10 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             "redis at {target} did not answer in time ({action}): {e}{}",
             action.maybe_applied()
         ),
-        _ => format!("redis at {target} failed ({action}): {e}"),
+        _ => format!(
+            "redis at {target} failed ({action}): {e}{}",
+            action.maybe_applied()
+        ),
     };
     StoreError::new(kind, message)
 }

@@ -40,6 +40,9 @@ for i = 1, #KEYS / 4 do
     if code ~= nil and not RECORD_ERRORS[code] then
       -- The server's state, not this record, refused (READONLY after a
       -- failover, OOM, ...): the whole call fails with it, as any call would.
+      -- The server refuses so before a call's first write, never after one,
+      -- so no earlier operation of this call wrote; the client still says
+      -- every write of the call may or may not have been applied.
       return redis.error_reply(message)
     end
     out[i] = {'error', message}
