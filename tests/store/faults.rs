@@ -645,6 +645,47 @@ fn the_store_outlives_the_runtime_it_connected_from() {
     drop(elsewhere);
 }
 
+/// The same on multi-threaded runtimes, where a caller's requests are sent
+/// from its own runtime: once the one the store connected from is shut down,
+/// calls from another one reconnect and go on.
+#[test]
+fn the_store_outlives_the_multi_threaded_runtime_it_connected_from() {
+    let server = RedisServer::start();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let connected_on = runtime();
+    let store = connected_on.block_on(store_on(&server));
+    let first = claim_request("before-shutdown");
+    connected_on.block_on(async { store.claim(&first).await.unwrap() });
+    drop(connected_on);
+
+    let elsewhere = runtime();
+    elsewhere.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for i in 0..20 {
+            let req = claim_request(&format!("after-shutdown-{i}"));
+            loop {
+                match store.claim(&req).await {
+                    Ok(claimed) => {
+                        assert!(matches!(claimed, Claimed::Acquired { .. }));
+                        break;
+                    }
+                    Err(e) => {
+                        assert!(e.is_unavailable() || e.is_timeout(), "{e:?}");
+                        assert!(Instant::now() < deadline, "no recovery: {e}");
+                    }
+                }
+            }
+        }
+        assert!(store.get(&first.id).await.unwrap().is_some());
+    });
+}
+
 /// Runs `futures` concurrently on this task, their outputs in order.
 async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();

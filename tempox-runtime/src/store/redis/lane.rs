@@ -14,9 +14,10 @@
 //! Redis Cluster a script may only touch one hash slot, so there is a lane per
 //! bucket.
 //!
-//! The calls are sent from tasks on the store's own runtime (which also drives
-//! its connection), never on a caller's: a caller's runtime may be left idle
-//! once its own answer is in, or shut down, and must hold up nobody else.
+//! A call is sent from a task of its own, on the first caller's runtime when
+//! that is multi-threaded, else on the store's own thread: a single-threaded
+//! runtime may be left idle once its own answer is in, and must hold up
+//! nobody else (see `Driver`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,8 +41,8 @@ pub(super) enum Failure {
     Timeout,
     /// The reply did not have one item per request.
     Reply(Value),
-    /// The call was never sent or its answer never came back: the store's
-    /// runtime stopped (the store was being dropped).
+    /// The call was never sent or its answer never came back: the runtime
+    /// sending it stopped (shut down, or the store was being dropped).
     Abandoned,
 }
 
@@ -127,9 +128,8 @@ pub(super) async fn send(
         }
     };
     if let Some(job) = lead {
-        // The slot is the guard's from here: if the task never runs (the
-        // store's runtime is stopping), dropping it unpolled gives the slot
-        // back.
+        // The slot is the guard's from here: if the task never runs (its
+        // runtime is stopping), dropping it unpolled gives the slot back.
         let slot = Slot {
             store: store.clone(),
             bucket,
@@ -147,10 +147,10 @@ pub(super) async fn send(
 }
 
 /// A lane's in-flight slot, held by the task sending on it. Given back when
-/// that task stops for any reason other than an empty queue (the store's
-/// runtime stopped before or while it ran, a panic): if no other call is in
-/// flight, the queued requests then fail as abandoned instead of waiting for
-/// nobody.
+/// that task stops for any reason other than an empty queue (its runtime
+/// stopped before or while it ran, a panic): if no other call is in flight,
+/// the queued requests then fail as abandoned instead of waiting for nobody,
+/// and the next request takes the slot afresh.
 struct Slot {
     store: RedisStore,
     bucket: u16,

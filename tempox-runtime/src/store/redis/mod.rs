@@ -156,14 +156,15 @@ struct Inner {
     keys: Vec<Keys>,
     /// Where claims and transitions wait to be sent together.
     lanes: Lanes,
-    /// The store's own runtime, which drives its connection and sends every
-    /// request.
+    /// The store's own runtime, for callers on a single-threaded one.
     driver: Driver,
 }
 
-/// The store's own runtime, on a thread of its own: it drives the connection
-/// (reconnects included) and sends every request, so that no caller's
-/// runtime, which may be left idle or shut down, holds up anyone else.
+/// The store's own runtime, on a thread of its own. A caller on a
+/// multi-threaded runtime does its I/O there (its workers keep running after
+/// the caller is done); a caller on a single-threaded runtime, which may be
+/// left idle once its `block_on` returns, sends through this one instead, so
+/// that a lane's call or a reconnection it started holds up nobody else.
 /// Stopped when the last clone of the store is dropped.
 struct Driver {
     handle: tokio::runtime::Handle,
@@ -191,12 +192,39 @@ impl Driver {
         })
     }
 
+    /// Where the current caller's I/O runs: its own runtime when that is
+    /// multi-threaded, else this one (`None` when the caller is on its own
+    /// runtime).
+    fn for_caller(&self) -> Option<&tokio::runtime::Handle> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => None,
+            _ => Some(&self.handle),
+        }
+    }
+
+    /// Spawns `future` where the current caller's I/O runs.
     fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.handle.spawn(future)
+        match self.for_caller() {
+            Some(own) => own.spawn(future),
+            None => tokio::spawn(future),
+        }
+    }
+
+    /// Runs `future` where the current caller's I/O runs, and waits for it;
+    /// `None` if it was dropped unfinished (its runtime stopped).
+    async fn run<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.for_caller() {
+            Some(own) => own.spawn(future).await.ok(),
+            None => Some(future.await),
+        }
     }
 }
 
@@ -361,8 +389,8 @@ impl RedisStoreBuilder {
         let (urls, cluster) = (self.urls.clone(), self.cluster);
         let (connection_timeout, response_timeout) =
             (self.connection_timeout, self.response_timeout);
-        // Made on the store's runtime, which then drives the connection.
-        let connecting = driver.spawn(async move {
+        // Made where this caller's I/O runs, which then drives the connection.
+        let connecting = driver.run(async move {
             if cluster {
                 let client = ClusterClient::builder(urls)
                     .connection_timeout(connection_timeout)
@@ -387,14 +415,14 @@ impl RedisStoreBuilder {
             }
         });
         let conn = match tokio::time::timeout(deadline, connecting).await {
-            Ok(Ok(Ok(conn))) => conn,
-            Ok(Ok(Err(e))) => {
+            Ok(Some(Ok(conn))) => conn,
+            Ok(Some(Err(e))) => {
                 return Err(redis_error(&target, Action::Connect, e));
             }
-            Ok(Err(stopped)) => {
+            Ok(None) => {
                 return Err(StoreError::new(
                     StoreErrorKind::Other,
-                    format!("connecting to redis at {target} stopped: {stopped}"),
+                    format!("connecting to redis at {target} stopped: the store's runtime stopped"),
                 ));
             }
             Err(_) => {
@@ -718,13 +746,14 @@ impl RedisStore {
         }
     }
 
-    /// Runs `request` on the store's runtime with the store's deadline.
+    /// Runs `request` where the caller's I/O runs (see [`Driver`]) with the
+    /// store's deadline.
     async fn on_driver<T: Send + 'static>(
         &self,
         request: impl Future<Output = Result<T, RedisError>> + Send + 'static,
     ) -> Result<T, Failure> {
         let timeout = self.inner.timeout;
-        let task = self.inner.driver.spawn(async move {
+        let task = self.inner.driver.run(async move {
             match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
@@ -743,8 +772,8 @@ impl RedisStore {
             .map_err(|f| self.failure(action, f))
     }
 
-    /// [`invoke`](Self::invoke) from a task already on the store's runtime,
-    /// the failure kept whole for a lane to describe once per request.
+    /// [`invoke`](Self::invoke) from a lane's task (already where its I/O
+    /// runs), the failure kept whole to be described once per request.
     async fn invoke_raw(&self, call: ScriptCall) -> Result<Value, Failure> {
         let request = send_script(self.inner.conn.clone(), call.script, call.cmd);
         match tokio::time::timeout(self.inner.timeout, request).await {
