@@ -556,8 +556,8 @@ async fn a_read_only_server_is_unavailable_not_a_bad_record() {
 }
 
 /// Calls made from a runtime that is then left idle (a blocking wrapper
-/// around `block_on`) hold up no other caller: the store sends its calls from
-/// the runtime it connected on, never from a caller's.
+/// around `block_on`) hold up no other caller: a single-threaded caller's
+/// requests are sent from the store's own thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_runtime_left_idle_holds_up_nobody() {
     let server = tokio::task::spawn_blocking(RedisServer::start)
@@ -684,6 +684,74 @@ fn the_store_outlives_the_multi_threaded_runtime_it_connected_from() {
         }
         assert!(store.get(&first.id).await.unwrap().is_some());
     });
+}
+
+/// A Redis Cluster store too outlives the runtime it connected from (its
+/// connection lives on the store's own thread), and a store can be called
+/// from no runtime at all.
+#[test]
+fn a_cluster_store_outlives_its_runtime_and_works_from_none() {
+    let cluster = RedisCluster::shared();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let connected_on = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = connected_on
+        .block_on(
+            RedisStore::cluster_builder(&urls)
+                .prefix("outlives")
+                .response_timeout(Duration::from_secs(1))
+                .connect(),
+        )
+        .unwrap();
+    let first = claim_request("cluster-before-shutdown");
+    connected_on.block_on(async { store.claim(&first).await.unwrap() });
+    drop(connected_on);
+
+    let elsewhere = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    elsewhere.block_on(async {
+        for i in 0..10 {
+            let req = claim_request(&format!("cluster-after-shutdown-{i}"));
+            assert!(matches!(
+                store.claim(&req).await.unwrap(),
+                Claimed::Acquired { .. }
+            ));
+        }
+    });
+    drop(elsewhere);
+    // No runtime at all: a plain thread polling by hand.
+    let req = claim_request("from-no-runtime");
+    assert!(matches!(
+        block_on(store.claim(&req)).unwrap(),
+        Claimed::Acquired { .. }
+    ));
+    assert!(block_on(store.get(&first.id)).unwrap().is_some());
+}
+
+/// Polls `future` to completion on this thread, with no runtime.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
 }
 
 /// Runs `futures` concurrently on this task, their outputs in order.

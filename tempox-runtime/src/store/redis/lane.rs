@@ -139,10 +139,25 @@ pub(super) async fn send(
         // not strand the requests queued behind its call.
         store.inner.driver.spawn(drive(slot, vec![job]));
     }
-    match tokio::time::timeout(store.inner.timeout, answer).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Err(Failure::Abandoned),
-        Err(_) => Err(Failure::Timeout),
+    let timeout = store.inner.timeout;
+    let wait = async move {
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Failure::Abandoned),
+            Err(_) => Err(Failure::Timeout),
+        }
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        wait.await
+    } else {
+        // Outside any Tokio runtime, the store's own keeps the time.
+        store
+            .inner
+            .driver
+            .handle
+            .spawn(wait)
+            .await
+            .unwrap_or(Err(Failure::Abandoned))
     }
 }
 

@@ -160,12 +160,13 @@ struct Inner {
     driver: Driver,
 }
 
-/// The store's own runtime, on a thread of its own. A caller on a
-/// multi-threaded runtime does its I/O there (its workers keep running after
-/// the caller is done); a caller on a single-threaded runtime, which may be
-/// left idle once its `block_on` returns, sends through this one instead, so
-/// that a lane's call or a reconnection it started holds up nobody else.
-/// Stopped when the last clone of the store is dropped.
+/// The store's own runtime, on a thread of its own. It drives a Redis Cluster
+/// connection. A caller on a multi-threaded runtime does its I/O there (its
+/// workers keep running after the caller is done); a caller on a
+/// single-threaded runtime, which may be left idle once its `block_on`
+/// returns, or on none, sends through this one instead, so that a lane's call
+/// or a reconnection it started holds up nobody else. Stopped when the last
+/// clone of the store is dropped.
 struct Driver {
     handle: tokio::runtime::Handle,
     /// Dropping it ends the thread, which drops the runtime.
@@ -365,7 +366,9 @@ impl RedisStoreBuilder {
     /// # Errors
     /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
     ///   prefix, 0 or more than 16384 buckets, a zero timeout, or no Tokio
-    ///   runtime to connect from.
+    ///   runtime to connect from. (Once connected, the store is used from
+    ///   Tokio runtimes with time enabled, or from no runtime at all: it then
+    ///   does the caller's I/O on a thread of its own.)
     /// - [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]: the
     ///   server cannot be reached.
     /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
@@ -389,8 +392,13 @@ impl RedisStoreBuilder {
         let (urls, cluster) = (self.urls.clone(), self.cluster);
         let (connection_timeout, response_timeout) =
             (self.connection_timeout, self.response_timeout);
-        // Made where this caller's I/O runs, which then drives the connection.
-        let connecting = driver.run(async move {
+        // A cluster connection is one task that routes, reconnects and
+        // retries for every caller and is never made again: it lives on the
+        // store's own thread. A single-server connection is remade on demand
+        // by whoever finds it broken, so it starts where this caller's I/O
+        // runs (no hop between threads per request on a multi-threaded
+        // runtime).
+        let make = async move {
             if cluster {
                 let client = ClusterClient::builder(urls)
                     .connection_timeout(connection_timeout)
@@ -413,7 +421,14 @@ impl RedisStoreBuilder {
                     .await
                     .map(Conn::Single)
             }
-        });
+        };
+        let connecting = async {
+            if self.cluster {
+                driver.handle.spawn(make).await.ok()
+            } else {
+                driver.run(make).await
+            }
+        };
         let conn = match tokio::time::timeout(deadline, connecting).await {
             Ok(Some(Ok(conn))) => conn,
             Ok(Some(Err(e))) => {
@@ -701,7 +716,7 @@ impl RedisStore {
             Failure::Abandoned => StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!(
-                    "the request to redis at {target} was abandoned: the store's runtime stopped \
+                    "the request to redis at {target} was abandoned: the runtime sending it stopped \
                      ({action}){}",
                     action.maybe_applied()
                 ),
