@@ -566,10 +566,7 @@ async fn a_caller_runtime_left_idle_holds_up_nobody() {
     let store = store_on(&server).await;
     let elsewhere = store.clone();
     let idle = tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         for i in 0..50 {
             let (a, b) = (
                 claim_request(&format!("idle-a-{i}")),
@@ -585,35 +582,24 @@ async fn a_caller_runtime_left_idle_holds_up_nobody() {
     })
     .await
     .unwrap();
-    for i in 0..3 {
-        let req = claim_request(&format!("here-{i}"));
-        assert!(matches!(
-            store.claim(&req).await.unwrap(),
-            Claimed::Acquired { .. }
-        ));
-    }
+    claims_new_keys(&store, "here", 3).await;
     tokio::task::spawn_blocking(move || drop(idle))
         .await
         .unwrap();
 }
 
-/// The store does its I/O on a runtime of its own: it keeps working after the
-/// runtime it connected from is gone, and a reconnection made while serving a
-/// caller whose runtime is then left idle holds up nobody.
+/// A store called from single-threaded runtimes does their I/O on a thread of
+/// its own: it keeps working after the runtime it connected from is gone, and
+/// a reconnection made while serving a caller whose runtime is then left idle
+/// holds up nobody.
 #[test]
 fn the_store_outlives_the_runtime_it_connected_from() {
     let server = RedisServer::start();
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let connected_on = runtime();
+    let connected_on = current_thread();
     let store = connected_on.block_on(store_on(&server));
     drop(connected_on);
 
-    let elsewhere = runtime();
+    let elsewhere = current_thread();
     let first = claim_request("after-its-runtime");
     elsewhere.block_on(async {
         assert!(matches!(
@@ -632,16 +618,7 @@ fn the_store_outlives_the_runtime_it_connected_from() {
         }
     });
     // `elsewhere` is now left idle; a third runtime's calls go through.
-    let third = runtime();
-    third.block_on(async {
-        for i in 0..3 {
-            let req = claim_request(&format!("after-reconnect-{i}"));
-            assert!(matches!(
-                store.claim(&req).await.unwrap(),
-                Claimed::Acquired { .. }
-            ));
-        }
-    });
+    current_thread().block_on(claims_new_keys(&store, "after-reconnect", 3));
     drop(elsewhere);
 }
 
@@ -651,20 +628,13 @@ fn the_store_outlives_the_runtime_it_connected_from() {
 #[test]
 fn the_store_outlives_the_multi_threaded_runtime_it_connected_from() {
     let server = RedisServer::start();
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let connected_on = runtime();
+    let connected_on = multi_thread();
     let store = connected_on.block_on(store_on(&server));
     let first = claim_request("before-shutdown");
     connected_on.block_on(async { store.claim(&first).await.unwrap() });
     drop(connected_on);
 
-    let elsewhere = runtime();
+    let elsewhere = multi_thread();
     elsewhere.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(5);
         for i in 0..20 {
@@ -694,11 +664,7 @@ fn a_cluster_store_outlives_its_runtime_and_works_from_none() {
     let cluster = RedisCluster::shared();
     let urls = cluster.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let connected_on = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let connected_on = multi_thread();
     let store = connected_on
         .block_on(
             RedisStore::cluster_builder(&urls)
@@ -711,20 +677,8 @@ fn a_cluster_store_outlives_its_runtime_and_works_from_none() {
     connected_on.block_on(async { store.claim(&first).await.unwrap() });
     drop(connected_on);
 
-    let elsewhere = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    elsewhere.block_on(async {
-        for i in 0..10 {
-            let req = claim_request(&format!("cluster-after-shutdown-{i}"));
-            assert!(matches!(
-                store.claim(&req).await.unwrap(),
-                Claimed::Acquired { .. }
-            ));
-        }
-    });
+    let elsewhere = multi_thread();
+    elsewhere.block_on(claims_new_keys(&store, "cluster-after-shutdown", 10));
     drop(elsewhere);
     // No runtime at all: a plain thread polling by hand.
     let req = claim_request("from-no-runtime");
@@ -733,6 +687,32 @@ fn a_cluster_store_outlives_its_runtime_and_works_from_none() {
         Claimed::Acquired { .. }
     ));
     assert!(block_on(store.get(&first.id)).unwrap().is_some());
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Claims `n` keys never seen (`<prefix>-<i>`) and checks each is acquired.
+async fn claims_new_keys(store: &RedisStore, prefix: &str, n: usize) {
+    for i in 0..n {
+        let req = claim_request(&format!("{prefix}-{i}"));
+        assert!(matches!(
+            store.claim(&req).await.unwrap(),
+            Claimed::Acquired { .. }
+        ));
+    }
 }
 
 /// Polls `future` to completion on this thread, with no runtime.
