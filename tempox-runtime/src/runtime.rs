@@ -503,25 +503,16 @@ impl Runtime {
         let held = self.apply(&claim).await?;
         let (compensation, run) = match entry.map(|e| e.compensation) {
             Some(Compensation::Call { name, run }) => (name, run),
-            Some(Compensation::Noop) => {
-                let record = self.finish_compensation(&held, Ok(()), policy).await?;
-                return Ok((record, None));
-            }
-            Some(Compensation::None | Compensation::Rollback) => {
-                let message = format!("`{}` declares no compensation", r.op());
-                let record = self
-                    .finish_compensation(&held, Err(message), policy)
-                    .await?;
-                return Ok((record, None));
-            }
-            None => {
-                let message = format!(
-                    "no operation named `{}` is linked into this program",
-                    r.op()
-                );
-                let record = self
-                    .finish_compensation(&held, Err(message), policy)
-                    .await?;
+            nothing_to_run => {
+                let outcome = match nothing_to_run {
+                    Some(Compensation::Noop) => Ok(()),
+                    Some(_) => Err(format!("`{}` declares no compensation", r.op())),
+                    None => Err(format!(
+                        "no operation named `{}` is linked into this program",
+                        r.op()
+                    )),
+                };
+                let record = self.finish_compensation(&held, outcome, policy).await?;
                 return Ok((record, None));
             }
         };

@@ -335,6 +335,87 @@ pub async fn apply_is_the_same_compare_and_set_without_the_record(f: &Fixture) {
     }
 }
 
+/// Every kind of change (lease acquired, kept and cleared, attempts counted
+/// and set, notes appended, errors, dead letters entered, their alerts claimed
+/// and acknowledged, retention) writes the same record through `apply` as
+/// through `transition`: stores may answer `apply` by another path.
+pub async fn apply_writes_what_transition_writes(f: &Fixture) {
+    let store = &*f.store;
+    let (mut full, mut quiet) = (
+        acquire(store, &request("conf.apply_same", "full", "a")).await,
+        acquire(store, &request("conf.apply_same", "quiet", "a")).await,
+    );
+    type Step = fn(&mut Transition);
+    let steps: [(Status, Status, Step); 6] = [
+        (Status::Pending, Status::Completed, |t| {
+            t.output = Some(b"{\"ok\":1}".to_vec().into());
+            t.retention = Some(Duration::from_secs(3600));
+        }),
+        (Status::Completed, Status::Compensating, |t| {
+            t.lease = LeaseChange::Acquire(Duration::from_secs(30));
+            t.attempts = AttemptsChange::Increment;
+            t.note = Some("claimed".into());
+        }),
+        (Status::Compensating, Status::CompensationFailed, |t| {
+            t.lease = LeaseChange::Clear;
+            t.attempts = AttemptsChange::Set(7);
+            t.error = Some("boom".into());
+            t.note = Some("parked".into());
+        }),
+        (
+            Status::CompensationFailed,
+            Status::CompensationFailed,
+            |t| {
+                t.lease = LeaseChange::Acquire(Duration::from_secs(30));
+                t.retry_after = Some(Duration::from_secs(30));
+            },
+        ),
+        (
+            Status::CompensationFailed,
+            Status::CompensationFailed,
+            |_| {},
+        ),
+        (Status::CompensationFailed, Status::Resolved, |t| {
+            t.note = Some("resolved".into());
+            t.retention = Some(Duration::from_secs(3600));
+        }),
+    ];
+    // What must agree: everything but the ids and the clock's readings.
+    let shape = |r: &Record| {
+        (
+            r.status,
+            r.attempts,
+            r.output.clone(),
+            r.error.clone(),
+            r.note.clone(),
+            r.lease_until.is_some(),
+            r.due_at.is_some(),
+            r.expires_at.is_some(),
+        )
+    };
+    for (from, to, change) in steps {
+        let tokens = (full.token, quiet.token);
+        let mut t = Transition::new(full.id.clone(), from, full.token, to);
+        change(&mut t);
+        full = applied(store, &t).await;
+        let mut t = Transition::new(quiet.id.clone(), from, quiet.token, to);
+        change(&mut t);
+        assert!(store.apply(&t).await.unwrap(), "{from} -> {to}");
+        quiet = store.get(&quiet.id).await.unwrap().expect("the record");
+        assert_eq!(shape(&quiet), shape(&full), "after {from} -> {to}");
+        assert_eq!(
+            quiet.token != tokens.1,
+            full.token != tokens.0,
+            "a new token after {from} -> {to}"
+        );
+        assert_eq!(store.get(&full.id).await.unwrap().as_ref(), Some(&full));
+        let listed = store.list(&Query::statuses(&[to])).await.unwrap();
+        for r in [&full, &quiet] {
+            assert!(listed.iter().any(|l| l.id == r.id), "{} in {to}", r.id);
+        }
+    }
+}
+
 pub async fn transition_refuses_what_the_table_does_not_allow(f: &Fixture) {
     let store = &*f.store;
     let r = acquire(store, &request("conf.illegal", "k", "a")).await;

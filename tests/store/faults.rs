@@ -43,6 +43,15 @@ struct Call {
     result: Result<String, FaultError>,
 }
 
+/// A server of this test's own, and a store on it.
+async fn server_and_store() -> (RedisServer, RedisStore) {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = store_on(&server).await;
+    (server, store)
+}
+
 async fn store_on(server: &RedisServer) -> RedisStore {
     RedisStore::builder(&server.url())
         .response_timeout(Duration::from_secs(1))
@@ -385,10 +394,7 @@ fn claim_request(key: &str) -> ClaimRequest {
 /// them loaded again by the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_loaded_again_when_the_server_forgot_them() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let store = store_on(&server).await;
+    let (server, store) = server_and_store().await;
     assert!(matches!(
         store.claim(&claim_request("a")).await.unwrap(),
         Claimed::Acquired { .. }
@@ -444,10 +450,7 @@ async fn data_written_with_another_number_of_buckets_is_refused() {
 /// record and the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_records_name_the_record_and_the_field() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let store = store_on(&server).await;
+    let (server, store) = server_and_store().await;
     let req = claim_request("corrupt");
     store.claim(&req).await.unwrap();
     let key = store.record_key(&req.id);
@@ -465,10 +468,7 @@ async fn corrupt_records_name_the_record_and_the_field() {
 /// leaves the key untouched, while every other request sent with it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_fails_alone_among_the_requests_sent_with_it() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let store = store_on(&server).await;
+    let (server, store) = server_and_store().await;
     let bad = claim_request("wrong-type");
     let bad_key = store.record_key(&bad.id);
     server.cli(&["SET", &bad_key, "not a record"]);
@@ -517,10 +517,7 @@ async fn a_refused_record_fails_alone_among_the_requests_sent_with_it() {
 /// fault of one record; once it takes writes again, so does the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_server_is_unavailable_not_a_bad_record() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let store = store_on(&server).await;
+    let (server, store) = server_and_store().await;
     let held = claim_request("before-failover");
     let token = match store.claim(&held).await.unwrap() {
         Claimed::Acquired { record, .. } => record.token,
@@ -560,10 +557,7 @@ async fn a_read_only_server_is_unavailable_not_a_bad_record() {
 /// requests are sent from the store's own thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_runtime_left_idle_holds_up_nobody() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let store = store_on(&server).await;
+    let (_server, store) = server_and_store().await;
     let elsewhere = store.clone();
     let idle = tokio::task::spawn_blocking(move || {
         let rt = current_thread();
@@ -794,10 +788,7 @@ async fn connect_reports_unreachable_servers_and_bad_settings() {
 /// exact where Lua's numbers (doubles) are not: above 2^53, up to `u64::MAX`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_stay_exact_beyond_what_lua_numbers_hold() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .unwrap();
-    let store = store_on(&server).await;
+    let (server, store) = server_and_store().await;
     let mut req = claim_request("big-token");
     req.lease = Duration::from_millis(1);
     store.claim(&req).await.unwrap();

@@ -27,6 +27,7 @@ macro_rules! all_checks {
             claim_parks_an_expired_non_idempotent_call,
             transition_is_a_compare_and_set_on_status_and_token,
             apply_is_the_same_compare_and_set_without_the_record,
+            apply_writes_what_transition_writes,
             transition_refuses_what_the_table_does_not_allow,
             transition_records_outcome_retention_and_due_time,
             tokens_increase_across_takeovers_and_recreation,

@@ -767,14 +767,7 @@ impl RedisStore {
         &self,
         request: impl Future<Output = Result<T, RedisError>> + Send + 'static,
     ) -> Result<T, Failure> {
-        let timeout = self.inner.timeout;
-        let task = self.inner.driver.run(async move {
-            match tokio::time::timeout(timeout, request).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
-                Err(_) => Err(Failure::Timeout),
-            }
-        });
+        let task = self.inner.driver.run(within(self.inner.timeout, request));
         task.await.unwrap_or(Err(Failure::Abandoned))
     }
 
@@ -791,11 +784,7 @@ impl RedisStore {
     /// runs), the failure kept whole to be described once per request.
     async fn invoke_raw(&self, call: ScriptCall) -> Result<Value, Failure> {
         let request = send_script(self.inner.conn.clone(), call.script, call.cmd);
-        match tokio::time::timeout(self.inner.timeout, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
-            Err(_) => Err(Failure::Timeout),
-        }
+        within(self.inner.timeout, request).await
     }
 
     async fn query(&self, action: Action<'_>, cmd: &Cmd) -> Result<Value, StoreError> {
@@ -1131,6 +1120,18 @@ impl fmt::Display for Action<'_> {
             Action::Expire => f.write_str("removing expired records"),
             Action::Time => f.write_str("reading the server's clock"),
         }
+    }
+}
+
+/// `request` given at most `timeout`, its failure kept whole.
+async fn within<T>(
+    timeout: Duration,
+    request: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
+        Err(_) => Err(Failure::Timeout),
     }
 }
 
@@ -1484,25 +1485,26 @@ pub mod bench {
     use ::redis::{Cmd, Script};
 
     use super::RedisStore;
-    use crate::record::{ClaimRequest, Transition};
+    use crate::record::{ClaimRequest, RecordId, Transition};
 
     /// The operations script and the `EVALSHA` command that
     /// [`Store::claim`](crate::store::Store::claim) sends for `req` when it
     /// goes alone (under load, several requests share one call).
     pub fn claim(store: &RedisStore, req: &ClaimRequest) -> (&'static Script, Cmd) {
-        let args = RedisStore::claim_args(req);
-        let key = store.record_key(&req.id);
-        let call = store.group_call([(store.bucket_of(&req.id), key.as_str(), &args)]);
-        (call.script, call.cmd)
+        alone(store, &req.id, &RedisStore::claim_args(req))
     }
 
     /// The operations script and the `EVALSHA` command that
     /// [`Store::apply`](crate::store::Store::apply) sends for `t` (how a call
     /// records its outcome) when it goes alone.
     pub fn transition(store: &RedisStore, t: &Transition) -> (&'static Script, Cmd) {
-        let args = RedisStore::transition_args(t, true);
-        let key = store.record_key(&t.id);
-        let call = store.group_call([(store.bucket_of(&t.id), key.as_str(), &args)]);
+        alone(store, &t.id, &RedisStore::transition_args(t, true))
+    }
+
+    /// The call that carries one request for `id` alone.
+    fn alone(store: &RedisStore, id: &RecordId, args: &Cmd) -> (&'static Script, Cmd) {
+        let key = store.record_key(id);
+        let call = store.group_call([(store.bucket_of(id), key.as_str(), args)]);
         (call.script, call.cmd)
     }
 }
