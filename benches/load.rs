@@ -37,9 +37,11 @@
 //! AWS Powertools for Python's idempotency utility with its Redis layer
 //! (`benches/powertools/driver.py`, pinned in `requirements.txt`, installed in
 //! a virtual environment under `target/`) on the same server, fresh keys, one
-//! and eight processes; then tempox's fresh calls at concurrency 64 against
-//! five times the eight-process figure (target `>= 1.0`), the issue's
-//! comparison made on this machine rather than quoted from another.
+//! and eight processes, each next to tempox in one process with as many calls
+//! in flight (like for like); then tempox's fresh calls at concurrency 64
+//! against five times the eight-process figure (target `>= 1.0`), the issue's
+//! comparison made on this machine rather than quoted from another, and the
+//! same at concurrency 256 as information.
 //!
 //! Ratios are what to compare across machines; absolute figures depend on the
 //! disk and on what else runs.
@@ -372,7 +374,7 @@ mod redis_rows {
             };
             let fresh64 = one_server(&server, &label, seconds).await;
             if let Some(python) = &python {
-                powertools_rows(&server, &label, python, fresh64, seconds);
+                powertools_rows(&server, &label, python, fresh64, seconds).await;
             }
         }
     }
@@ -405,9 +407,12 @@ mod redis_rows {
     }
 
     /// AWS Powertools for Python's idempotency utility with its Redis layer on
-    /// this server, fresh keys, 1 and 8 processes; then tempox's fresh calls
-    /// at concurrency 64 against five times the 8-process figure.
-    fn powertools_rows(
+    /// this server, fresh keys, 1 and 8 processes, each next to tempox in one
+    /// process with as many calls in flight (the like-for-like comparison);
+    /// then tempox's fresh calls at concurrency 64 against five times the
+    /// 8-process figure (the target), and at 256 (how far more concurrency
+    /// goes).
+    async fn powertools_rows(
         server: &RedisServer,
         label: &str,
         python: &Path,
@@ -415,7 +420,7 @@ mod redis_rows {
         seconds: f64,
     ) {
         let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/powertools/driver.py");
-        let rate = |processes: u32| -> f64 {
+        let rate = |processes: u64| -> f64 {
             let out = Command::new(python)
                 .arg(&driver)
                 .args([
@@ -433,25 +438,43 @@ mod redis_rows {
             );
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
         };
-        let (one, eight) = (rate(1), rate(8));
-        row_note(
-            label,
-            "powertools",
-            1,
-            one,
-            one,
-            None,
-            "AWS Powertools (Python) idempotency, Redis layer, fresh keys, 1 process",
-        );
-        row_note(
-            label,
-            "powertools",
-            8,
-            eight,
-            eight,
-            None,
-            "the same with 8 processes",
-        );
+        let store = RedisStore::connect(&server.url()).await.unwrap();
+        let rt = Runtime::builder().store(store).build().unwrap();
+        // Fresh keys of their own: above the fresh rows' (round << 40), below
+        // the replayed ones (1 << 50).
+        let tempox = |concurrency: u64, round: u64| {
+            let base = round << 40;
+            drive(&rt, concurrency, seconds, move |t, i| {
+                call(base + i * 1024 + t, "payload")
+            })
+        };
+        let mut eight = 0.0;
+        for (processes, round) in [(1u64, 8u64), (8, 9)] {
+            let theirs = rate(processes);
+            let ours = tempox(processes, round).await;
+            row_note(
+                label,
+                "powertools",
+                processes,
+                theirs,
+                theirs,
+                None,
+                &format!(
+                    "AWS Powertools (Python) idempotency, Redis layer, fresh keys, {processes} process{}",
+                    if processes == 1 { "" } else { "es" }
+                ),
+            );
+            row_note(
+                label,
+                "fresh",
+                processes,
+                ours,
+                theirs,
+                None,
+                "tempox in one process with as many calls in flight, against the row above",
+            );
+            eight = theirs;
+        }
         row_note(
             label,
             "fresh",
@@ -460,6 +483,16 @@ mod redis_rows {
             5.0 * eight,
             Some(1.0),
             "tempox in one process against 5 x Powertools with 8 processes, same server, same run",
+        );
+        let fresh256 = tempox(256, 10).await;
+        row_note(
+            label,
+            "fresh",
+            256,
+            fresh256,
+            5.0 * eight,
+            None,
+            "the same at concurrency 256 (information: the table's rows are at 1 and 64)",
         );
     }
 
