@@ -33,8 +33,9 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
     f[#f + 1] = 'due_at'; f[#f + 1] = lease_until
     redis.call('HSET', rec, unpack(f))
     redis.call('ZADD', K.due, lease_until, id)
-    redis.call('ZADD', K.st .. STATUS.Pending, 0, id)
-    if workflow ~= '' then redis.call('ZADD', K.wf, 0, workflow .. '\0' .. id) end
+    -- Scores are given as strings: a Lua number is formatted on every call.
+    redis.call('ZADD', K.st .. STATUS.Pending, '0', id)
+    if workflow ~= '' then redis.call('ZADD', K.wf, '0', workflow .. '\0' .. id) end
     return {'fresh', now}
   end
 

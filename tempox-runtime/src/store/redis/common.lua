@@ -172,14 +172,14 @@ local function write(K, id, old, new)
   end
   if new.status ~= before.status then
     if before.status ~= nil then redis.call('ZREM', K.st .. before.status, id) end
-    redis.call('ZADD', K.st .. new.status, 0, id)
+    redis.call('ZADD', K.st .. new.status, '0', id)
   end
   if new.workflow ~= before.workflow then
     if before.workflow ~= nil then
       redis.call('ZREM', K.wf, before.workflow .. '\0' .. id)
     end
     if new.workflow ~= nil then
-      redis.call('ZADD', K.wf, 0, new.workflow .. '\0' .. id)
+      redis.call('ZADD', K.wf, '0', new.workflow .. '\0' .. id)
     end
   end
 end

@@ -90,7 +90,7 @@ local function apply(K, a, id, from, token, to)
   if #del > 0 then redis.call('HDEL', K.rec, unpack(del)) end
   if to ~= from then
     redis.call('ZREM', K.st .. from, id)
-    redis.call('ZADD', K.st .. to, 0, id)
+    redis.call('ZADD', K.st .. to, '0', id)
   end
   return {'applied'}
 end
