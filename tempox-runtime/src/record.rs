@@ -763,14 +763,11 @@ pub(crate) fn apply_transition(r: &mut Record, t: &Transition, now: Timestamp) {
     if let Some(error) = &t.error {
         r.error = Some(error.clone());
     }
-    match t.lease {
-        LeaseChange::Keep => {}
-        LeaseChange::Clear => r.lease_until = None,
-        LeaseChange::Acquire(lease) => {
-            r.token = next_token(Some(r.token), now);
-            r.lease_until = Some(now.plus(lease));
-        }
-    }
+    let s = schedule(t, r.token, r.lease_until, now);
+    r.token = s.token;
+    r.lease_until = s.lease_until;
+    r.due_at = s.due_at;
+    r.expires_at = s.expires_at;
     match t.attempts {
         AttemptsChange::Keep => {}
         AttemptsChange::Increment => r.attempts = r.attempts.saturating_add(1),
@@ -782,16 +779,39 @@ pub(crate) fn apply_transition(r: &mut Record, t: &Transition, now: Timestamp) {
             None => note.clone(),
         });
     }
-    if !r.status.is_active() {
-        r.lease_until = None;
-    }
-    r.due_at = if r.status.is_active() {
-        r.lease_until
-            .or_else(|| Some(now.plus(t.retry_after.unwrap_or_default())))
-    } else if r.status.is_dead_letter() && t.from != t.to {
+}
+
+/// The token, lease and times a record has after `t` (part of
+/// [`apply_transition`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    pub(crate) token: u64,
+    pub(crate) lease_until: Option<Timestamp>,
+    pub(crate) due_at: Option<Timestamp>,
+    pub(crate) expires_at: Option<Timestamp>,
+}
+
+/// The [`Schedule`] after `t` of a record holding `token` and `lease_until`.
+/// Only a [`LeaseChange::Keep`] reads `lease_until`: with any other change a
+/// store may compute the result from `t` alone (its token is `t.token`).
+pub(crate) fn schedule(
+    t: &Transition,
+    token: u64,
+    lease_until: Option<Timestamp>,
+    now: Timestamp,
+) -> Schedule {
+    let (token, lease_until) = match t.lease {
+        LeaseChange::Keep => (token, lease_until),
+        LeaseChange::Clear => (token, None),
+        LeaseChange::Acquire(lease) => (next_token(Some(token), now), Some(now.plus(lease))),
+    };
+    let lease_until = if t.to.is_active() { lease_until } else { None };
+    let due_at = if t.to.is_active() {
+        lease_until.or_else(|| Some(now.plus(t.retry_after.unwrap_or_default())))
+    } else if t.to.is_dead_letter() && t.from != t.to {
         // Entering a dead letter: due at once, so a reconciler raises its alert.
         Some(now)
-    } else if r.status.is_dead_letter() {
+    } else if t.to.is_dead_letter() {
         // A dead letter's own status (`from == to`): with a `retry_after` of a
         // millisecond or more its alert is claimed and due again after it
         // unless acknowledged; without, the alert is acknowledged.
@@ -802,11 +822,17 @@ pub(crate) fn apply_transition(r: &mut Record, t: &Transition, now: Timestamp) {
         // Final.
         None
     };
-    r.expires_at = if r.status.is_final() {
+    let expires_at = if t.to.is_final() {
         t.retention.map(|d| now.plus(d))
     } else {
         None
     };
+    Schedule {
+        token,
+        lease_until,
+        due_at,
+        expires_at,
+    }
 }
 
 #[cfg(test)]

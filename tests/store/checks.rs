@@ -336,9 +336,11 @@ pub async fn apply_is_the_same_compare_and_set_without_the_record(f: &Fixture) {
 }
 
 /// Every kind of change (lease acquired, kept and cleared, attempts counted
-/// and set, notes appended, errors, dead letters entered, their alerts claimed
-/// and acknowledged, retention) writes the same record through `apply` as
-/// through `transition`: stores may answer `apply` by another path.
+/// and set, notes appended, errors, a retry scheduled, dead letters entered,
+/// their alerts claimed and acknowledged, retention) writes the same record
+/// through `apply` as through `transition`: stores may answer `apply` by
+/// another path (Redis and SQLite do when the change needs nothing of the
+/// record but its status and token).
 pub async fn apply_writes_what_transition_writes(f: &Fixture) {
     let store = &*f.store;
     let (mut full, mut quiet) = (
@@ -346,7 +348,7 @@ pub async fn apply_writes_what_transition_writes(f: &Fixture) {
         acquire(store, &request("conf.apply_same", "quiet", "a")).await,
     );
     type Step = fn(&mut Transition);
-    let steps: [(Status, Status, Step); 6] = [
+    let steps: [(Status, Status, Step); 7] = [
         (Status::Pending, Status::Completed, |t| {
             t.output = Some(b"{\"ok\":1}".to_vec().into());
             t.retention = Some(Duration::from_secs(3600));
@@ -355,6 +357,12 @@ pub async fn apply_writes_what_transition_writes(f: &Fixture) {
             t.lease = LeaseChange::Acquire(Duration::from_secs(30));
             t.attempts = AttemptsChange::Increment;
             t.note = Some("claimed".into());
+        }),
+        (Status::Compensating, Status::Compensating, |t| {
+            t.lease = LeaseChange::Clear;
+            t.attempts = AttemptsChange::Set(3);
+            t.error = Some("refund api down".into());
+            t.retry_after = Some(Duration::from_secs(5));
         }),
         (Status::Compensating, Status::CompensationFailed, |t| {
             t.lease = LeaseChange::Clear;

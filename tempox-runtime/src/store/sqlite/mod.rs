@@ -5,7 +5,9 @@
 //! into one transaction and commits once (group commit), so concurrent calls
 //! share one fsync. A reply is sent only after the commit: a claim is durable
 //! before its body runs (invariant 4). Reads use a second connection and see
-//! every committed write.
+//! every committed write. A claim of a new key is one insert; a call's outcome
+//! is recorded by one update that compares the status and token and writes
+//! only the columns that change.
 //!
 //! Several processes may open the same file: each write transaction takes
 //! SQLite's write lock (`BEGIN IMMEDIATE`), so claims stay atomic across them.
@@ -261,6 +263,13 @@ impl Store for SqliteStore {
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
         match self.send(Request::Transition(t.clone())).await? {
             Answer::Transitioned(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        match self.send(Request::Apply(t.clone())).await? {
+            Answer::Applied(applied) => Ok(applied),
             other => Err(unexpected(&other)),
         }
     }
@@ -599,7 +608,22 @@ pub(crate) fn write_record(conn: &Connection, r: &Record, exists: bool) -> Resul
         input = ?5, output = ?6, error = ?7, status = ?8, token = ?9, lease_until = ?10, \
         attempts = ?11, workflow = ?12, step = ?13, created_at = ?14, updated_at = ?15, \
         due_at = ?16, expires_at = ?17, note = ?18 WHERE id = ?1";
-    let sql = if exists { UPDATE } else { INSERT };
+    store_record(conn, if exists { UPDATE } else { INSERT }, r).map(drop)
+}
+
+/// Inserts `r` unless a record with its id exists; whether it did.
+pub(crate) fn insert_record(conn: &Connection, r: &Record) -> Result<bool, StoreError> {
+    const INSERT: &str = "INSERT INTO tempox_records (id, op, kind, fingerprint, input, output, error, \
+        status, token, lease_until, attempts, workflow, step, created_at, updated_at, due_at, \
+        expires_at, note) \
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
+        ON CONFLICT (id) DO NOTHING";
+    Ok(store_record(conn, INSERT, r)? == 1)
+}
+
+/// Runs `sql` with `r`'s columns as parameters `?1` to `?18` (in [`COLUMNS`]'
+/// order); the rows it changed.
+fn store_record(conn: &Connection, sql: &str, r: &Record) -> Result<usize, StoreError> {
     let ts = |t: Option<Timestamp>| t.map(millis).transpose();
     let token = i64::try_from(r.token)
         .map_err(|_| StoreError::invalid(format!("token {} out of range", r.token)))?;
@@ -624,8 +648,7 @@ pub(crate) fn write_record(conn: &Connection, r: &Record, exists: bool) -> Resul
         ts(r.expires_at)?,
         r.note,
     ])
-    .map_err(db_error)?;
-    Ok(())
+    .map_err(db_error)
 }
 
 pub(crate) fn final_statuses() -> String {

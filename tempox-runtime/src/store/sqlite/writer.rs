@@ -8,12 +8,12 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{db_error, final_statuses, get, millis as to_millis, write_record};
+use super::{db_error, final_statuses, get, insert_record, millis as to_millis, write_record};
 use crate::clock::Clock;
 use crate::error::StoreError;
 use crate::record::{
-    ClaimRequest, Claimed, RecordId, Status, Timestamp, Transition, Transitioned, plan_claim,
-    plan_transition,
+    AttemptsChange, ClaimRequest, Claimed, LeaseChange, RecordId, Status, Timestamp, Transition,
+    Transitioned, check_legal, plan_claim, plan_transition, schedule,
 };
 
 /// One write, and where its answer goes once committed.
@@ -26,6 +26,8 @@ pub(super) struct Command {
 pub(super) enum Request {
     Claim(ClaimRequest),
     Transition(Transition),
+    /// A transition whose caller needs only whether it was applied.
+    Apply(Transition),
     Renew {
         id: RecordId,
         status: Status,
@@ -41,6 +43,7 @@ pub(super) enum Request {
 pub(super) enum Answer {
     Claimed(Claimed),
     Transitioned(Transitioned),
+    Applied(bool),
     Renewed(Option<Timestamp>),
     Expired(usize),
 }
@@ -133,6 +136,14 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Command>, clock: &dyn Clock) ->
 fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answer, StoreError> {
     match request {
         Request::Claim(req) => {
+            // Most claims are of keys never seen: the record plan_claim makes
+            // for no record is inserted unless one exists, which then decides.
+            let fresh = plan_claim(None, req, now);
+            if let Claimed::Acquired { record, .. } = &fresh
+                && insert_record(conn, record)?
+            {
+                return Ok(Answer::Claimed(fresh));
+            }
             let existing = get(conn, &req.id)?;
             let outcome = plan_claim(existing.as_ref(), req, now);
             match &outcome {
@@ -143,14 +154,8 @@ fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answe
             }
             Ok(Answer::Claimed(outcome))
         }
-        Request::Transition(t) => {
-            let existing = get(conn, &t.id)?;
-            let outcome = plan_transition(existing.as_ref(), t, now)?;
-            if let Transitioned::Applied(record) = &outcome {
-                write_record(conn, record, true)?;
-            }
-            Ok(Answer::Transitioned(outcome))
-        }
+        Request::Transition(t) => transition(conn, t, now).map(Answer::Transitioned),
+        Request::Apply(t) => apply(conn, t, now).map(Answer::Applied),
         Request::Renew {
             id,
             status,
@@ -190,4 +195,77 @@ fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answe
             Ok(Answer::Expired(removed))
         }
     }
+}
+
+/// [`Request::Transition`]: the record read, planned and written whole.
+fn transition(
+    conn: &Connection,
+    t: &Transition,
+    now: Timestamp,
+) -> Result<Transitioned, StoreError> {
+    let existing = get(conn, &t.id)?;
+    let outcome = plan_transition(existing.as_ref(), t, now)?;
+    if let Transitioned::Applied(record) = &outcome {
+        write_record(conn, record, true)?;
+    }
+    Ok(outcome)
+}
+
+/// [`Request::Apply`]: `t` as [`plan_transition`] would apply it. When what
+/// `t` writes does not depend on the record beyond the `(status, token)` it
+/// compares (no lease kept, no attempt counted, no note appended, which is how
+/// a call records its outcome), one `UPDATE` compares and writes only the
+/// columns that change, without reading the record first. When it changes
+/// nothing, the full path answers: a conflict then, or a clear error for a
+/// record that cannot be read.
+fn apply(conn: &Connection, t: &Transition, now: Timestamp) -> Result<bool, StoreError> {
+    check_legal(t)?;
+    let full = |conn| {
+        Ok(matches!(
+            transition(conn, t, now)?,
+            Transitioned::Applied(_)
+        ))
+    };
+    let reads_record = matches!(t.lease, LeaseChange::Keep)
+        || matches!(t.attempts, AttemptsChange::Increment)
+        || t.note.is_some();
+    // No record holds a token beyond i64 (write_record refuses to store one).
+    let (false, Ok(token)) = (reads_record, i64::try_from(t.token)) else {
+        return full(conn);
+    };
+    let s = schedule(t, t.token, None, now);
+    let new_token = i64::try_from(s.token)
+        .map_err(|_| StoreError::invalid(format!("token {} out of range", s.token)))?;
+    let ts = |v: Option<Timestamp>| v.map(to_millis).transpose();
+    let (updated_at, lease_until) = (to_millis(now)?, ts(s.lease_until)?);
+    let (due_at, expires_at) = (ts(s.due_at)?, ts(s.expires_at)?);
+    let attempts = match t.attempts {
+        AttemptsChange::Set(n) => Some(i64::from(n)),
+        AttemptsChange::Keep | AttemptsChange::Increment => None,
+    };
+    let changed = conn
+        .prepare_cached(
+            "UPDATE tempox_records SET status = ?1, token = ?2, updated_at = ?3, \
+             lease_until = ?4, due_at = ?5, expires_at = ?6, output = coalesce(?7, output), \
+             error = coalesce(?8, error), attempts = coalesce(?9, attempts) \
+             WHERE id = ?10 AND status = ?11 AND token = ?12",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                t.to.as_str(),
+                new_token,
+                updated_at,
+                lease_until,
+                due_at,
+                expires_at,
+                t.output.as_deref(),
+                t.error,
+                attempts,
+                t.id.as_str(),
+                t.from.as_str(),
+                token,
+            ])
+        })
+        .map_err(db_error)?;
+    if changed == 1 { Ok(true) } else { full(conn) }
 }
