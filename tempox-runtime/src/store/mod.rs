@@ -102,7 +102,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`transition`](Self::transition) for a caller that needs no record
     /// back: whether `t` was applied, with the same promises. A store may skip
     /// copying or sending the record (the Redis store's answer to an applied
-    /// transition is then a single word).
+    /// transition is then a single word), and may read only the fields `t`
+    /// needs: a record whose other fields are damaged may then be written, and
+    /// the damage is reported by the next read of it, not by `apply`.
     async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
         Ok(matches!(
             self.transition(t).await?,

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{db_error, final_statuses, get, insert_record, millis as to_millis, write_record};
 use crate::clock::Clock;
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreErrorKind};
 use crate::record::{
     AttemptsChange, ClaimRequest, Claimed, LeaseChange, RecordId, Status, Timestamp, Transition,
     Transitioned, check_legal, plan_claim, plan_transition, schedule,
@@ -81,55 +81,60 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        let commands = batch.len() as u64;
-        if commit(&mut conn, &mut batch, &*clock) {
-            stats.transactions.fetch_add(1, Ordering::Relaxed);
-            stats.commands.fetch_add(commands, Ordering::Relaxed);
-        }
+        commit(&mut conn, &mut batch, &*clock, stats);
     }
 }
 
 /// Applies every command of `batch` in one transaction and answers each only
-/// after the commit. If the transaction cannot start or commit, every command
+/// after the commit (counted in `stats` before anyone is answered). If the
+/// transaction cannot start or commit, or SQLite rolls it back, every command
 /// gets the error and none took effect.
-fn commit(conn: &mut Connection, batch: &mut Vec<Command>, clock: &dyn Clock) -> bool {
+fn commit(conn: &mut Connection, batch: &mut Vec<Command>, clock: &dyn Clock, stats: &Stats) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let message = e.to_string();
-            let kind = super::classify(&e);
-            for cmd in batch.drain(..) {
-                let _ = cmd
-                    .reply
-                    .send(Err(StoreError::new(kind, format!("SQLite: {message}"))));
-            }
-            return false;
+            fail_all(batch, super::classify(&e), &format!("SQLite: {e}"));
+            return;
         }
     };
     // Each command writes at most one statement, so a failed one leaves nothing
     // half-written in the transaction.
-    let answers: Vec<Result<Answer, StoreError>> = batch
-        .iter()
-        .map(|cmd| execute(&tx, &cmd.request, clock.now()))
-        .collect();
+    let mut answers = Vec::with_capacity(batch.len());
+    for cmd in batch.iter() {
+        let answer = execute(&tx, &cmd.request, clock.now());
+        if let Err(e) = &answer
+            && tx.is_autocommit()
+        {
+            // SQLite rolled the whole transaction back (a full disk, an I/O
+            // error, no memory): what ran before is undone, and what would run
+            // after would be committed on its own. Nothing of the batch stays.
+            let message = format!("SQLite rolled back the transaction: {e}; nothing was written");
+            fail_all(batch, e.kind(), &message);
+            return;
+        }
+        answers.push(answer);
+    }
     match tx.commit() {
         Ok(()) => {
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats
+                .commands
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (cmd, answer) in batch.drain(..).zip(answers) {
                 let _ = cmd.reply.send(answer);
             }
-            true
         }
         Err(e) => {
-            let message = e.to_string();
-            let kind = super::classify(&e);
-            for cmd in batch.drain(..) {
-                let _ = cmd.reply.send(Err(StoreError::new(
-                    kind,
-                    format!("SQLite commit failed: {message}"),
-                )));
-            }
-            false
+            let message = format!("SQLite commit failed: {e}");
+            fail_all(batch, super::classify(&e), &message);
         }
+    }
+}
+
+/// Answers every command of `batch` with the same error.
+fn fail_all(batch: &mut Vec<Command>, kind: StoreErrorKind, message: &str) {
+    for cmd in batch.drain(..) {
+        let _ = cmd.reply.send(Err(StoreError::new(kind, message)));
     }
 }
 
@@ -139,10 +144,15 @@ fn execute(conn: &Connection, request: &Request, now: Timestamp) -> Result<Answe
             // Most claims are of keys never seen: the record plan_claim makes
             // for no record is inserted unless one exists, which then decides.
             let fresh = plan_claim(None, req, now);
-            if let Claimed::Acquired { record, .. } = &fresh
-                && insert_record(conn, record)?
-            {
-                return Ok(Answer::Claimed(fresh));
+            if let Claimed::Acquired { record, .. } = &fresh {
+                match insert_record(conn, record) {
+                    Ok(true) => return Ok(Answer::Claimed(fresh)),
+                    Ok(false) => {}
+                    // A value the file cannot hold (a lease beyond its
+                    // timestamps): the record there, if any, decides.
+                    Err(e) if e.kind() == StoreErrorKind::Invalid => {}
+                    Err(e) => return Err(e),
+                }
             }
             let existing = get(conn, &req.id)?;
             let outcome = plan_claim(existing.as_ref(), req, now);
@@ -215,9 +225,11 @@ fn transition(
 /// `t` writes does not depend on the record beyond the `(status, token)` it
 /// compares (no lease kept, no attempt counted, no note appended, which is how
 /// a call records its outcome), one `UPDATE` compares and writes only the
-/// columns that change, without reading the record first. When it changes
-/// nothing, the full path answers: a conflict then, or a clear error for a
-/// record that cannot be read.
+/// columns that change, without reading the record first (so a damaged
+/// column it does not write is reported by the next read, not here; see
+/// [`Store::apply`](crate::store::Store::apply)). When it changes nothing, the
+/// full path answers: a conflict, or a clear error for a record that cannot be
+/// read.
 fn apply(conn: &Connection, t: &Transition, now: Timestamp) -> Result<bool, StoreError> {
     check_legal(t)?;
     let full = |conn| {
@@ -234,11 +246,18 @@ fn apply(conn: &Connection, t: &Transition, now: Timestamp) -> Result<bool, Stor
         return full(conn);
     };
     let s = schedule(t, t.token, None, now);
-    let new_token = i64::try_from(s.token)
-        .map_err(|_| StoreError::invalid(format!("token {} out of range", s.token)))?;
     let ts = |v: Option<Timestamp>| v.map(to_millis).transpose();
-    let (updated_at, lease_until) = (to_millis(now)?, ts(s.lease_until)?);
-    let (due_at, expires_at) = (ts(s.due_at)?, ts(s.expires_at)?);
+    // A value the file cannot hold is refused only to the holder, as the full
+    // path does: anyone else gets the conflict.
+    let (Ok(new_token), Ok(updated_at), Ok(lease_until), Ok(due_at), Ok(expires_at)) = (
+        i64::try_from(s.token),
+        to_millis(now),
+        ts(s.lease_until),
+        ts(s.due_at),
+        ts(s.expires_at),
+    ) else {
+        return full(conn);
+    };
     let attempts = match t.attempts {
         AttemptsChange::Set(n) => Some(i64::from(n)),
         AttemptsChange::Keep | AttemptsChange::Increment => None,
@@ -268,4 +287,58 @@ fn apply(conn: &Connection, t: &Transition, now: Timestamp) -> Result<bool, Stor
         })
         .map_err(db_error)?;
     if changed == 1 { Ok(true) } else { full(conn) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::key::Fingerprint;
+    use crate::record::{Kind, OnExpired};
+
+    /// SQLite rolls a transaction back by itself on a full disk: the commands
+    /// before the failing one are undone, and those after must not run on
+    /// their own (each would then be committed while its caller hears of a
+    /// failure).
+    #[test]
+    fn a_transaction_sqlite_rolls_back_fails_every_command_and_writes_nothing() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::SCHEMA).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        // Room for a few of the records, not for all of them.
+        conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 4))
+            .unwrap();
+        let (mut batch, mut answers) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            let (reply, answer) = oneshot::channel();
+            let claim = ClaimRequest {
+                id: RecordId::parse(&format!("full/k{i}")).unwrap(),
+                kind: Kind::Idempotent,
+                fingerprint: Fingerprint::from_bytes([7; 16]),
+                input: vec![b'x'; 3000].into(),
+                lease: Duration::from_secs(30),
+                on_expired: OnExpired::TakeOver,
+                workflow: None,
+                step: None,
+            };
+            batch.push(Command {
+                request: Request::Claim(claim),
+                reply,
+            });
+            answers.push(answer);
+        }
+        let stats = Stats::default();
+        commit(&mut conn, &mut batch, &SystemClock, &stats);
+        for mut answer in answers {
+            let err = answer.try_recv().unwrap().unwrap_err();
+            assert!(err.to_string().contains("rolled back"), "{err}");
+        }
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM tempox_records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "nothing of the batch is written");
+        assert_eq!(stats.snapshot().transactions, 0);
+    }
 }
