@@ -2,8 +2,9 @@
 //! refusing foreign or damaged files without touching them, durability.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tempox::record::{Claimed, Transitioned};
+use tempox::record::{Claimed, LeaseChange, RecordId, Transition, Transitioned};
 use tempox::store::{SqliteStore, Store};
 use tempox::{Status, StoreErrorKind};
 
@@ -109,6 +110,38 @@ async fn a_damaged_record_is_named_by_reads_and_transitions() {
         )
         .unwrap();
     assert_eq!((status.as_str(), &output[..]), ("completed", &b"2"[..]));
+}
+
+/// A value the file cannot hold (a lease or token past its 64-bit signed
+/// columns) is refused only to a caller that would write it: one that finds
+/// another's record, or none to hold, gets that answer.
+#[tokio::test]
+async fn values_past_the_columns_do_not_hide_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("t.db")).unwrap();
+    let first = store.claim(&request("wide", "k", "a")).await.unwrap();
+    assert!(matches!(first, Claimed::Acquired { .. }), "{first:?}");
+    let mut forever = request("wide", "k", "a");
+    forever.lease = Duration::MAX;
+    let again = store.claim(&forever).await.unwrap();
+    assert!(matches!(again, Claimed::Existing(_)), "{again:?}");
+    let mut fresh = request("wide", "new", "a");
+    fresh.lease = Duration::MAX;
+    let err = store.claim(&fresh).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    // A record nobody holds: the conflict, not the value's error.
+    let nobody = RecordId::parse("wide/nobody").unwrap();
+    let mut acquire = Transition::new(
+        nobody.clone(),
+        Status::Completed,
+        i64::MAX as u64,
+        Status::Compensating,
+    );
+    acquire.lease = LeaseChange::Acquire(Duration::from_secs(30));
+    assert!(!store.apply(&acquire).await.unwrap());
+    let mut keep = Transition::new(nobody, Status::Pending, 1, Status::Completed);
+    keep.retention = Some(Duration::MAX);
+    assert!(!store.apply(&keep).await.unwrap());
 }
 
 fn open_err(path: &std::path::Path) -> tempox::StoreError {
