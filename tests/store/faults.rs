@@ -392,6 +392,9 @@ fn claim_request(key: &str) -> ClaimRequest {
 
 /// A server that forgot the scripts (`SCRIPT FLUSH`, as after a restart) gets
 /// them loaded again by the next call.
+/// A store loads its scripts when it connects, so no call on a new server
+/// meets an unknown script; a server that forgot them (a restart, `SCRIPT
+/// FLUSH`) gets each back from the first call that needs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_loaded_again_when_the_server_forgot_them() {
     let (server, store) = server_and_store().await;
@@ -399,11 +402,14 @@ async fn scripts_are_loaded_again_when_the_server_forgot_them() {
         store.claim(&claim_request("a")).await.unwrap(),
         Claimed::Acquired { .. }
     ));
+    let unknown = || server.cli(&["INFO", "errorstats"]).contains("NOSCRIPT");
+    assert!(!unknown(), "{}", server.cli(&["INFO", "errorstats"]));
     server.cli(&["SCRIPT", "FLUSH"]);
     assert!(matches!(
         store.claim(&claim_request("b")).await.unwrap(),
         Claimed::Acquired { .. }
     ));
+    assert!(unknown(), "the claim met the flushed script and loaded it");
     assert!(matches!(
         store.claim(&claim_request("a")).await.unwrap(),
         Claimed::Existing(_)

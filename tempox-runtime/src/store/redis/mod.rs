@@ -464,6 +464,7 @@ impl RedisStoreBuilder {
                 timeout: self.response_timeout,
             }),
         };
+        store.load_scripts().await?;
         store.check_layout().await?;
         store.check_durability().await;
         Ok(store)
@@ -792,6 +793,33 @@ impl RedisStore {
         self.on_driver(async move { cmd.query_async::<Value>(&mut conn).await })
             .await
             .map_err(|f| self.failure(action, f))
+    }
+
+    /// Loads every script (on every node of a cluster) before the first call,
+    /// so calls find them instead of each loading its own: a server that
+    /// restarts later without them is answered by the reload in
+    /// [`send_script`].
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        let s = scripts();
+        let all = [
+            &s.ops,
+            &s.renew,
+            &s.due_scan,
+            &s.due_fetch,
+            &s.expire_count,
+            &s.expire,
+            &s.list,
+            &s.init,
+        ];
+        let conn = self.inner.conn.clone();
+        self.on_driver(async move {
+            for script in all {
+                script.load_async(&mut conn.clone()).await?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|f| self.failure(Action::Connect, f))
     }
 
     /// Checks (or records, on first use) the layout of every bucket.
