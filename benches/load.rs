@@ -327,7 +327,7 @@ mod redis_rows {
     use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use redis::{Cmd, Value};
 
-    use super::redis_server::RedisServer;
+    use super::redis_server::{RedisServer, stdout_of};
     use super::{call, drive, drive_tasks, row, row_note};
 
     /// The target of fresh and replay calls, as a fraction of the raw scripts.
@@ -421,22 +421,16 @@ mod redis_rows {
     ) {
         let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/powertools/driver.py");
         let rate = |processes: u64| -> f64 {
-            let out = Command::new(python)
-                .arg(&driver)
-                .args([
-                    server.port().to_string(),
-                    processes.to_string(),
-                    seconds.to_string(),
-                ])
-                .stdin(Stdio::null())
-                .output()
-                .expect("run the Powertools driver");
-            assert!(
-                out.status.success(),
-                "the Powertools driver failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+            let mut command = Command::new(python);
+            command.arg(&driver).args([
+                server.port().to_string(),
+                processes.to_string(),
+                seconds.to_string(),
+            ]);
+            stdout_of(&mut command, "the Powertools driver")
+                .trim()
+                .parse()
+                .unwrap()
         };
         let store = RedisStore::connect(&server.url()).await.unwrap();
         let rt = Runtime::builder().store(store).build().unwrap();

@@ -378,15 +378,24 @@ fn ping(port: u16) -> bool {
 
 /// Runs `redis-cli -p <port> <args>` and returns what it printed.
 fn cli(port: u16, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
+    stdout_of(
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+        &format!("redis-cli {args:?}"),
+    )
+}
+
+/// Runs `command` (no input) and returns what it printed; panics, naming it
+/// as `what` with its stderr, unless it succeeded.
+pub fn stdout_of(command: &mut Command, what: &str) -> String {
+    let output = command
         .stdin(Stdio::null())
         .output()
-        .expect("run redis-cli");
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         output.status.success(),
-        "redis-cli {args:?} failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()

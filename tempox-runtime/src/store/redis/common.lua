@@ -138,6 +138,17 @@ local function legal(from, to)
   return string.find(LEGAL, '|' .. from .. '>' .. to .. '|', 1, true) ~= nil
 end
 
+-- Keeps id's entry in a time index (due, exp) in step with a change of its
+-- time from before to after (nil: not in the index).
+local function reindex(index, id, before, after)
+  if after == before then return end
+  if after ~= nil then
+    redis.call('ZADD', index, after, id)
+  else
+    redis.call('ZREM', index, id)
+  end
+end
+
 -- Writes new over old (nil: no record) and keeps the bucket's indexes in step,
 -- touching only the indexes whose entry changes.
 -- K: rec (the hash), due, exp (score = time), st (prefix of the per-status
@@ -156,20 +167,8 @@ local function write(K, id, old, new)
   if #set > 0 then redis.call('HSET', K.rec, unpack(set)) end
   if #del > 0 then redis.call('HDEL', K.rec, unpack(del)) end
   local before = old or {}
-  if new.due_at ~= before.due_at then
-    if new.due_at ~= nil then
-      redis.call('ZADD', K.due, new.due_at, id)
-    else
-      redis.call('ZREM', K.due, id)
-    end
-  end
-  if new.expires_at ~= before.expires_at then
-    if new.expires_at ~= nil then
-      redis.call('ZADD', K.exp, new.expires_at, id)
-    else
-      redis.call('ZREM', K.exp, id)
-    end
-  end
+  reindex(K.due, id, before.due_at, new.due_at)
+  reindex(K.exp, id, before.expires_at, new.expires_at)
   if new.status ~= before.status then
     if before.status ~= nil then redis.call('ZREM', K.st .. before.status, id) end
     redis.call('ZADD', K.st .. new.status, '0', id)

@@ -800,21 +800,10 @@ impl RedisStore {
     /// restarts later without them is answered by the reload in
     /// [`send_script`].
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        let s = scripts();
-        let all = [
-            &s.ops,
-            &s.renew,
-            &s.due_scan,
-            &s.due_fetch,
-            &s.expire_count,
-            &s.expire,
-            &s.list,
-            &s.init,
-        ];
-        let conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn.clone();
         self.on_driver(async move {
-            for script in all {
-                script.load_async(&mut conn.clone()).await?;
+            for script in scripts().all() {
+                script.load_async(&mut conn).await?;
             }
             Ok(())
         })

@@ -26,6 +26,22 @@ pub(super) struct Scripts {
     pub(super) init: Script,
 }
 
+impl Scripts {
+    /// Every script, to load them all at once.
+    pub(super) fn all(&self) -> [&Script; 8] {
+        [
+            &self.ops,
+            &self.renew,
+            &self.due_scan,
+            &self.due_fetch,
+            &self.expire_count,
+            &self.expire,
+            &self.list,
+            &self.init,
+        ]
+    }
+}
+
 /// One call of a script: `EVALSHA <sha> <number of keys> <keys> <args>`,
 /// written straight into the command that is sent (no per-argument copies).
 pub(super) struct ScriptCall {

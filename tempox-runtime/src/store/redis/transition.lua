@@ -13,6 +13,17 @@
 -- computes from or keeps indexes of.
 local SMALL = {'status', 'token', 'lease_until', 'attempts', 'due_at', 'expires_at', 'note'}
 
+-- A field of apply()'s record going from before to after: written into set,
+-- or named in del when it goes away.
+local function change(set, del, field, before, after)
+  if after == before then return end
+  if after ~= nil then
+    set[#set + 1] = field; set[#set + 1] = after
+  else
+    del[#del + 1] = field
+  end
+end
+
 -- The same transition as below for a caller that wants no record back: only
 -- the fields a transition reads are loaded, and only what changes is written.
 -- It repeats the full path's rules instead of sharing them through write():
@@ -61,31 +72,11 @@ local function apply(K, a, id, from, token, to)
   end
   local expires_at = nil
   if FINAL[to] and ARGV[a + 16] == '1' then expires_at = uadd(now, ARGV[a + 17], U64_MAX) end
-  if lease_until ~= old.lease_until then
-    if lease_until ~= nil then
-      set[#set + 1] = 'lease_until'; set[#set + 1] = lease_until
-    else
-      del[#del + 1] = 'lease_until'
-    end
-  end
-  if due_at ~= old.due_at then
-    if due_at ~= nil then
-      set[#set + 1] = 'due_at'; set[#set + 1] = due_at
-      redis.call('ZADD', K.due, due_at, id)
-    else
-      del[#del + 1] = 'due_at'
-      redis.call('ZREM', K.due, id)
-    end
-  end
-  if expires_at ~= old.expires_at then
-    if expires_at ~= nil then
-      set[#set + 1] = 'expires_at'; set[#set + 1] = expires_at
-      redis.call('ZADD', K.exp, expires_at, id)
-    else
-      del[#del + 1] = 'expires_at'
-      redis.call('ZREM', K.exp, id)
-    end
-  end
+  change(set, del, 'lease_until', old.lease_until, lease_until)
+  change(set, del, 'due_at', old.due_at, due_at)
+  change(set, del, 'expires_at', old.expires_at, expires_at)
+  reindex(K.due, id, old.due_at, due_at)
+  reindex(K.exp, id, old.expires_at, expires_at)
   redis.call('HSET', K.rec, unpack(set))
   if #del > 0 then redis.call('HDEL', K.rec, unpack(del)) end
   if to ~= from then

@@ -600,15 +600,15 @@ fn read_record(row: &Row<'_>) -> Result<Record, StoreError> {
 /// Writes `r` whole: an insert for a new record, an update in place for an
 /// existing one (a replace would delete and re-insert every index entry).
 pub(crate) fn write_record(conn: &Connection, r: &Record, exists: bool) -> Result<(), StoreError> {
-    const INSERT: &str = "INSERT INTO tempox_records (id, op, kind, fingerprint, input, output, error, \
-        status, token, lease_until, attempts, workflow, step, created_at, updated_at, due_at, \
-        expires_at, note) \
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
     const UPDATE: &str = "UPDATE tempox_records SET op = ?2, kind = ?3, fingerprint = ?4, \
         input = ?5, output = ?6, error = ?7, status = ?8, token = ?9, lease_until = ?10, \
         attempts = ?11, workflow = ?12, step = ?13, created_at = ?14, updated_at = ?15, \
         due_at = ?16, expires_at = ?17, note = ?18 WHERE id = ?1";
-    store_record(conn, if exists { UPDATE } else { INSERT }, r).map(drop)
+    if exists {
+        store_record(conn, UPDATE, r).map(drop)
+    } else {
+        insert_record(conn, r).map(drop)
+    }
 }
 
 /// Inserts `r` unless a record with its id exists; whether it did.
