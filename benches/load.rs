@@ -302,7 +302,14 @@ fn main() {
             #[cfg(feature = "redis")]
             "redis" => tokio.block_on(redis_rows::redis(args.seconds, args.powertools)),
             #[cfg(not(feature = "redis"))]
-            "redis" => println!("redis: skipped, build with `--features redis`"),
+            "redis" => println!(
+                "redis{}: skipped, build with `--features redis`",
+                if args.powertools {
+                    " and Powertools"
+                } else {
+                    ""
+                }
+            ),
             other => panic!("unknown store {other}"),
         }
     }
