@@ -5,20 +5,23 @@
 //! Requests arrive twice, cards get declined, the mail server fails, and a
 //! process dies mid-checkout: the output shows what ran, what was replayed from
 //! a record, what was compensated, and how another runtime finished the job.
-//! Records live in a SQLite file; `-- --again` keeps the file of the last run,
-//! so every request replays from it.
+//! Records live in a SQLite file; `-- --again` keeps the file of the last run
+//! and sends the same requests: the completed orders replay from their
+//! records, and the keys of rolled-back orders are refused.
 //!
 //! ```text
 //! cargo run --example checkout
 //! cargo run --example checkout -- --again
 //! ```
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tempox::store::{Query, SqliteStore};
 use tempox::{Key, RecordId, Runtime, idempotent, non_idempotent, workflow};
+use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Order {
@@ -40,7 +43,8 @@ enum ShopError {
 
 /// The outside world the shop talks to.
 static MAIL_DOWN: AtomicBool = AtomicBool::new(false);
-static DIE_AFTER_CHARGE: AtomicBool = AtomicBool::new(false);
+/// Set for the run that dies after the charge: told when it got there.
+static DIE_AFTER_CHARGE: Mutex<Option<oneshot::Sender<()>>> = Mutex::new(None);
 
 fn effect(what: &str) {
     println!("    ran      {what}");
@@ -92,8 +96,9 @@ async fn send_confirmation(order: &Order) -> Result<(), ShopError> {
 async fn checkout(order: Order) -> Result<String, ShopError> {
     reserve_inventory(&order.id, &order.sku).await?;
     let charge_id = charge(&order).await?;
-    if DIE_AFTER_CHARGE.swap(false, Ordering::SeqCst) {
+    if let Some(died) = DIE_AFTER_CHARGE.lock().ok().and_then(|mut d| d.take()) {
         println!("    crash    the process dies after the charge");
+        let _ = died.send(());
         std::future::pending::<()>().await;
     }
     send_confirmation(&order).await?;
@@ -179,24 +184,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     request(&rt, "5. order-3 while the mail server is down", &o3).await;
     MAIL_DOWN.store(false, Ordering::SeqCst);
 
-    println!("6. order-4: the process running it dies after the charge");
     let o4 = order("order-4", "spoon", 300, "4242");
-    let id4 = RecordId::new("shop.checkout", &Key::new(o4.id.clone())?);
-    let dying = rt.clone();
-    DIE_AFTER_CHARGE.store(!again, Ordering::SeqCst);
-    let task = tokio::spawn(async move { dying.scope(checkout(o4)).await });
-    // Wait for the charge to be recorded, then "kill the process".
-    while !again && rt.steps(&id4).await?.len() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    task.abort();
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let other = runtime()?;
-    if let Ok(done) = other.recover_workflow(&id4).await {
-        println!(
-            "    recovered by a fresh runtime: workflow is {}",
-            done.status
-        );
+    if again {
+        request(&rt, "6. order-4 again", &o4).await;
+    } else {
+        println!("6. order-4: the process running it dies after the charge");
+        let id4 = RecordId::new("shop.checkout", &Key::new(o4.id.clone())?);
+        let (died, dead) = oneshot::channel();
+        if let Ok(mut die) = DIE_AFTER_CHARGE.lock() {
+            *die = Some(died);
+        }
+        let dying = rt.clone();
+        let task = tokio::spawn(async move { dying.scope(checkout(o4)).await });
+        // "Kill the process" once the charge is recorded.
+        tokio::time::timeout(Duration::from_secs(30), dead)
+            .await
+            .map_err(|_| "order-4 did not reach the charge within 30 s")??;
+        task.abort();
+        // Nobody renews its lease now; once it lapses, another runtime may
+        // take the workflow over.
+        tokio::time::sleep(lease + Duration::from_millis(100)).await;
+        let other = runtime()?;
+        match tokio::time::timeout(Duration::from_secs(30), other.recover_workflow(&id4)).await {
+            Ok(Ok(done)) => println!(
+                "    recovered by a fresh runtime: workflow is {}",
+                done.status
+            ),
+            Ok(Err(e)) => println!("    failed   recovery: {e}"),
+            Err(_) => return Err("recovering order-4 took more than 30 s".into()),
+        }
     }
 
     println!("\nrecords:");
