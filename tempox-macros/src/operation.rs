@@ -498,6 +498,16 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
         None => quote!(#guard),
     };
     let fake_return = format_ident!("__tempox_fake_return", span = Span::mixed_site());
+    // A body that ends in an expression goes in as its statements: as a block,
+    // the last expression of another, `{ Ok(id) }` would be reported as
+    // `unused_braces`. Any other body goes in as its block, so one that is
+    // not of the return type (`{}`, `{ f(); }`) is reported at its braces.
+    let stmts = &block.stmts;
+    let body_tokens = if matches!(stmts.last(), Some(syn::Stmt::Expr(_, None))) {
+        quote!(#(#stmts)*)
+    } else {
+        quote!(#block)
+    };
     let typed_block = quote! {
         async move {
             // Gives the block its type up front, so `?` and `return` inside it infer
@@ -507,7 +517,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
                 let #fake_return: #ret = loop {};
                 return #fake_return;
             }
-            #block
+            #body_tokens
         }
     };
     let body = if item.written_result {

@@ -54,6 +54,28 @@ async fn reserve_by_key(id: String) -> Result<(), ShopError> {
     Ok(())
 }
 
+/// A body of one expression: the expansion adds no `unused_braces` around it.
+#[idempotent]
+async fn ping() -> Result<(), ShopError> { Ok(()) }
+
+/// The same for a non-idempotent operation, a body that returns a value.
+#[non_idempotent(compensate = noop)]
+async fn notify(n: u32) -> Result<u32, ShopError> { Ok(n) }
+
+/// And for a workflow.
+#[tempox::workflow(key = n)]
+async fn flow(n: u32) -> Result<u32, ShopError> { notify(n).await }
+
+macro_rules! ok {
+    ($value:expr) => {
+        Ok($value)
+    };
+}
+
+/// A body of one macro call.
+#[idempotent]
+async fn pong() -> Result<u32, ShopError> { ok!(7) }
+
 /// A `pub` operation: `missing_docs` would report it if this doc were dropped,
 /// and nothing public that the expansion adds lacks docs.
 #[idempotent(key = sku)]
@@ -91,6 +113,10 @@ async fn main() {
         assert_eq!(charge(3).await.ok(), Some(3));
         assert!(refund(3).await.is_ok());
         assert_eq!(restock("sku".to_owned(), 2).await.ok(), Some(2));
+        assert!(ping().await.is_ok());
+        assert_eq!(notify(4).await.ok(), Some(4));
+        assert_eq!(flow(5).await.ok(), Some(5));
+        assert_eq!(pong().await.ok(), Some(7));
     })
     .await;
 }
