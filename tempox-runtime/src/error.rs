@@ -117,10 +117,11 @@ pub enum Error {
     },
 
     /// The store failed; see [`StoreError`] for whether trying again can help.
-    #[error("store error: {source}")]
+    /// Shown as the store's own message, which names the store and what it
+    /// was doing.
+    #[error(transparent)]
     Store {
         /// The store's failure.
-        #[source]
         source: StoreError,
     },
 
@@ -255,13 +256,19 @@ pub enum StoreErrorKind {
 }
 
 /// A failure of a [`Store`](crate::store::Store).
+///
+/// Its message is whole: what the store was doing, to what, and the backend's
+/// own words. The backend's error is kept for inspection ([`backend`]) but is
+/// not this error's `source()`, so a printer of error chains does not show
+/// the same words twice.
+///
+/// [`backend`]: StoreError::backend
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
     kind: StoreErrorKind,
     message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    backend: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StoreError {
@@ -270,14 +277,34 @@ impl StoreError {
         StoreError {
             kind,
             message: message.into(),
-            source: None,
+            backend: None,
         }
     }
 
-    /// Attaches the backend's own error as the source.
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+    /// Keeps the backend's own error (a `rusqlite::Error`, a
+    /// `redis::RedisError`, ...), whose words the message already carries.
+    pub fn with_backend(mut self, backend: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.backend = Some(Box::new(backend));
         self
+    }
+
+    /// The backend's own error, when the store kept it: to tell its cases
+    /// apart by downcasting.
+    ///
+    /// ```
+    /// use std::io::{Error, ErrorKind};
+    /// use tempox_runtime::{StoreError, StoreErrorKind};
+    ///
+    /// let io = Error::from(ErrorKind::PermissionDenied);
+    /// let e = StoreError::new(StoreErrorKind::Unavailable, format!("cannot open records.db: {io}"))
+    ///     .with_backend(io);
+    /// let kept = e.backend().and_then(|b| b.downcast_ref::<Error>());
+    /// assert_eq!(kept.map(Error::kind), Some(ErrorKind::PermissionDenied));
+    /// // Its words are in the message, not again in the chain.
+    /// assert!(std::error::Error::source(&e).is_none());
+    /// ```
+    pub fn backend(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.backend.as_deref()
     }
 
     /// What kind of failure this is.
@@ -285,7 +312,7 @@ impl StoreError {
         self.kind
     }
 
-    /// The message, without the source chain.
+    /// The message (what `Display` shows).
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -306,6 +333,13 @@ impl StoreError {
             self.kind,
             StoreErrorKind::Unavailable | StoreErrorKind::Timeout
         )
+    }
+
+    /// The same error, its message followed by `why`.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn explained(mut self, why: &str) -> Self {
+        self.message = format!("{}: {why}", self.message);
+        self
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {

@@ -789,6 +789,21 @@ async fn connect_reports_unreachable_servers_and_bad_settings() {
         let err = builder.connect().await.unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
     }
+    // A malformed URL: what the client said, and what is expected.
+    for (url, why) in [
+        ("redis//127.0.0.1:6379", "Redis URL did not parse;"),
+        ("redis://127.0.0.1:1/x", "Invalid database number;"),
+    ] {
+        let err = RedisStore::connect(url).await.map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid redis url `{url}`: {why} expected \
+                 redis://[user:password@]host[:port][/db] or unix:///path/to/socket"
+            )
+        );
+    }
 }
 
 /// Tokens are computed on decimal strings inside the scripts, so they stay

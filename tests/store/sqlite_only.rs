@@ -233,13 +233,50 @@ fn a_newer_schema_is_refused_with_the_versions() {
 }
 
 #[test]
-fn an_unopenable_path_is_unavailable_and_named() {
+fn an_unopenable_path_is_unavailable_and_says_why() {
     let err = open_err(std::path::Path::new("/nonexistent-dir/sub/t.db"));
     assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
     assert!(
         err.to_string().contains("/nonexistent-dir/sub/t.db"),
         "{err}"
     );
+    assert!(
+        err.to_string()
+            .ends_with("the directory /nonexistent-dir/sub does not exist"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let err = open_err(dir.path());
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("it is a directory; give the path of a database file in it"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+/// A store error's message carries the backend's words, so they are not its
+/// source too: a printer of the chain shows them once. The backend's error is
+/// still there to inspect.
+#[test]
+fn a_store_error_shows_the_backends_words_once() {
+    use std::error::Error as _;
+    let err = open_err(std::path::Path::new("/nonexistent-dir/sub/t.db"));
+    assert!(err.to_string().contains("unable to open"), "{err}");
+    assert!(err.source().is_none());
+    let sqlite = err
+        .backend()
+        .and_then(|b| b.downcast_ref::<rusqlite::Error>());
+    assert!(sqlite.is_some(), "{:?}", err.backend());
+    let err = tempox::Error::from(err);
+    assert_eq!(
+        err.to_string().matches("unable to open").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.source().is_none(), "{:?}", err.source());
 }
 
 #[tokio::test]

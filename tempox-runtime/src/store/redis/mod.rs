@@ -512,11 +512,21 @@ impl RedisStoreBuilder {
         let mut addrs = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
             let info = url.as_str().into_connection_info().map_err(|e| {
+                // The client's words without its error kind's name.
+                let text = e.to_string();
+                let kind = format!("{:?}", e.kind());
+                let why = text
+                    .strip_suffix(&kind)
+                    .map_or(text.as_str(), |t| t.trim_end_matches([' ', '-']));
                 StoreError::new(
                     StoreErrorKind::Invalid,
-                    format!("invalid redis url `{}`: {e}", redact(url)),
+                    format!(
+                        "invalid redis url `{}`: {why}; expected \
+                         redis://[user:password@]host[:port][/db] or unix:///path/to/socket",
+                        redact(url)
+                    ),
                 )
-                .with_source(e)
+                .with_backend(e)
             })?;
             addrs.push(info.addr.to_string());
         }
@@ -701,7 +711,7 @@ impl RedisStore {
         match failure {
             Failure::Redis(e) => {
                 let error = redis_error_message(target, action, &e);
-                error.with_source(e)
+                error.with_backend(e)
             }
             Failure::Timeout => StoreError::new(
                 StoreErrorKind::Timeout,
@@ -1170,7 +1180,7 @@ async fn send_script(
 
 /// A [`RedisError`] as a [`StoreError`] that classifies itself.
 fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
-    redis_error_message(target, action, &e).with_source(e)
+    redis_error_message(target, action, &e).with_backend(e)
 }
 
 /// The [`StoreError`] of [`redis_error`], without its source.

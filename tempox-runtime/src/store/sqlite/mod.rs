@@ -340,8 +340,13 @@ fn open_connection(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| sqlite_error(path, "cannot open", e))?;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        let error = sqlite_error(path, "cannot open", e);
+        match why_not_a_file(path) {
+            Some(why) => error.explained(&why),
+            None => error,
+        }
+    })?;
     conn.busy_timeout(b.busy_timeout)
         .map_err(|e| sqlite_error(path, "cannot configure", e))?;
     Ok(conn)
@@ -443,6 +448,16 @@ fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> 
         .map_err(|e| sqlite_error(path, "cannot commit the schema to", e))
 }
 
+/// Why `path` cannot be a database file, when SQLite's "unable to open" has a
+/// plainer reason: it is a directory, or its directory does not exist.
+fn why_not_a_file(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        return Some("it is a directory; give the path of a database file in it".to_owned());
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    (!parent.is_dir()).then(|| format!("the directory {} does not exist", parent.display()))
+}
+
 /// Maps a SQLite error to a store error that says what was being done to which
 /// file.
 fn sqlite_error(path: &Path, doing: &str, e: rusqlite::Error) -> StoreError {
@@ -451,7 +466,7 @@ fn sqlite_error(path: &Path, doing: &str, e: rusqlite::Error) -> StoreError {
         StoreErrorKind::Corrupt => "it is not a SQLite database, or it is corrupt".to_owned(),
         _ => e.to_string(),
     };
-    StoreError::new(kind, format!("{doing} {}: {what}", path.display())).with_source(e)
+    StoreError::new(kind, format!("{doing} {}: {what}", path.display())).with_backend(e)
 }
 
 pub(crate) fn classify(e: &rusqlite::Error) -> StoreErrorKind {
@@ -468,7 +483,7 @@ pub(crate) fn classify(e: &rusqlite::Error) -> StoreErrorKind {
 
 pub(crate) fn db_error(e: rusqlite::Error) -> StoreError {
     let kind = classify(&e);
-    StoreError::new(kind, format!("SQLite: {e}")).with_source(e)
+    StoreError::new(kind, format!("SQLite: {e}")).with_backend(e)
 }
 
 pub(crate) fn millis(t: Timestamp) -> Result<i64, StoreError> {
