@@ -417,6 +417,55 @@ async fn scripts_are_loaded_again_when_the_server_forgot_them() {
     ));
 }
 
+/// A server whose settings can lose or evict records is named at connect:
+/// the store connects anyway by default (and logs a warning), and is refused
+/// with `require_durability`, before it writes anything. A user without
+/// `CONFIG` (as on managed services) cannot tell, and is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_settings_are_checked_at_connect() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let strict = |url: String| async move {
+        RedisStore::builder(&url)
+            .require_durability(true)
+            .connect()
+            .await
+            .map(|_| ())
+    };
+    server.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let err = strict(server.url()).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    let message = err.to_string();
+    for part in [
+        "appendonly yes and appendfsync everysec",
+        "maxmemory-policy is allkeys-lru",
+        "(refused: the store requires durability)",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0", "nothing was written");
+    RedisStore::connect(&server.url()).await.unwrap();
+
+    server.cli(&["CONFIG", "SET", "appendfsync", "always"]);
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    strict(server.url()).await.unwrap();
+
+    server.cli(&[
+        "ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-config",
+    ]);
+    let url = server.url().replacen("redis://", "redis://app:secret@", 1);
+    let err = strict(url.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    assert!(
+        err.to_string().contains("cannot read the settings"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("secret"), "{err}");
+    RedisStore::connect(&url).await.unwrap();
+}
+
 /// Data is spread over a fixed number of buckets; opening it with another
 /// number is refused with a message that says what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

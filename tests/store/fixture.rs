@@ -62,15 +62,21 @@ pub async fn sqlite() -> Fixture {
 }
 
 /// A redis-server of its own (AOF on, `appendfsync always`), reached through
-/// two connections; stopped when the fixture is dropped.
+/// two connections; stopped when the fixture is dropped. Its settings keep
+/// every guarantee: the stores require it.
 #[cfg(feature = "redis")]
 pub async fn redis() -> Fixture {
     use tempox::store::RedisStore;
     let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start)
         .await
         .unwrap();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
-    let other = RedisStore::connect(&server.url()).await.unwrap();
+    let connect = || {
+        RedisStore::builder(&server.url())
+            .require_durability(true)
+            .connect()
+    };
+    let store = connect().await.unwrap();
+    let other = connect().await.unwrap();
     Fixture {
         store: Arc::new(store),
         other: Arc::new(other),
@@ -81,7 +87,8 @@ pub async fn redis() -> Fixture {
 
 /// The test binary's three-master Redis Cluster (started once: forming a
 /// cluster takes seconds), under a key prefix of this fixture's own, reached
-/// through two cluster connections.
+/// through two cluster connections that require every master's settings to
+/// keep the guarantees.
 #[cfg(feature = "redis")]
 pub async fn redis_cluster() -> Fixture {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,6 +103,7 @@ pub async fn redis_cluster() -> Fixture {
     let connect = || {
         RedisStore::cluster_builder(&urls)
             .prefix(prefix.clone())
+            .require_durability(true)
             .connect()
     };
     let store = connect().await.unwrap();

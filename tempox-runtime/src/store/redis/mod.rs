@@ -102,10 +102,15 @@ const MAX_BATCH: usize = 100_000;
 /// appendfsync always
 /// ```
 ///
-/// (and, with replicas, only as far as Redis's asynchronous replication
-/// allows). The store reads `CONFIG GET append*` when it connects and logs a
-/// `tracing` warning when either setting is off, or when `CONFIG` is disabled
-/// and it cannot tell.
+/// (with replicas, only as far as Redis's asynchronous replication allows).
+/// They also need a `maxmemory-policy` that never evicts a record: an
+/// evicted record's key would run again. `noeviction`, the default, is right
+/// (a full server refuses writes, and calls fail with a store error), and so
+/// is any `volatile-*` policy (tempox's keys have no expiry); `allkeys-*` is
+/// not. The store reads these settings when it connects and logs a `tracing`
+/// warning when one is off, or when `CONFIG` is disabled and it cannot tell;
+/// with [`require_durability(true)`](RedisStoreBuilder::require_durability)
+/// it refuses to connect instead.
 ///
 /// # Keys
 ///
@@ -288,6 +293,7 @@ pub struct RedisStoreBuilder {
     buckets: u16,
     response_timeout: Duration,
     connection_timeout: Duration,
+    require_durability: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -300,6 +306,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("buckets", &self.buckets)
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
+            .field("require_durability", &self.require_durability)
             .finish()
     }
 }
@@ -323,6 +330,7 @@ impl RedisStoreBuilder {
             buckets: DEFAULT_BUCKETS,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            require_durability: false,
         }
     }
 
@@ -359,9 +367,20 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects, checks that the data under the prefix was written with the
-    /// same number of buckets (and records it on first use), and checks the
-    /// server's durability settings (see [Durability](RedisStore#durability)).
+    /// Whether a server whose settings can lose or evict records is refused
+    /// at connect (default `false`: a `tracing` warning is logged and the
+    /// store connects). A server whose settings cannot be read (`CONFIG`
+    /// disabled, as on some managed services) is refused too. See
+    /// [Durability](RedisStore#durability).
+    pub fn require_durability(mut self, require: bool) -> Self {
+        self.require_durability = require;
+        self
+    }
+
+    /// Connects, checks the server's durability settings (see
+    /// [Durability](RedisStore#durability)), and checks that the data under
+    /// the prefix was written with the same number of buckets (and records it
+    /// on first use).
     ///
     /// # Errors
     /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
@@ -373,6 +392,10 @@ impl RedisStoreBuilder {
     ///   server cannot be reached.
     /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
     ///   with another number of buckets or another layout version.
+    /// - [`StoreErrorKind::Invalid`] also, with
+    ///   [`require_durability`](Self::require_durability): the server's
+    ///   settings can lose or evict records, or cannot be read. Nothing was
+    ///   written to it.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         self.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -392,6 +415,7 @@ impl RedisStoreBuilder {
         let (urls, cluster) = (self.urls.clone(), self.cluster);
         let (connection_timeout, response_timeout) =
             (self.connection_timeout, self.response_timeout);
+        let require_durability = self.require_durability;
         // A cluster connection is one task that routes, reconnects and
         // retries for every caller and is never made again: it lives on the
         // store's own thread. A single-server connection is remade on demand
@@ -465,8 +489,18 @@ impl RedisStoreBuilder {
             }),
         };
         store.load_scripts().await?;
+        // Before the layout check, which records the layout on first use: a
+        // refused server is left as it was.
+        if let Some(problem) = store.durability_problem().await {
+            if require_durability {
+                return Err(StoreError::new(
+                    StoreErrorKind::Invalid,
+                    format!("{problem} (refused: the store requires durability)"),
+                ));
+            }
+            tracing::warn!("{problem}");
+        }
         store.check_layout().await?;
-        store.check_durability().await;
         Ok(store)
     }
 
@@ -870,58 +904,76 @@ impl RedisStore {
             .collect::<Result<(), StoreError>>()
     }
 
-    /// Warns once when the server may acknowledge writes it would lose in a crash.
-    async fn check_durability(&self) {
+    /// The values of the server's settings named by `pattern` (every
+    /// master's, on a cluster): `CONFIG GET`'s name, value pairs.
+    async fn config_get(&self, pattern: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut cmd = ::redis::cmd("CONFIG");
-        cmd.arg("GET").arg("append*");
-        let target = &self.inner.target;
+        cmd.arg("GET").arg(pattern);
         let reply = match &self.inner.conn {
-            Conn::Single(_) => self.query(Action::Connect, &cmd).await,
+            Conn::Single(_) => self.query(Action::Connect, &cmd).await?,
             Conn::Cluster(c) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let mut c = c.clone();
                 self.on_driver(async move { c.route_command(&cmd, routing).await })
                     .await
-                    .map_err(|f| self.failure(Action::Connect, f))
-            }
-        };
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                let why = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), ToString::to_string);
-                tracing::warn!(
-                    "could not check the durability settings of redis at {target} (CONFIG GET failed: {why}); \
-                     tempox's guarantees hold across a crash of redis only with `appendonly yes` and `appendfsync always`"
-                );
-                return;
+                    .map_err(|f| self.failure(Action::Connect, f))?
             }
         };
         let mut strings = Vec::new();
         flatten(reply, &mut strings);
-        let setting = |name: &str| -> Vec<String> {
-            strings
-                .windows(2)
-                .filter(|w| w[0].eq_ignore_ascii_case(name))
-                .map(|w| w[1].clone())
+        Ok(strings
+            .chunks_exact(2)
+            .map(|pair| (pair[0].to_ascii_lowercase(), pair[1].clone()))
+            .collect())
+    }
+
+    /// What in the server's settings can lose or evict tempox's records, as
+    /// one message; `None` when nothing can.
+    async fn durability_problem(&self) -> Option<String> {
+        let target = &self.inner.target;
+        let needs = "tempox's guarantees need `appendonly yes`, `appendfsync always` and a \
+                     `maxmemory-policy` that never evicts its records (`noeviction` or `volatile-*`)";
+        let (append, memory) = match (
+            self.config_get("append*").await,
+            self.config_get("maxmemory-policy").await,
+        ) {
+            (Ok(append), Ok(memory)) => (append, memory),
+            (Err(e), _) | (_, Err(e)) => {
+                return Some(format!(
+                    "cannot read the settings of redis at {target} (CONFIG GET failed: {e}); {needs}"
+                ));
+            }
+        };
+        let values = |settings: &[(String, String)], name: &str| -> Vec<String> {
+            settings
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
                 .collect()
         };
-        let (appendonly, appendfsync) = (setting("appendonly"), setting("appendfsync"));
-        if appendonly.is_empty() || appendfsync.is_empty() {
-            tracing::warn!(
-                "could not read the durability settings of redis at {target}; \
-                 tempox's guarantees hold across a crash of redis only with `appendonly yes` and `appendfsync always`"
-            );
-        } else if appendonly.iter().any(|v| v != "yes") || appendfsync.iter().any(|v| v != "always")
-        {
-            tracing::warn!(
-                "redis at {target} runs with appendonly {} and appendfsync {}: a write it acknowledged just before \
-                 a crash can be lost, and with it tempox's guarantees; strict guarantees need `appendonly yes` and \
-                 `appendfsync always`",
+        let appendonly = values(&append, "appendonly");
+        let appendfsync = values(&append, "appendfsync");
+        let policy = values(&memory, "maxmemory-policy");
+        let mut problems = Vec::new();
+        if appendonly.is_empty() || appendfsync.is_empty() || policy.is_empty() {
+            problems.push("its settings could not be read".to_owned());
+        }
+        if appendonly.iter().any(|v| v != "yes") || appendfsync.iter().any(|v| v != "always") {
+            problems.push(format!(
+                "it runs with appendonly {} and appendfsync {}: a write it acknowledged just \
+                 before a crash can be lost",
                 appendonly.join("/"),
                 appendfsync.join("/")
-            );
+            ));
         }
+        if let Some(evicting) = policy.iter().find(|v| v.starts_with("allkeys-")) {
+            problems.push(format!(
+                "its maxmemory-policy is {evicting}: when memory runs out it evicts any key, \
+                 and a key whose record was evicted runs again"
+            ));
+        }
+        (!problems.is_empty())
+            .then(|| format!("redis at {target}: {}; {needs}", problems.join("; ")))
     }
 
     async fn due_scan(
