@@ -50,8 +50,9 @@ fn effect(what: &str) {
     println!("    ran      {what}");
 }
 
-/// Undoes a reservation; may run more than once, so it is idempotent.
-#[idempotent(name = "shop.release")]
+/// Undoes a reservation; may run more than once, so it is idempotent. Keyed
+/// by the reservation it undoes: its record is `shop.release/<reservation>`.
+#[idempotent(name = "shop.release", key = reservation)]
 async fn release(reservation: &String) -> Result<(), ShopError> {
     effect(&format!("release {reservation}"));
     Ok(())
@@ -64,7 +65,7 @@ async fn reserve_inventory(order_id: &str, sku: &str) -> Result<String, ShopErro
 }
 
 /// Undoes a charge, keyed by the charge it undoes.
-#[idempotent(name = "shop.refund")]
+#[idempotent(name = "shop.refund", key = charge)]
 async fn refund(charge: &String) -> Result<(), ShopError> {
     effect(&format!("refund {charge}"));
     Ok(())
