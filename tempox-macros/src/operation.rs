@@ -315,7 +315,7 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
     let idempotent_marker = (kind == Kind::Idempotent)
         .then(|| quote!(#[automatically_derived] impl #private::IdempotentOperation for #ident {}));
     let compensates = (kind != Kind::Workflow)
-        .then(|| compensates_impl(item, kind))
+        .then(|| compensates_impl(item, kind, &op))
         .flatten();
 
     let compensate_fn = format_ident!("__tempox_compensate", span = Span::mixed_site());
@@ -681,10 +681,10 @@ fn workflow_items(args: &Args, item: &Item, op: &syn::Ident) -> TokenStream {
         quote_spanned!(span=> #input.next::<#ty>()?)
     });
     let call = if item.written_result {
-        quote!(#private::compensation_result(#ident(#(#decoded),*).await))
+        quote!(#private::compensation_result::<#op>(#ident(#(#decoded),*).await))
     } else {
         let ret = &item.ret;
-        quote!(#private::compensation_result(<#ret as #private::ResultType>::into_result(#ident(#(#decoded),*).await)))
+        quote!(#private::compensation_result::<#op>(<#ret as #private::ResultType>::into_result(#ident(#(#decoded),*).await)))
     };
     quote! {
         #[automatically_derived]
@@ -713,7 +713,7 @@ fn workflow_items(args: &Args, item: &Item, op: &syn::Ident) -> TokenStream {
 
 /// `impl Compensates<O> for f` when `f` takes exactly one argument whose type
 /// names no lifetime: such a function can be called as `f(output)`.
-fn compensates_impl(item: &Item, kind: Kind) -> Option<TokenStream> {
+fn compensates_impl(item: &Item, kind: Kind, op: &syn::Ident) -> Option<TokenStream> {
     let private = quote!(::tempox::__private);
     let [param] = item.params.as_slice() else {
         return None;
@@ -728,13 +728,13 @@ fn compensates_impl(item: &Item, kind: Kind) -> Option<TokenStream> {
     // As in the wrapper: a return type that is no `Result` is reported at it, once.
     let as_result = |call: TokenStream| {
         if item.written_result {
-            quote!(#private::compensation_result(#call))
+            quote!(#private::compensation_result::<#op>(#call))
         } else {
             let ret = &item.ret;
             let span = ret.span();
             let at = private_at(span);
             quote_spanned! {span=>
-                #at::compensation_result(<#ret as #at::ResultType>::into_result(#call))
+                #at::compensation_result::<#op>(<#ret as #at::ResultType>::into_result(#call))
             }
         }
     };

@@ -417,9 +417,13 @@ pub fn decode_output<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("cannot decode the recorded output: {e}"))
 }
 
-/// A compensation's result, reduced to what the record keeps.
+/// A compensation's result, reduced to what the record keeps. Bound through
+/// `Op` (whose error is `Display` already), so an error type that is not
+/// `Display` is reported once, at the operation's error type.
 #[doc(hidden)]
-pub fn compensation_result<T, E: Display>(result: Result<T, E>) -> Result<(), String> {
+pub fn compensation_result<Op: Operation>(
+    result: Result<Op::Output, Op::Error>,
+) -> Result<(), String> {
     result.map(drop).map_err(|e| e.to_string())
 }
 
