@@ -239,6 +239,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\ncalls {}  bodies run {}  replayed {}  key reuse refused {}  compensations {}",
         c.calls, c.executions, c.replays, c.key_reuses, c.compensations
     );
+    println!(
+        "read them: cargo run -q --features cli --bin tempox -- --store {} show shop.checkout/order-4",
+        path.display()
+    );
     if !again {
         println!(
             "run `cargo run --example checkout -- --again` to replay the same requests from the file"

@@ -117,6 +117,13 @@ pub use tempox_runtime::{
 #[doc(inline)]
 pub use tempox_runtime::{clock, mirror, record};
 
+/// The operator command line, `tempox` (feature `cli`).
+#[cfg(feature = "cli")]
+pub mod cli {
+    #[doc(inline)]
+    pub use tempox_runtime::cli::*;
+}
+
 /// Stores: where records live.
 ///
 /// Every backend implements [`Store`](store::Store) and passes the same

@@ -3,6 +3,8 @@
 //! re-exports everything here together with the attribute macros.
 
 pub mod catalog;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
 mod error;
 pub mod invoke;
