@@ -1,7 +1,7 @@
 //! `#[idempotent]` and `#[non_idempotent]`: one engine, parameterised by [`Kind`].
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use quote::{ToTokens, TokenStreamExt, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
@@ -498,13 +498,16 @@ fn expand_operation(args: &Args, item: &Item, kind: Kind) -> TokenStream {
         None => quote!(#guard),
     };
     let fake_return = format_ident!("__tempox_fake_return", span = Span::mixed_site());
-    // A body that ends in an expression goes in as its statements: as a block,
-    // the last expression of another, `{ Ok(id) }` would be reported as
-    // `unused_braces`. Any other body goes in as its block, so one that is
-    // not of the return type (`{}`, `{ f(); }`) is reported at its braces.
-    let stmts = &block.stmts;
-    let body_tokens = if matches!(stmts.last(), Some(syn::Stmt::Expr(_, None))) {
-        quote!(#(#stmts)*)
+    // rustc reports a block of one expression as the last expression of
+    // another as `unused_braces` (`{ Ok(id) }`), unless its braces come from
+    // a macro: such a body goes in with braces of the expansion. Its items
+    // and bindings stay in its own block, and a body with no last expression
+    // keeps its own braces, where a type error is then reported (`{}`).
+    let body_tokens = if matches!(block.stmts.last(), Some(syn::Stmt::Expr(_, None))) {
+        let mut braced = TokenStream::new();
+        syn::token::Brace(Span::mixed_site())
+            .surround(&mut braced, |tokens| tokens.append_all(&block.stmts));
+        braced
     } else {
         quote!(#block)
     };
