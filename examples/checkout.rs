@@ -196,9 +196,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             *die = Some(died);
         }
         let dying = rt.clone();
-        let task = tokio::spawn(async move { dying.scope(checkout(o4)).await });
+        let mut task = tokio::spawn(async move { dying.scope(checkout(o4)).await });
         // "Kill the process" once the charge is recorded.
-        tokio::time::timeout(Duration::from_secs(30), dead)
+        let reached = async {
+            tokio::select! {
+                died = dead => died.map_err(|e| e.to_string()),
+                ended = &mut task => Err(format!("order-4 ended before the crash: {ended:?}")),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), reached)
             .await
             .map_err(|_| "order-4 did not reach the charge within 30 s")??;
         task.abort();

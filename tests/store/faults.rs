@@ -466,6 +466,56 @@ async fn durability_settings_are_checked_at_connect() {
     RedisStore::connect(&url).await.unwrap();
 }
 
+/// On Redis Cluster every master's settings are read: one master of three
+/// that can lose writes or evict records is named (and only it), whichever
+/// node the store met first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_settings_are_checked_on_every_cluster_master() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let strict = || async {
+        RedisStore::cluster_builder(&urls)
+            .prefix("durability")
+            .require_durability(true)
+            .connect()
+            .await
+            .map(|_| ())
+    };
+    strict().await.unwrap();
+    let [first, lax, last] = cluster.nodes() else {
+        panic!("three masters");
+    };
+    lax.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+    lax.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
+    // The reply's order of nodes varies: each connect may read them in
+    // another order.
+    for _ in 0..4 {
+        let err = strict().await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+        let message = err.to_string();
+        let at = |node: &RedisServer| format!("redis at 127.0.0.1:{}", node.port());
+        assert!(
+            message.contains(&format!(
+                "{} runs with appendonly yes and appendfsync everysec",
+                at(lax)
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!(
+                "{}: its maxmemory-policy is allkeys-random",
+                at(lax)
+            )),
+            "{message}"
+        );
+        assert!(!message.contains(&at(first)), "{message}");
+        assert!(!message.contains(&at(last)), "{message}");
+    }
+}
+
 /// Data is spread over a fixed number of buckets; opening it with another
 /// number is refused with a message that says what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

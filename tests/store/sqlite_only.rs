@@ -255,6 +255,17 @@ fn an_unopenable_path_is_unavailable_and_says_why() {
         "{err}"
     );
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+
+    // A file where a directory should be.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "x").unwrap();
+    let err = open_err(&file.join("t.db"));
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string()
+            .ends_with(&format!("{} is not a directory", file.display())),
+        "{err}"
+    );
 }
 
 /// A store error's message carries the backend's words, so they are not its

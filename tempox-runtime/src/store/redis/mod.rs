@@ -61,6 +61,12 @@ const MAX_BATCH: usize = 100_000;
 /// # Ok(()) }
 /// ```
 ///
+/// Its connections do not send `CLIENT SETINFO`, which Redis before 7.2
+/// refuses (an error in `INFO errorstats` per connection): tempox turns on the
+/// `redis` crate's `disable-client-setinfo` feature, and Cargo features being
+/// shared, so do the program's own connections made with the same version of
+/// that crate.
+///
 /// Clones share one connection, which reconnects by itself after the server
 /// went away; a call made while it is away fails with a [`StoreError`] that
 /// [`is_unavailable`](StoreError::is_unavailable) (or
@@ -488,10 +494,9 @@ impl RedisStoreBuilder {
                 timeout: self.response_timeout,
             }),
         };
-        store.load_scripts().await?;
-        // Before the layout check, which records the layout on first use: a
-        // refused server is left as it was.
-        if let Some(problem) = store.durability_problem().await {
+        // First: a refused server is left as it was (the layout check records
+        // the layout on first use).
+        if let Some(problem) = store.durability_problem().await? {
             if require_durability {
                 return Err(StoreError::new(
                     StoreErrorKind::Invalid,
@@ -500,6 +505,7 @@ impl RedisStoreBuilder {
             }
             tracing::warn!("{problem}");
         }
+        store.load_scripts().await?;
         store.check_layout().await?;
         Ok(store)
     }
@@ -904,76 +910,119 @@ impl RedisStore {
             .collect::<Result<(), StoreError>>()
     }
 
-    /// The values of the server's settings named by `pattern` (every
-    /// master's, on a cluster): `CONFIG GET`'s name, value pairs.
-    async fn config_get(&self, pattern: &str) -> Result<Vec<(String, String)>, StoreError> {
+    /// The settings named by `pattern` (`CONFIG GET`'s name, value pairs) of
+    /// each server: on a cluster every master's, by its address; else the
+    /// one server's, under the store's target.
+    async fn config_get(
+        &self,
+        pattern: &str,
+    ) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
         let mut cmd = ::redis::cmd("CONFIG");
         cmd.arg("GET").arg(pattern);
-        let reply = match &self.inner.conn {
-            Conn::Single(_) => self.query(Action::Connect, &cmd).await?,
+        let pairs = |reply: Value| {
+            let mut strings = Vec::new();
+            flatten(reply, &mut strings);
+            strings
+                .chunks_exact(2)
+                .map(|pair| (pair[0].to_ascii_lowercase(), pair[1].clone()))
+                .collect::<Vec<_>>()
+        };
+        match &self.inner.conn {
+            Conn::Single(_) => {
+                let reply = self.query(Action::Connect, &cmd).await?;
+                Ok(vec![(self.inner.target.clone(), pairs(reply))])
+            }
             Conn::Cluster(c) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let mut c = c.clone();
-                self.on_driver(async move { c.route_command(&cmd, routing).await })
+                let reply = self
+                    .on_driver(async move { c.route_command(&cmd, routing).await })
                     .await
-                    .map_err(|f| self.failure(Action::Connect, f))?
+                    .map_err(|f| self.failure(Action::Connect, f))?;
+                // One reply per master, keyed by its address.
+                let Value::Map(nodes) = reply else {
+                    return Ok(vec![(self.inner.target.clone(), pairs(reply))]);
+                };
+                Ok(nodes
+                    .into_iter()
+                    .map(|(node, reply)| {
+                        let mut name = Vec::new();
+                        flatten(node, &mut name);
+                        (name.concat(), pairs(reply))
+                    })
+                    .collect())
             }
-        };
-        let mut strings = Vec::new();
-        flatten(reply, &mut strings);
-        Ok(strings
-            .chunks_exact(2)
-            .map(|pair| (pair[0].to_ascii_lowercase(), pair[1].clone()))
-            .collect())
+        }
     }
 
-    /// What in the server's settings can lose or evict tempox's records, as
-    /// one message; `None` when nothing can.
-    async fn durability_problem(&self) -> Option<String> {
-        let target = &self.inner.target;
+    /// What in the servers' settings can lose or evict tempox's records, as
+    /// one message naming each server and setting; `None` when nothing can.
+    ///
+    /// # Errors
+    /// The server is unreachable or did not answer in time (a server that
+    /// refuses `CONFIG` is a problem, not an error).
+    async fn durability_problem(&self) -> Result<Option<String>, StoreError> {
         let needs = "tempox's guarantees need `appendonly yes`, `appendfsync always` and a \
                      `maxmemory-policy` that never evicts its records (`noeviction` or `volatile-*`)";
-        let (append, memory) = match (
+        let settings = match (
             self.config_get("append*").await,
             self.config_get("maxmemory-policy").await,
         ) {
-            (Ok(append), Ok(memory)) => (append, memory),
+            (Ok(append), Ok(memory)) => append.into_iter().chain(memory),
             (Err(e), _) | (_, Err(e)) => {
-                return Some(format!(
-                    "cannot read the settings of redis at {target} (CONFIG GET failed: {e}); {needs}"
-                ));
+                if e.is_retryable() {
+                    return Err(e);
+                }
+                // The server's own words (NOPERM, an unknown command, ...).
+                let why = e
+                    .backend()
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                return Ok(Some(format!(
+                    "cannot read the settings of redis at {} (CONFIG GET: {why}); {needs}",
+                    self.inner.target
+                )));
             }
         };
-        let values = |settings: &[(String, String)], name: &str| -> Vec<String> {
-            settings
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .collect()
-        };
-        let appendonly = values(&append, "appendonly");
-        let appendfsync = values(&append, "appendfsync");
-        let policy = values(&memory, "maxmemory-policy");
+        let mut nodes: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (node, pairs) in settings {
+            nodes.entry(node).or_default().extend(pairs);
+        }
         let mut problems = Vec::new();
-        if appendonly.is_empty() || appendfsync.is_empty() || policy.is_empty() {
-            problems.push("its settings could not be read".to_owned());
+        for (node, pairs) in &nodes {
+            let value = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let (Some(appendonly), Some(appendfsync), Some(policy)) = (
+                value("appendonly"),
+                value("appendfsync"),
+                value("maxmemory-policy"),
+            ) else {
+                problems.push(format!("redis at {node}: its settings could not be read"));
+                continue;
+            };
+            if appendonly != "yes" || appendfsync != "always" {
+                problems.push(format!(
+                    "redis at {node} runs with appendonly {appendonly} and appendfsync \
+                     {appendfsync}: a write it acknowledged just before a crash can be lost"
+                ));
+            }
+            if policy.starts_with("allkeys-") {
+                problems.push(format!(
+                    "redis at {node}: its maxmemory-policy is {policy}: when memory runs out it \
+                     evicts any key, and a key whose record was evicted runs again"
+                ));
+            }
         }
-        if appendonly.iter().any(|v| v != "yes") || appendfsync.iter().any(|v| v != "always") {
+        if nodes.is_empty() {
             problems.push(format!(
-                "it runs with appendonly {} and appendfsync {}: a write it acknowledged just \
-                 before a crash can be lost",
-                appendonly.join("/"),
-                appendfsync.join("/")
+                "redis at {}: its settings could not be read",
+                self.inner.target
             ));
         }
-        if let Some(evicting) = policy.iter().find(|v| v.starts_with("allkeys-")) {
-            problems.push(format!(
-                "its maxmemory-policy is {evicting}: when memory runs out it evicts any key, \
-                 and a key whose record was evicted runs again"
-            ));
-        }
-        (!problems.is_empty())
-            .then(|| format!("redis at {target}: {}; {needs}", problems.join("; ")))
+        Ok((!problems.is_empty()).then(|| format!("{}; {needs}", problems.join("; "))))
     }
 
     async fn due_scan(

@@ -449,13 +449,24 @@ fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> 
 }
 
 /// Why `path` cannot be a database file, when SQLite's "unable to open" has a
-/// plainer reason: it is a directory, or its directory does not exist.
+/// plainer reason: it is a directory, or its directory does not exist, is not
+/// a directory, or cannot be looked at.
 fn why_not_a_file(path: &Path) -> Option<String> {
-    if path.is_dir() {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
         return Some("it is a directory; give the path of a database file in it".to_owned());
     }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty())?;
-    (!parent.is_dir()).then(|| format!("the directory {} does not exist", parent.display()))
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!("{} is not a directory", parent.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("the directory {} does not exist", parent.display()))
+        }
+        Err(e) => Some(format!(
+            "cannot look at the directory {}: {e}",
+            parent.display()
+        )),
+    }
 }
 
 /// Maps a SQLite error to a store error that says what was being done to which
@@ -463,7 +474,7 @@ fn why_not_a_file(path: &Path) -> Option<String> {
 fn sqlite_error(path: &Path, doing: &str, e: rusqlite::Error) -> StoreError {
     let kind = classify(&e);
     let what = match kind {
-        StoreErrorKind::Corrupt => "it is not a SQLite database, or it is corrupt".to_owned(),
+        StoreErrorKind::Corrupt => format!("it is not a SQLite database, or it is corrupt ({e})"),
         _ => e.to_string(),
     };
     StoreError::new(kind, format!("{doing} {}: {what}", path.display())).with_backend(e)
