@@ -516,6 +516,44 @@ async fn durability_settings_are_checked_on_every_cluster_master() {
     }
 }
 
+/// With `create(false)` a prefix that holds no tempox data is an error and
+/// nothing is written (a tool must not start a store where a prefix was
+/// mistyped); data already there opens as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_must_exist_is_not_created() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let existing = || {
+        RedisStore::builder(&server.url())
+            .prefix("shop")
+            .create(false)
+            .connect()
+    };
+    let err = existing().await.map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("holds no tempox data under prefix `shop`"),
+        "{err}"
+    );
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0", "nothing was written");
+    let store = RedisStore::builder(&server.url())
+        .prefix("shop")
+        .connect()
+        .await
+        .unwrap();
+    store.claim(&claim_request("a")).await.unwrap();
+    let reopened = existing().await.unwrap();
+    assert!(
+        reopened
+            .get(&claim_request("a").id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// Data is spread over a fixed number of buckets; opening it with another
 /// number is refused with a message that says what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

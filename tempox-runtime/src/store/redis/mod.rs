@@ -300,6 +300,7 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     connection_timeout: Duration,
     require_durability: bool,
+    create: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -313,6 +314,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("require_durability", &self.require_durability)
+            .field("create", &self.create)
             .finish()
     }
 }
@@ -337,6 +339,7 @@ impl RedisStoreBuilder {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             require_durability: false,
+            create: true,
         }
     }
 
@@ -383,6 +386,15 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether connecting to a prefix that holds no tempox data records the
+    /// layout there and starts a new store (the default). With `false`, such
+    /// a prefix is an error and connecting writes nothing: for tools that
+    /// inspect a store and must not start one where a prefix was mistyped.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
     /// Connects, checks the server's durability settings (see
     /// [Durability](RedisStore#durability)), and checks that the data under
     /// the prefix was written with the same number of buckets (and records it
@@ -397,7 +409,8 @@ impl RedisStoreBuilder {
     /// - [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]: the
     ///   server cannot be reached.
     /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
-    ///   with another number of buckets or another layout version.
+    ///   with another number of buckets or another layout version, or, with
+    ///   [`create(false)`](Self::create), there is none.
     /// - [`StoreErrorKind::Invalid`] also, with
     ///   [`require_durability`](Self::require_durability): the server's
     ///   settings can lose or evict records, or cannot be read. Nothing was
@@ -421,7 +434,7 @@ impl RedisStoreBuilder {
         let (urls, cluster) = (self.urls.clone(), self.cluster);
         let (connection_timeout, response_timeout) =
             (self.connection_timeout, self.response_timeout);
-        let require_durability = self.require_durability;
+        let (require_durability, create) = (self.require_durability, self.create);
         // A cluster connection is one task that routes, reconnects and
         // retries for every caller and is never made again: it lives on the
         // store's own thread. A single-server connection is remade on demand
@@ -506,7 +519,7 @@ impl RedisStoreBuilder {
             tracing::warn!("{problem}");
         }
         store.load_scripts().await?;
-        store.check_layout().await?;
+        store.check_layout(create).await?;
         Ok(store)
     }
 
@@ -862,12 +875,14 @@ impl RedisStore {
     }
 
     /// Checks (or records, on first use) the layout of every bucket.
-    async fn check_layout(&self) -> Result<(), StoreError> {
+    async fn check_layout(&self, create: bool) -> Result<(), StoreError> {
         let checks = self.all_buckets().map(|b| {
             Box::pin(async move {
                 let keys = self.keys(b);
                 let mut inv = ScriptCall::new(&scripts().init, &[&keys.meta]);
-                inv.arg(self.inner.buckets).arg(LAYOUT_VERSION);
+                inv.arg(self.inner.buckets)
+                    .arg(LAYOUT_VERSION)
+                    .arg(if create { "1" } else { "0" });
                 let reply = self.invoke(Action::Connect, &inv).await?;
                 let mut items = codec::array("the layout check", reply)?.into_iter();
                 let outcome = match items.next() {
@@ -881,6 +896,13 @@ impl RedisStore {
                 let inner = &self.inner;
                 match outcome.as_str() {
                     "ok" | "created" => Ok(()),
+                    "missing" => Err(StoreError::new(
+                        StoreErrorKind::Schema,
+                        format!(
+                            "redis at {} holds no tempox data under prefix `{}`",
+                            inner.target, inner.prefix
+                        ),
+                    )),
                     "buckets" => Err(StoreError::new(
                         StoreErrorKind::Schema,
                         format!(
