@@ -9,20 +9,22 @@
 //! TEMPOX_STORE=orders.db tempox --json show 'shop.checkout/order-4'
 //! ```
 //!
-//! Only `retry` and `resolve` change records. A SQLite file that does not
-//! exist is an error, never a new empty store. Exit status: 0 done, 1 the
-//! command failed (no such record, a record in the wrong status, a store
-//! error), 2 bad arguments.
+//! Only `retry` and `resolve` change records, and nothing starts a store: a
+//! SQLite file that does not exist, or a Redis prefix with no tempox data, is
+//! an error. Exit status: 0 done, 1 the command failed (no such record, a
+//! record in the wrong status, a store error), 2 bad arguments.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
+use unicode_width::UnicodeWidthStr;
 
-use crate::record::{Blob, Record, RecordId, Status, Timestamp};
+use crate::record::{Blob, Kind, Record, RecordId, Status, Timestamp};
 use crate::store::Query;
 use crate::{Error, Runtime};
 
@@ -38,14 +40,24 @@ pub struct Cli {
     /// path), or a Redis server (`redis://[user:password@]host[:port][/db]`,
     /// `unix:///path/to/socket`); with `--cluster`, the comma-separated URLs
     /// of Redis Cluster nodes.
-    #[arg(long, env = "TEMPOX_STORE", value_name = "STORE")]
-    store: String,
+    #[arg(
+        long,
+        global = true,
+        env = "TEMPOX_STORE",
+        hide_env_values = true,
+        value_name = "STORE"
+    )]
+    store: Option<String>,
     /// The Redis URLs are nodes of a Redis Cluster.
-    #[arg(long)]
+    #[arg(long, global = true)]
     cluster: bool,
-    /// The prefix of the Redis keys (as given to `RedisStoreBuilder::prefix`).
-    #[arg(long, default_value = "tempox", value_name = "PREFIX")]
-    prefix: String,
+    /// The prefix of the Redis keys (`RedisStoreBuilder::prefix`).
+    #[arg(long, global = true, env = "TEMPOX_PREFIX", value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// The number of buckets of the Redis store (`RedisStoreBuilder::buckets`;
+    /// the error says which when it differs).
+    #[arg(long, global = true, value_name = "N")]
+    buckets: Option<u16>,
     /// JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -96,15 +108,47 @@ enum Command {
         #[arg(value_parser = RecordId::parse)]
         id: RecordId,
         /// What was done, for whoever reads the record next.
-        #[arg(long)]
+        #[arg(long, value_parser = not_empty)]
         note: String,
+        /// How long the resolved record is kept: your runtime's `retention`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        retention: Duration,
     },
-    /// How many records are in each status. Reads every record.
+    /// How many records are in each status (reads every record, a page at a
+    /// time; not a snapshot while others write).
     Stats,
 }
 
-/// Runs the command line of this process and says how it went: prints the
-/// answer on standard output, or the error on standard error.
+fn not_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the note is empty: say what was done".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+/// Why a command did not run.
+#[derive(Debug)]
+pub enum Failure {
+    /// The arguments are wrong (exit status 2).
+    Usage(String),
+    /// The command failed (exit status 1).
+    Failed(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Failed(e.to_string())
+    }
+}
+
+impl From<crate::StoreError> for Failure {
+    fn from(e: crate::StoreError) -> Self {
+        Failure::Failed(e.to_string())
+    }
+}
+
+/// Runs the command line of this process: the answer on standard output, or
+/// the error on standard error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let tokio = match tokio::runtime::Builder::new_current_thread()
@@ -119,11 +163,25 @@ pub fn main() -> ExitCode {
     };
     match tokio.block_on(run(&cli)) {
         Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                // A reader that stopped early (`| head`) is not a failure.
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tempox: cannot write the answer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
-        Err(e) => {
-            eprintln!("tempox: {e}");
+        Err(Failure::Usage(message)) => Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit(),
+        Err(Failure::Failed(message)) => {
+            eprintln!("tempox: {message}");
             ExitCode::FAILURE
         }
     }
@@ -132,14 +190,15 @@ pub fn main() -> ExitCode {
 /// Runs `cli` and returns what it prints.
 ///
 /// # Errors
-/// The store cannot be opened or fails, or the command is refused (no such
-/// record, a record in the wrong status), as a message for the operator.
-pub async fn run(cli: &Cli) -> Result<String, String> {
-    let rt = Runtime::builder()
-        .store(open(cli).await?)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let failed = |e: Error| e.to_string();
+/// Wrong arguments, a store that cannot be opened or fails, or a refused
+/// command (no such record, a record in the wrong status).
+pub async fn run(cli: &Cli) -> Result<String, Failure> {
+    let mut builder = Runtime::builder().store(open(cli).await?);
+    if let Command::Resolve { retention, .. } = &cli.command {
+        // What `resolve` keeps the record for.
+        builder = builder.retention(*retention);
+    }
+    let rt = builder.build().map_err(|e| Failure::Usage(e.to_string()))?;
     let json = cli.json;
     match &cli.command {
         Command::List {
@@ -156,61 +215,88 @@ pub async fn run(cli: &Cli) -> Result<String, String> {
                 after: after.clone(),
                 limit: usize::try_from(*limit).unwrap_or(usize::MAX),
             };
-            let records = rt.store().list(&query).await.map_err(|e| e.to_string())?;
-            Ok(records_out(&records, json))
+            let records = rt.store().list(&query).await?;
+            let mut out = records_out(&records, json);
+            if !json
+                && records.len() == query.limit
+                && let Some(last) = records.last()
+            {
+                let _ = writeln!(out, "(more may follow: --after '{}')", last.id);
+            }
+            Ok(out)
         }
         Command::Show { id } => {
             let record = rt
                 .record(id)
-                .await
-                .map_err(failed)?
-                .ok_or_else(|| format!("no record `{id}`"))?;
-            let mut steps = if record.workflow.is_none() {
-                rt.list_all(Query {
-                    workflow: Some(id.clone()),
-                    ..Query::default()
-                })
-                .await
-                .map_err(failed)?
+                .await?
+                .ok_or_else(|| Failure::Failed(format!("no record `{id}`")))?;
+            let steps = if record.kind == Kind::Workflow {
+                let mut steps = rt
+                    .list_all(Query {
+                        workflow: Some(id.clone()),
+                        ..Query::default()
+                    })
+                    .await?;
+                steps.sort_by_key(|s| s.step);
+                Some(steps)
             } else {
-                Vec::new()
+                None
             };
-            steps.sort_by_key(|s| s.step);
-            Ok(show_out(&record, &steps, json))
+            Ok(show_out(&record, steps.as_deref(), json))
         }
-        Command::DeadLetters => Ok(records_out(&rt.dead_letters().await.map_err(failed)?, json)),
-        Command::Retry { id } => Ok(show_out(&rt.retry(id).await.map_err(failed)?, &[], json)),
-        Command::Resolve { id, note } => Ok(show_out(
-            &rt.resolve(id, note).await.map_err(failed)?,
-            &[],
-            json,
-        )),
+        Command::DeadLetters => Ok(records_out(&rt.dead_letters().await?, json)),
+        Command::Retry { id } => Ok(show_out(&rt.retry(id).await?, None, json)),
+        Command::Resolve { id, note, .. } => Ok(show_out(&rt.resolve(id, note).await?, None, json)),
         Command::Stats => {
             let mut counts = BTreeMap::new();
             for status in Status::ALL {
-                let n = rt
-                    .list_all(Query::statuses(&[*status]))
-                    .await
-                    .map_err(failed)?
-                    .len();
-                counts.insert(status.as_str(), n);
+                counts.insert(status.as_str(), count(&rt, *status).await?);
             }
             Ok(stats_out(&counts, json))
         }
     }
 }
 
+/// The records in `status`, counted a page at a time.
+async fn count(rt: &Runtime, status: Status) -> Result<usize, Failure> {
+    let mut query = Query::statuses(&[status]);
+    query.limit = 1000;
+    let mut n = 0;
+    loop {
+        let page = rt.store().list(&query).await?;
+        n += page.len();
+        if page.len() < query.limit {
+            return Ok(n);
+        }
+        query.after = page.last().map(|r| r.id.clone());
+    }
+}
+
 /// The store named by `--store`, opened as it is.
-async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, String> {
-    let store = cli.store.trim();
+async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
+    let store = cli.store.as_deref().map(str::trim).unwrap_or_default();
+    if store.is_empty() {
+        return Err(Failure::Usage(
+            "no store: give `--store` (a SQLite file or a Redis URL) or set TEMPOX_STORE"
+                .to_owned(),
+        ));
+    }
     let redis = ["redis://", "rediss://", "unix://"]
         .iter()
         .any(|scheme| store.starts_with(scheme));
-    if redis || cli.cluster {
+    if redis {
         return open_redis(cli, store).await;
     }
-    if cli.prefix != "tempox" {
-        return Err("`--prefix` is for Redis stores; this store is a SQLite file".to_owned());
+    for (set, option) in [
+        (cli.cluster, "--cluster"),
+        (cli.prefix.is_some(), "--prefix"),
+        (cli.buckets.is_some(), "--buckets"),
+    ] {
+        if set {
+            return Err(Failure::Usage(format!(
+                "`{option}` is for Redis stores, and `{store}` is not a redis:// URL"
+            )));
+        }
     }
     open_sqlite(store.strip_prefix("sqlite:").unwrap_or(store))
 }
@@ -219,74 +305,112 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Stri
 async fn open_redis(
     cli: &Cli,
     urls: &str,
-) -> Result<std::sync::Arc<dyn crate::store::Store>, String> {
+) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
+    use crate::StoreErrorKind;
     use crate::store::RedisStore;
-    let builder = if cli.cluster {
+    let mut builder = if cli.cluster {
         let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
         RedisStore::cluster_builder(&urls)
     } else {
         RedisStore::builder(urls)
     };
-    let store = builder
-        .prefix(cli.prefix.clone())
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(std::sync::Arc::new(store))
+    if let Some(prefix) = &cli.prefix {
+        builder = builder.prefix(prefix.clone());
+    }
+    if let Some(buckets) = cli.buckets {
+        builder = builder.buckets(buckets);
+    }
+    match builder.create(false).connect().await {
+        Ok(store) => Ok(std::sync::Arc::new(store)),
+        Err(e) if e.kind() == StoreErrorKind::Invalid => Err(Failure::Usage(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(not(feature = "redis"))]
 async fn open_redis(
     _cli: &Cli,
     urls: &str,
-) -> Result<std::sync::Arc<dyn crate::store::Store>, String> {
-    Err(format!(
+) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
+    Err(Failure::Usage(format!(
         "`{urls}` is a Redis store, and this tempox was built without Redis (feature `redis`)"
-    ))
+    )))
 }
 
 #[cfg(feature = "sqlite")]
-fn open_sqlite(path: &str) -> Result<std::sync::Arc<dyn crate::store::Store>, String> {
+fn open_sqlite(path: &str) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
     let file = std::path::Path::new(path);
-    if path.is_empty() {
-        return Err("`--store` is empty: give a SQLite file or a Redis URL".to_owned());
+    match std::fs::metadata(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Failure::Failed(format!(
+                "no SQLite store at {path}: the file does not exist (tempox opens a store, it never creates one here)"
+            )));
+        }
+        Ok(m) if m.is_file() && m.len() == 0 => {
+            return Err(Failure::Failed(format!(
+                "no SQLite store at {path}: the file is empty"
+            )));
+        }
+        _ => {}
     }
-    if !file.exists() {
-        return Err(format!(
-            "no SQLite store at {path}: the file does not exist (tempox opens a store, it never creates one here)"
-        ));
-    }
-    let store = crate::store::SqliteStore::open(file).map_err(|e| e.to_string())?;
+    let store = crate::store::SqliteStore::open(file)?;
     Ok(std::sync::Arc::new(store))
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn open_sqlite(path: &str) -> Result<std::sync::Arc<dyn crate::store::Store>, String> {
-    Err(format!(
+fn open_sqlite(path: &str) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
+    Err(Failure::Usage(format!(
         "`{path}` is a SQLite store, and this tempox was built without SQLite (feature `sqlite`)"
-    ))
+    )))
 }
 
-/// A time as RFC 3339 in UTC, or its milliseconds when past what the system
-/// clock can hold.
-fn time(t: Timestamp) -> String {
-    UNIX_EPOCH
-        .checked_add(Duration::from_millis(t.as_millis()))
-        .filter(|at| *at < SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
-        .map_or_else(
-            || format!("{} ms", t.as_millis()),
-            |at| humantime::format_rfc3339_millis(at).to_string(),
-        )
+/// The first instant RFC 3339 cannot write (year 10000).
+const YEAR_10000: Duration = Duration::from_secs(253_402_300_800);
+
+/// A time as RFC 3339 in UTC; `None` past the year 9999.
+fn time(t: Timestamp) -> Option<String> {
+    let since = Duration::from_millis(t.as_millis());
+    (since < YEAR_10000).then(|| humantime::format_rfc3339_millis(UNIX_EPOCH + since).to_string())
 }
 
-/// A recorded input or output: its JSON, or its bytes' length when it is none.
-fn blob_json(blob: &Blob) -> serde_json::Value {
-    serde_json::from_slice(blob.as_bytes()).unwrap_or_else(|_| {
-        serde_json::Value::String(format!("<{} bytes, not JSON>", blob.as_bytes().len()))
-    })
+/// A time for a table: RFC 3339, or its milliseconds past the year 9999.
+fn time_text(t: Timestamp) -> String {
+    time(t).unwrap_or_else(|| format!("{} ms", t.as_millis()))
 }
 
-/// A record as `--json` prints it.
+/// A recorded input or output as JSON, and as hex when it is not JSON.
+fn blob(blob: &Blob) -> (serde_json::Value, Option<String>) {
+    match serde_json::from_slice(blob.as_bytes()) {
+        Ok(value) => (value, None),
+        Err(_) => (
+            serde_json::Value::Null,
+            Some(blob.as_bytes().iter().fold(String::new(), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })),
+        ),
+    }
+}
+
+/// A time as `--json` prints it: RFC 3339 (null past the year 9999) and
+/// milliseconds since the epoch.
+#[derive(Serialize)]
+struct TimeView {
+    utc: Option<String>,
+    ms: u64,
+}
+
+impl TimeView {
+    fn of(t: Timestamp) -> Self {
+        TimeView {
+            utc: time(t),
+            ms: t.as_millis(),
+        }
+    }
+}
+
+/// A record as `--json` prints it: every key, `null` when the record has no
+/// value for it.
 #[derive(Serialize)]
 struct RecordView<'a> {
     id: &'a str,
@@ -296,31 +420,32 @@ struct RecordView<'a> {
     status: &'a str,
     attempts: u32,
     token: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: String,
     workflow: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     step: Option<u32>,
-    created_at: String,
-    updated_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease_until: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    due_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<String>,
+    created_at: TimeView,
+    updated_at: TimeView,
+    lease_until: Option<TimeView>,
+    due_at: Option<TimeView>,
+    expires_at: Option<TimeView>,
+    /// The arguments as recorded (JSON), or null with `input_hex`.
     input: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    input_hex: Option<String>,
     output: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    output_hex: Option<String>,
     error: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// A workflow's steps in step order (`show` only); null for anything else.
     steps: Option<Vec<RecordView<'a>>>,
 }
 
 impl<'a> RecordView<'a> {
     fn of(r: &'a Record) -> Self {
+        let (input, input_hex) = blob(&r.input);
+        let (output, output_hex) = match r.output.as_ref().map(blob) {
+            Some((value, hex)) => (Some(value), hex),
+            None => (None, None),
+        };
         RecordView {
             id: r.id.as_str(),
             op: r.op(),
@@ -329,15 +454,18 @@ impl<'a> RecordView<'a> {
             status: r.status.as_str(),
             attempts: r.attempts,
             token: r.token,
+            fingerprint: r.fingerprint.to_string(),
             workflow: r.workflow.as_ref().map(RecordId::as_str),
             step: r.step,
-            created_at: time(r.created_at),
-            updated_at: time(r.updated_at),
-            lease_until: r.lease_until.map(time),
-            due_at: r.due_at.map(time),
-            expires_at: r.expires_at.map(time),
-            input: blob_json(&r.input),
-            output: r.output.as_ref().map(blob_json),
+            created_at: TimeView::of(r.created_at),
+            updated_at: TimeView::of(r.updated_at),
+            lease_until: r.lease_until.map(TimeView::of),
+            due_at: r.due_at.map(TimeView::of),
+            expires_at: r.expires_at.map(TimeView::of),
+            input,
+            input_hex,
+            output,
+            output_hex,
             error: r.error.as_deref(),
             note: r.note.as_deref(),
             steps: None,
@@ -353,6 +481,27 @@ fn to_json(value: &impl Serialize) -> String {
     out
 }
 
+/// `s` safe for a terminal: control characters (newlines, escapes) written
+/// as escapes.
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect()
+}
+
+/// `s` padded with spaces to `width` columns of a terminal.
+fn pad(s: &str, width: usize) -> String {
+    let mut out = s.to_owned();
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(s.width())));
+    out
+}
+
 fn records_out(records: &[Record], json: bool) -> String {
     if json {
         return to_json(&records.iter().map(RecordView::of).collect::<Vec<_>>());
@@ -360,20 +509,19 @@ fn records_out(records: &[Record], json: bool) -> String {
     if records.is_empty() {
         return "no records\n".to_owned();
     }
-    let width = records
-        .iter()
-        .map(|r| r.id.as_str().chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(2);
+    let ids: Vec<String> = records.iter().map(|r| clean(r.id.as_str())).collect();
+    let width = ids.iter().map(|id| id.width()).max().unwrap_or(0).max(2);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<width$}  {:<21}  {:>8}  {:<24}  ERROR",
-        "ID", "STATUS", "ATTEMPTS", "UPDATED"
+        "{}  {:<21}  {:>8}  {:<24}  ERROR",
+        pad("ID", width),
+        "STATUS",
+        "ATTEMPTS",
+        "UPDATED"
     );
-    for r in records {
-        let error = r.error.as_deref().unwrap_or("").replace('\n', " ");
+    for (r, id) in records.iter().zip(&ids) {
+        let error = clean(r.error.as_deref().unwrap_or(""));
         let error: String = if error.chars().count() > 60 {
             error.chars().take(59).chain(['…']).collect()
         } else {
@@ -381,61 +529,63 @@ fn records_out(records: &[Record], json: bool) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<width$}  {:<21}  {:>8}  {:<24}  {error}",
-            r.id.as_str(),
+            "{}  {:<21}  {:>8}  {:<24}  {error}",
+            pad(id, width),
             r.status.as_str(),
             r.attempts,
-            time(r.updated_at),
+            time_text(r.updated_at),
         );
     }
     out
 }
 
-fn show_out(record: &Record, steps: &[Record], json: bool) -> String {
+fn show_out(record: &Record, steps: Option<&[Record]>, json: bool) -> String {
     if json {
         let mut view = RecordView::of(record);
-        if !steps.is_empty() {
-            view.steps = Some(steps.iter().map(RecordView::of).collect());
-        }
+        view.steps = steps.map(|steps| steps.iter().map(RecordView::of).collect());
         return to_json(&view);
     }
-    let v = RecordView::of(record);
+    let r = record;
     let mut out = String::new();
-    let mut line = |name: &str, value: &dyn std::fmt::Display| {
-        let _ = writeln!(out, "{name:<12} {value}");
+    let mut line = |name: &str, value: &str| {
+        let _ = writeln!(out, "{name:<12} {}", clean(value));
     };
-    line("id", &v.id);
-    line("kind", &v.kind);
-    line("status", &v.status);
-    line("attempts", &v.attempts);
-    line("token", &v.token);
-    if let (Some(workflow), Some(step)) = (v.workflow, v.step) {
+    line("id", r.id.as_str());
+    line("kind", r.kind.as_str());
+    line("status", r.status.as_str());
+    line("attempts", &r.attempts.to_string());
+    line("token", &r.token.to_string());
+    if let (Some(workflow), Some(step)) = (&r.workflow, r.step) {
         line("workflow", &format!("{workflow} (step {step})"));
     }
-    line("created", &v.created_at);
-    line("updated", &v.updated_at);
+    line("created", &time_text(r.created_at));
+    line("updated", &time_text(r.updated_at));
     for (name, at) in [
-        ("lease until", &v.lease_until),
-        ("due", &v.due_at),
-        ("expires", &v.expires_at),
+        ("lease until", r.lease_until),
+        ("due", r.due_at),
+        ("expires", r.expires_at),
     ] {
         if let Some(at) = at {
-            line(name, at);
+            line(name, &time_text(at));
         }
     }
-    line("input", &v.input);
-    if let Some(output) = &v.output {
-        line("output", output);
+    let blob_text = |b: &Blob| match blob(b) {
+        (value, None) => value.to_string(),
+        (_, Some(hex)) => format!("{} bytes, not JSON: {hex}", b.as_bytes().len()),
+    };
+    line("input", &blob_text(&r.input));
+    if let Some(output) = &r.output {
+        line("output", &blob_text(output));
     }
-    if let Some(error) = v.error {
-        line("error", &error);
+    if let Some(error) = &r.error {
+        line("error", error);
     }
-    if let Some(note) = v.note {
+    if let Some(note) = &r.note {
         for (i, note_line) in note.lines().enumerate() {
-            line(if i == 0 { "note" } else { "" }, &note_line);
+            line(if i == 0 { "note" } else { "" }, note_line);
         }
     }
-    if !steps.is_empty() {
+    if let Some(steps) = steps {
         out.push_str("\nsteps:\n");
         out.push_str(&records_out(steps, false));
     }

@@ -55,9 +55,10 @@ async fn move_to(store: &dyn Store, r: Record, to: Status, error: Option<&str>) 
     }
 }
 
-/// A workflow and its two steps, all completed (step 1's id sorts after step
-/// 2's), a refund whose compensation failed and a charge whose outcome is
-/// unknown: the two dead letters.
+/// A workflow and its three steps, all completed (step 1's id sorts after
+/// step 2's; step 3 is a workflow with a step of its own), a refund whose
+/// compensation failed and a charge whose outcome is unknown: the two dead
+/// letters. Seven records.
 async fn seed(store: &dyn Store) {
     let flow = id("shop.checkout", "o-1");
     let w = claim(store, &flow, Kind::Workflow, None).await;
@@ -66,18 +67,19 @@ async fn seed(store: &dyn Store) {
         let r = claim(store, &step, Kind::Idempotent, Some((&flow, n))).await;
         move_to(store, r, Status::Completed, None).await;
     }
+    let gift = id("shop.gift", "shop.checkout/o-1#3");
+    let g = claim(store, &gift, Kind::Workflow, Some((&flow, 3))).await;
+    let wrap = id("shop.wrap", "shop.gift/shop.checkout/o-1#3#1");
+    let r = claim(store, &wrap, Kind::Idempotent, Some((&gift, 1))).await;
+    move_to(store, r, Status::Completed, None).await;
+    move_to(store, g, Status::Completed, None).await;
     move_to(store, w, Status::Completed, None).await;
 
     let refund = claim(store, &id("shop.refund", "ch-9"), Kind::Idempotent, None).await;
     let refund = move_to(store, refund, Status::Completed, None).await;
     let refund = move_to(store, refund, Status::Compensating, None).await;
-    move_to(
-        store,
-        refund,
-        Status::CompensationFailed,
-        Some("provider down"),
-    )
-    .await;
+    let error = Some("provider down\nsee \u{1b}[31mlog");
+    move_to(store, refund, Status::CompensationFailed, error).await;
 
     let charge = claim(store, &id("shop.charge", "o-2"), Kind::NonIdempotent, None).await;
     move_to(store, charge, Status::OutcomeUnknown, Some("lease expired")).await;
@@ -93,6 +95,7 @@ async fn sqlite_store(dir: &Path) -> String {
 fn tempox(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tempox"))
         .env_remove("TEMPOX_STORE")
+        .env_remove("TEMPOX_PREFIX")
         .args(args)
         .output()
         .unwrap()
@@ -139,29 +142,40 @@ fn ids(list: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// What every store answers the same: lists, filters, one record with its
-/// steps in step order, counts.
+/// What every store answers the same: lists, filters, pages, one record with
+/// its steps in step order, every JSON key, counts.
 fn reads(store: &str) {
     let table = ok(&["--store", store, "list"]);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 1 + 5, "{table}");
+    assert_eq!(lines.len(), 1 + 7, "{table}");
     assert!(lines[0].starts_with("ID"), "{table}");
     let refund = lines
         .iter()
         .find(|l| l.starts_with("shop.refund/ch-9"))
         .unwrap();
     assert!(refund.contains("compensation_failed"), "{refund}");
-    assert!(refund.ends_with("provider down"), "{refund}");
+    // Control characters are written as escapes, on one line.
+    assert!(
+        refund.ends_with(r"provider down\nsee \u{1b}[31mlog"),
+        "{refund}"
+    );
+    let first = ok(&["--store", store, "list", "--limit", "2"]);
+    assert!(
+        first.ends_with("(more may follow: --after 'shop.charge/shop.checkout/o-1#2')\n"),
+        "{first}"
+    );
 
     let completed = json(&["--store", store, "--json", "list", "--status", "completed"]);
+    let expected = [
+        "shop.charge/shop.checkout/o-1#2",
+        "shop.checkout/o-1",
+        "shop.gift/shop.checkout/o-1#3",
+        "shop.reserve/shop.checkout/o-1#1",
+        "shop.wrap/shop.gift/shop.checkout/o-1#3#1",
+    ];
     assert_eq!(
         ids(&completed),
-        [
-            ("shop.charge/shop.checkout/o-1#2", "completed"),
-            ("shop.checkout/o-1", "completed"),
-            ("shop.reserve/shop.checkout/o-1#1", "completed"),
-        ]
-        .map(|(i, s)| (i.to_owned(), s.to_owned()))
+        expected.map(|i| (i.to_owned(), "completed".to_owned()))
     );
     // Pages of one operation's records.
     let charges = |page: &[&str]| {
@@ -182,24 +196,61 @@ fn reads(store: &str) {
         .iter()
         .map(|s| s["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(steps, [1, 2], "steps in step order");
+    assert_eq!(steps, [1, 2, 3], "steps in step order");
+    // Every key is there, null when the record has none.
+    for key in [
+        "lease_until",
+        "due_at",
+        "error",
+        "note",
+        "input_hex",
+        "output_hex",
+    ] {
+        assert!(
+            flow.get(key).is_some_and(serde_json::Value::is_null),
+            "{key}: {flow}"
+        );
+    }
+    assert_eq!(flow["fingerprint"].as_str().unwrap().len(), 32);
+    let (created, updated) = (&flow["created_at"], &flow["updated_at"]);
+    assert!(created["utc"].as_str().unwrap().ends_with('Z'), "{created}");
+    assert!(created["ms"].as_u64().unwrap() <= updated["ms"].as_u64().unwrap());
+    // A workflow that is a step has steps of its own; a plain record none.
+    let gift = json(&[
+        "--store",
+        store,
+        "--json",
+        "show",
+        "shop.gift/shop.checkout/o-1#3",
+    ]);
+    assert_eq!(
+        gift["steps"][0]["id"],
+        "shop.wrap/shop.gift/shop.checkout/o-1#3#1"
+    );
+    let charge = json(&["--store", store, "--json", "show", "shop.charge/o-2"]);
+    assert!(
+        charge.get("steps").is_some_and(serde_json::Value::is_null),
+        "{charge}"
+    );
     let text = ok(&["--store", store, "show", "shop.checkout/o-1"]);
     assert!(text.contains("status       completed"), "{text}");
     let reserve = text.find("shop.reserve/").unwrap();
     let charge = text.find("shop.charge/").unwrap();
     assert!(reserve < charge, "{text}");
-
-    let stats = json(&["--store", store, "--json", "stats"]);
-    assert_eq!(stats["completed"], 3);
-    assert_eq!(stats["compensation_failed"], 1);
-    assert_eq!(stats["outcome_unknown"], 1);
-    assert_eq!(stats["total"], 5);
-    let text = ok(&["--store", store, "stats"]);
+    let text = ok(&["--store", store, "show", "shop.refund/ch-9"]);
     assert!(
-        text.lines()
-            .any(|l| l.split_whitespace().eq(["total", "5"])),
+        text.contains("error        provider down\\nsee \\u{1b}[31mlog\n"),
         "{text}"
     );
+
+    let stats = json(&["--store", store, "--json", "stats"]);
+    assert_eq!(stats["completed"], 5);
+    assert_eq!(stats["compensation_failed"], 1);
+    assert_eq!(stats["outcome_unknown"], 1);
+    assert_eq!(stats["total"], 7);
+    let text = ok(&["--store", store, "stats"]);
+    let total = text.lines().last().unwrap();
+    assert_eq!(total.split_whitespace().collect::<Vec<_>>(), ["total", "7"]);
 }
 
 /// The operator's actions write what they say, and only to the record named.
@@ -220,19 +271,40 @@ fn repairs(store: &str) {
     assert!(retried["note"].as_str().unwrap().contains("operator retry"));
 
     let note = "provider says: not charged; ticket 4411";
+    let err = fails(
+        &[
+            "--store",
+            store,
+            "resolve",
+            "shop.charge/o-2",
+            "--note",
+            " ",
+        ],
+        2,
+    );
+    assert!(err.contains("the note is empty"), "{err}");
+    // `--store` may come after the command too.
     let resolved = ok(&[
-        "--store",
-        store,
         "resolve",
         "shop.charge/o-2",
         "--note",
         note,
+        "--retention",
+        "1h",
+        "--store",
+        store,
     ]);
     assert!(resolved.contains("status       resolved"), "{resolved}");
     assert!(resolved.contains(note), "{resolved}");
     let shown = json(&["--store", store, "--json", "show", "shop.charge/o-2"]);
     assert_eq!(shown["status"], "resolved");
     assert!(shown["note"].as_str().unwrap().contains(note));
+    let ms = |key: &str| shown[key]["ms"].as_u64().unwrap();
+    assert_eq!(
+        ms("expires_at") - ms("updated_at"),
+        3_600_000,
+        "kept for --retention"
+    );
     assert_eq!(ok(&["--store", store, "dead-letters"]), "no records\n");
 
     // Refused, and nothing changes.
@@ -281,19 +353,44 @@ async fn reads_and_repairs_a_redis_store() {
     let server = tokio::task::spawn_blocking(support::redis::RedisServer::start)
         .await
         .unwrap();
-    let store = RedisStore::builder(&server.url())
+    let url = server.url();
+    // An empty server: nothing to read, and nothing is written.
+    let err = fails(&["--store", &url, "stats"], 1);
+    assert!(
+        err.contains("holds no tempox data under prefix `tempox`"),
+        "{err}"
+    );
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0");
+
+    let store = RedisStore::builder(&url)
         .prefix("shop")
         .connect()
         .await
         .unwrap();
     seed(&store).await;
-    let url = server.url();
+    let keys = server.cli(&["DBSIZE"]);
     let stats = json(&["--store", &url, "--prefix", "shop", "--json", "stats"]);
-    assert_eq!(stats["total"], 5);
-    // Under the default prefix there is nothing.
-    assert_eq!(json(&["--store", &url, "--json", "stats"])["total"], 0);
-    // The rest as on SQLite, through a store whose prefix is the default.
-    let plain = RedisStore::connect(&server.url()).await.unwrap();
+    assert_eq!(stats["total"], 7);
+    // A mistyped prefix is an error, not an empty store, and writes nothing.
+    let err = fails(&["--store", &url, "--prefix", "shopp", "list"], 1);
+    assert!(err.contains("no tempox data under prefix `shopp`"), "{err}");
+    let err = fails(
+        &[
+            "--store",
+            &url,
+            "--prefix",
+            "shop",
+            "--buckets",
+            "8",
+            "list",
+        ],
+        1,
+    );
+    assert!(err.contains("written with 16 buckets"), "{err}");
+    assert_eq!(server.cli(&["DBSIZE"]), keys);
+
+    // The rest as on SQLite, through the default prefix.
+    let plain = RedisStore::connect(&url).await.unwrap();
     seed(&plain).await;
     reads(&url);
     repairs(&url);
@@ -302,7 +399,7 @@ async fn reads_and_repairs_a_redis_store() {
 #[test]
 fn bad_arguments_are_named_and_change_nothing() {
     let err = fails(&["list"], 2);
-    assert!(err.contains("--store <STORE>"), "{err}");
+    assert!(err.contains("no store: give `--store`"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo.db");
@@ -311,6 +408,11 @@ fn bad_arguments_are_named_and_change_nothing() {
     assert!(err.contains("no SQLite store at"), "{err}");
     assert!(err.contains("the file does not exist"), "{err}");
     assert!(!missing.exists(), "a missing store was created");
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, "").unwrap();
+    let err = fails(&["--store", &empty.display().to_string(), "stats"], 1);
+    assert!(err.contains("the file is empty"), "{err}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
 
     let err = fails(&["--store", &store, "show", "no-slash"], 2);
     assert!(
@@ -326,15 +428,45 @@ fn bad_arguments_are_named_and_change_nothing() {
     assert!(err.contains("0 is not in 1..=10000"), "{err}");
     let err = fails(&["--store", &store, "resolve", "a/b"], 2);
     assert!(err.contains("--note <NOTE>"), "{err}");
-    let err = fails(&["--store", &store, "forget", "a/b"], 2);
-    assert!(err.contains("unrecognized subcommand 'forget'"), "{err}");
-    let err = fails(&["--store", &store, "--prefix", "p", "list"], 1);
-    assert!(err.contains("`--prefix` is for Redis stores"), "{err}");
-    let err = fails(&["--store", "redis//127.0.0.1:1", "list"], 1);
+    let err = fails(
+        &[
+            "--store",
+            &store,
+            "resolve",
+            "a/b",
+            "--note",
+            "n",
+            "--retention",
+            "soon",
+        ],
+        2,
+    );
     assert!(
-        err.contains("no SQLite store at redis//127.0.0.1:1"),
+        err.contains("invalid value 'soon' for '--retention"),
         "{err}"
     );
-    let err = fails(&["--store", "redis://127.0.0.1:1/x", "list"], 1);
+    let err = fails(&["--store", &store, "forget", "a/b"], 2);
+    assert!(err.contains("unrecognized subcommand 'forget'"), "{err}");
+    for option in [["--prefix", "p"], ["--buckets", "8"]] {
+        let err = fails(&[&["--store", &store], &option[..], &["list"]].concat(), 2);
+        assert!(
+            err.contains(&format!("`{}` is for Redis stores", option[0])),
+            "{err}"
+        );
+    }
+    let err = fails(&["--store", &store, "--cluster", "list"], 2);
+    assert!(err.contains("`--cluster` is for Redis stores"), "{err}");
+    let err = fails(&["--store", "redis://127.0.0.1:1/x", "list"], 2);
     assert!(err.contains("invalid redis url"), "{err}");
+    // Nothing listens on port 1.
+    let err = fails(&["--store", "redis://127.0.0.1:1", "list"], 1);
+    assert!(err.contains("is unavailable"), "{err}");
+    // The password in TEMPOX_STORE is not shown by --help.
+    let out = Command::new(env!("CARGO_BIN_EXE_tempox"))
+        .env("TEMPOX_STORE", "redis://admin:s3cret@127.0.0.1:1")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
 }
