@@ -22,6 +22,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use unicode_width::UnicodeWidthStr;
 
 use crate::record::{Blob, Kind, Record, RecordId, Status, Timestamp};
@@ -111,12 +112,20 @@ enum Command {
         #[arg(long, value_parser = not_empty)]
         note: String,
         /// How long the resolved record is kept: your runtime's `retention`.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = retention)]
         retention: Duration,
     },
     /// How many records are in each status (reads every record, a page at a
     /// time; not a snapshot while others write).
     Stats,
+}
+
+fn retention(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err("under 1ms: the record would be removed at once".to_owned());
+    }
+    Ok(d)
 }
 
 fn not_empty(s: &str) -> Result<String, String> {
@@ -221,7 +230,8 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
                 && records.len() == query.limit
                 && let Some(last) = records.last()
             {
-                let _ = writeln!(out, "(more may follow: --after '{}')", last.id);
+                let next = clean(last.id.as_str()).replace('\'', r"'\''");
+                let _ = writeln!(out, "(more may follow: --after '{next}')");
             }
             Ok(out)
         }
@@ -281,10 +291,9 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Fail
                 .to_owned(),
         ));
     }
-    let redis = ["redis://", "rediss://", "unix://"]
-        .iter()
-        .any(|scheme| store.starts_with(scheme));
-    if redis {
+    // A URL (redis://, valkey://, unix://, ...) is for the Redis client,
+    // which names what it accepts; anything else is a file.
+    if store.contains("://") {
         return open_redis(cli, store).await;
     }
     for (set, option) in [
@@ -294,7 +303,7 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Fail
     ] {
         if set {
             return Err(Failure::Usage(format!(
-                "`{option}` is for Redis stores, and `{store}` is not a redis:// URL"
+                "`{option}` is for Redis stores, and the store given is a SQLite file"
             )));
         }
     }
@@ -330,30 +339,19 @@ async fn open_redis(
 #[cfg(not(feature = "redis"))]
 async fn open_redis(
     _cli: &Cli,
-    urls: &str,
+    _urls: &str,
 ) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
-    Err(Failure::Usage(format!(
-        "`{urls}` is a Redis store, and this tempox was built without Redis (feature `redis`)"
-    )))
+    Err(Failure::Usage(
+        "the store given is a URL, and this tempox was built without Redis (feature `redis`)"
+            .to_owned(),
+    ))
 }
 
 #[cfg(feature = "sqlite")]
 fn open_sqlite(path: &str) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
-    let file = std::path::Path::new(path);
-    match std::fs::metadata(file) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Failure::Failed(format!(
-                "no SQLite store at {path}: the file does not exist (tempox opens a store, it never creates one here)"
-            )));
-        }
-        Ok(m) if m.is_file() && m.len() == 0 => {
-            return Err(Failure::Failed(format!(
-                "no SQLite store at {path}: the file is empty"
-            )));
-        }
-        _ => {}
-    }
-    let store = crate::store::SqliteStore::open(file)?;
+    let store = crate::store::SqliteStore::builder(path)
+        .create(false)
+        .open()?;
     Ok(std::sync::Arc::new(store))
 }
 
@@ -378,12 +376,13 @@ fn time_text(t: Timestamp) -> String {
     time(t).unwrap_or_else(|| format!("{} ms", t.as_millis()))
 }
 
-/// A recorded input or output as JSON, and as hex when it is not JSON.
-fn blob(blob: &Blob) -> (serde_json::Value, Option<String>) {
-    match serde_json::from_slice(blob.as_bytes()) {
-        Ok(value) => (value, None),
+/// A recorded input or output as the JSON text it was recorded as (numbers
+/// keep every digit), or as hex when it is not JSON.
+fn blob(blob: &Blob) -> (Option<&RawValue>, Option<String>) {
+    match serde_json::from_slice::<&RawValue>(blob.as_bytes()) {
+        Ok(value) => (Some(value), None),
         Err(_) => (
-            serde_json::Value::Null,
+            None,
             Some(blob.as_bytes().iter().fold(String::new(), |mut hex, b| {
                 let _ = write!(hex, "{b:02x}");
                 hex
@@ -429,9 +428,9 @@ struct RecordView<'a> {
     due_at: Option<TimeView>,
     expires_at: Option<TimeView>,
     /// The arguments as recorded (JSON), or null with `input_hex`.
-    input: serde_json::Value,
+    input: Option<&'a RawValue>,
     input_hex: Option<String>,
-    output: Option<serde_json::Value>,
+    output: Option<&'a RawValue>,
     output_hex: Option<String>,
     error: Option<&'a str>,
     note: Option<&'a str>,
@@ -442,10 +441,7 @@ struct RecordView<'a> {
 impl<'a> RecordView<'a> {
     fn of(r: &'a Record) -> Self {
         let (input, input_hex) = blob(&r.input);
-        let (output, output_hex) = match r.output.as_ref().map(blob) {
-            Some((value, hex)) => (Some(value), hex),
-            None => (None, None),
-        };
+        let (output, output_hex) = r.output.as_ref().map_or((None, None), blob);
         RecordView {
             id: r.id.as_str(),
             op: r.op(),
@@ -481,18 +477,31 @@ fn to_json(value: &impl Serialize) -> String {
     out
 }
 
-/// `s` safe for a terminal: control characters (newlines, escapes) written
-/// as escapes.
+/// Whether `c` changes a terminal's line rather than showing: a control
+/// character (newline, escape), a line or paragraph separator, or a
+/// direction mark or override.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'..='\u{2029}'
+        )
+}
+
+/// `s` safe for a terminal: what would change the line written as escapes.
 fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped = c.is_control().then(|| c.escape_default());
-            escaped
-                .into_iter()
-                .flatten()
-                .chain((!c.is_control()).then_some(c))
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `s` padded with spaces to `width` columns of a terminal.
@@ -570,8 +579,12 @@ fn show_out(record: &Record, steps: Option<&[Record]>, json: bool) -> String {
         }
     }
     let blob_text = |b: &Blob| match blob(b) {
-        (value, None) => value.to_string(),
-        (_, Some(hex)) => format!("{} bytes, not JSON: {hex}", b.as_bytes().len()),
+        (Some(value), _) => value.get().to_owned(),
+        (None, hex) => format!(
+            "{} bytes, not JSON: {}",
+            b.as_bytes().len(),
+            hex.unwrap_or_default()
+        ),
     };
     line("input", &blob_text(&r.input));
     if let Some(output) = &r.output {

@@ -405,13 +405,18 @@ fn bad_arguments_are_named_and_change_nothing() {
     let missing = dir.path().join("typo.db");
     let store = format!("sqlite:{}", missing.display());
     let err = fails(&["--store", &store, "list"], 1);
-    assert!(err.contains("no SQLite store at"), "{err}");
-    assert!(err.contains("the file does not exist"), "{err}");
+    assert!(
+        err.ends_with("typo.db: no tempox store there: the file does not exist\n"),
+        "{err}"
+    );
     assert!(!missing.exists(), "a missing store was created");
     let empty = dir.path().join("empty.db");
     std::fs::write(&empty, "").unwrap();
     let err = fails(&["--store", &empty.display().to_string(), "stats"], 1);
-    assert!(err.contains("the file is empty"), "{err}");
+    assert!(
+        err.contains("no tempox store there: the database is empty"),
+        "{err}"
+    );
     assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
 
     let err = fails(&["--store", &store, "show", "no-slash"], 2);
@@ -428,21 +433,18 @@ fn bad_arguments_are_named_and_change_nothing() {
     assert!(err.contains("0 is not in 1..=10000"), "{err}");
     let err = fails(&["--store", &store, "resolve", "a/b"], 2);
     assert!(err.contains("--note <NOTE>"), "{err}");
-    let err = fails(
-        &[
-            "--store",
-            &store,
-            "resolve",
-            "a/b",
-            "--note",
-            "n",
-            "--retention",
-            "soon",
-        ],
-        2,
-    );
+    let resolve = |retention: &str| {
+        let args = ["resolve", "a/b", "--note", "n", "--retention", retention];
+        fails(&[&["--store", store.as_str()], &args[..]].concat(), 2)
+    };
+    let err = resolve("soon");
     assert!(
         err.contains("invalid value 'soon' for '--retention"),
+        "{err}"
+    );
+    let err = resolve("1us");
+    assert!(
+        err.contains("under 1ms: the record would be removed at once"),
         "{err}"
     );
     let err = fails(&["--store", &store, "forget", "a/b"], 2);
@@ -458,9 +460,18 @@ fn bad_arguments_are_named_and_change_nothing() {
     assert!(err.contains("`--cluster` is for Redis stores"), "{err}");
     let err = fails(&["--store", "redis://127.0.0.1:1/x", "list"], 2);
     assert!(err.contains("invalid redis url"), "{err}");
-    // Nothing listens on port 1.
-    let err = fails(&["--store", "redis://127.0.0.1:1", "list"], 1);
-    assert!(err.contains("is unavailable"), "{err}");
+    // Nothing listens on port 1. Any URL goes to the Redis client, and no
+    // message repeats its password.
+    for url in ["redis://127.0.0.1:1", "valkey://user:s3cret@127.0.0.1:1"] {
+        let err = fails(&["--store", url, "list"], 1);
+        assert!(err.contains("is unavailable"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    let err = fails(&["--store", "http://user:s3cret@127.0.0.1:1", "list"], 2);
+    assert!(
+        err.contains("invalid redis url `http://***@127.0.0.1:1`"),
+        "{err}"
+    );
     // The password in TEMPOX_STORE is not shown by --help.
     let out = Command::new(env!("CARGO_BIN_EXE_tempox"))
         .env("TEMPOX_STORE", "redis://admin:s3cret@127.0.0.1:1")
@@ -469,4 +480,64 @@ fn bad_arguments_are_named_and_change_nothing() {
         .unwrap();
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+}
+
+/// Inputs are shown as they were recorded (every digit of a big number; hex
+/// when they are not JSON), and ids that could upset a terminal or a shell
+/// are escaped and quoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_shown_as_recorded_and_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    let sqlite = SqliteStore::open(&path).unwrap();
+    let odd = id("shop.odd", "o'brien\u{202e}x");
+    for (op, key, input) in [
+        (
+            "shop.big",
+            "n",
+            &b"{\"n\":123456789012345678901234567890}"[..],
+        ),
+        ("shop.raw", "bytes", &b"\x00\xff"[..]),
+        ("shop.odd", odd.key(), &b"{}"[..]),
+    ] {
+        let req = ClaimRequest {
+            id: id(op, key),
+            kind: Kind::Idempotent,
+            fingerprint: Fingerprint::of(&key).unwrap(),
+            input: input.to_vec().into(),
+            lease: Duration::from_secs(30),
+            on_expired: OnExpired::TakeOver,
+            workflow: None,
+            step: None,
+        };
+        sqlite.claim(&req).await.unwrap();
+    }
+    drop(sqlite);
+    let store = path.display().to_string();
+
+    // (Read as text: a JSON parser would round the number again.)
+    let big = ok(&["--store", &store, "--json", "show", "shop.big/n"]);
+    assert!(
+        big.contains(r#""input": {"n":123456789012345678901234567890},"#),
+        "{big}"
+    );
+    let text = ok(&["--store", &store, "show", "shop.big/n"]);
+    assert!(
+        text.contains(r#"input        {"n":123456789012345678901234567890}"#),
+        "{text}"
+    );
+    let raw = json(&["--store", &store, "--json", "show", "shop.raw/bytes"]);
+    assert!(raw["input"].is_null(), "{raw}");
+    assert_eq!(raw["input_hex"], "00ff");
+
+    let page = ok(&["--store", &store, "list", "--limit", "2"]);
+    let odd_row = page.lines().find(|l| l.starts_with("shop.odd/")).unwrap();
+    assert!(
+        odd_row.starts_with(r"shop.odd/o'brien\u{202e}x "),
+        "{odd_row}"
+    );
+    assert!(
+        page.ends_with("(more may follow: --after 'shop.odd/o'\\''brien\\u{202e}x')\n"),
+        "{page}"
+    );
 }

@@ -552,6 +552,15 @@ async fn a_store_that_must_exist_is_not_created() {
             .unwrap()
             .is_some()
     );
+    // One bucket's layout record gone: that bucket is named.
+    server.cli(&["DEL", "{shop:5}:meta"]);
+    let err = existing().await.map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+    assert!(
+        err.to_string()
+            .contains("bucket(s) 5 have no layout record"),
+        "{err}"
+    );
 }
 
 /// Data is spread over a fixed number of buckets; opening it with another

@@ -268,6 +268,68 @@ fn an_unopenable_path_is_unavailable_and_says_why() {
     );
 }
 
+/// With `create(false)` a file that holds no tempox store is refused and left
+/// as it was: a missing file, an empty file, an empty database. A store that
+/// is there opens.
+#[tokio::test]
+async fn a_store_that_must_exist_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = |path: &std::path::Path| {
+        SqliteStore::builder(path)
+            .create(false)
+            .open()
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let missing = dir.path().join("typo.db");
+    let err = existing(&missing);
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("no tempox store there: the file does not exist"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, "").unwrap();
+    let err = existing(&empty);
+    assert!(
+        err.to_string()
+            .ends_with("no tempox store there: the database is empty"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    let blank = dir.path().join("blank.db");
+    let conn = rusqlite::Connection::open(&blank).unwrap();
+    conn.execute_batch("CREATE TABLE t (a); DROP TABLE t;")
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(&blank).unwrap();
+    let err = existing(&blank);
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(err.to_string().ends_with("the database is empty"), "{err}");
+    assert_eq!(
+        std::fs::read(&blank).unwrap(),
+        before,
+        "the file was changed"
+    );
+
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.claim(&request("made", "k", "a")).await.unwrap();
+    drop(store);
+    let reopened = SqliteStore::builder(&path).create(false).open().unwrap();
+    assert!(
+        reopened
+            .get(&request("made", "k", "a").id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// A store error's message carries the backend's words, so they are not its
 /// source too: a printer of the chain shows them once. The backend's error is
 /// still there to inspect.

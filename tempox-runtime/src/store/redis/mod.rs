@@ -895,14 +895,8 @@ impl RedisStore {
                 };
                 let inner = &self.inner;
                 match outcome.as_str() {
-                    "ok" | "created" => Ok(()),
-                    "missing" => Err(StoreError::new(
-                        StoreErrorKind::Schema,
-                        format!(
-                            "redis at {} holds no tempox data under prefix `{}`",
-                            inner.target, inner.prefix
-                        ),
-                    )),
+                    "ok" | "created" => Ok(true),
+                    "missing" => Ok(false),
                     "buckets" => Err(StoreError::new(
                         StoreErrorKind::Schema,
                         format!(
@@ -924,12 +918,37 @@ impl RedisStore {
                         &Value::SimpleString(outcome),
                     )),
                 }
-            }) as Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>
+            }) as Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + '_>>
         });
-        join_all(checks.collect())
+        // Whether each bucket holds the layout record (none is missing
+        // unless `create` is off).
+        let found = join_all(checks.collect())
             .await
             .into_iter()
-            .collect::<Result<(), StoreError>>()
+            .collect::<Result<Vec<bool>, StoreError>>()?;
+        let missing: Vec<String> = (0..self.inner.buckets)
+            .zip(&found)
+            .filter(|(_, found)| !**found)
+            .map(|(b, _)| b.to_string())
+            .collect();
+        let (target, prefix) = (&self.inner.target, &self.inner.prefix);
+        if missing.len() == found.len() {
+            return Err(StoreError::new(
+                StoreErrorKind::Schema,
+                format!("redis at {target} holds no tempox data under prefix `{prefix}`"),
+            ));
+        }
+        if !missing.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "redis at {target} holds tempox data under prefix `{prefix}`, but bucket(s) {} \
+                     have no layout record (`{{{prefix}:<bucket>}}:meta`): was it deleted?",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The settings named by `pattern` (`CONFIG GET`'s name, value pairs) of

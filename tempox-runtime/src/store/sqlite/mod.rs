@@ -61,6 +61,7 @@ pub struct SqliteStoreBuilder {
     busy_timeout: Duration,
     batch: usize,
     clock: Arc<dyn Clock>,
+    create: bool,
 }
 
 impl SqliteStoreBuilder {
@@ -89,21 +90,43 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// Whether opening a file that holds no tempox store creates one (the
+    /// default: a missing file, or an empty database). With `false` such a
+    /// file is a [`Schema`](StoreErrorKind::Schema) error and is left as it
+    /// was: for tools that inspect a store and must not start one where a
+    /// path was mistyped.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
     /// Opens (creating it if needed) the database and starts its writer.
     ///
     /// # Errors
     /// A [`StoreError`] that names the file:
     /// - `Unavailable`: the file cannot be opened or created;
     /// - `Corrupt`: it is not a SQLite database, or is damaged;
-    /// - `Schema`: it belongs to something else, or a newer tempox wrote it.
+    /// - `Schema`: it belongs to something else, or a newer tempox wrote it;
+    ///   with [`create(false)`](Self::create), it holds no tempox store.
     ///
     /// A failed open changes nothing in the file.
     pub fn open(self) -> Result<SqliteStore, StoreError> {
         let path = self.path.clone();
+        if !self.create
+            && std::fs::metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Schema,
+                format!(
+                    "{}: no tempox store there: the file does not exist",
+                    path.display()
+                ),
+            ));
+        }
         let mut conn = open_connection(&path, false, &self)?;
         // Checked before anything else touches the file (even the journal mode),
         // so a refused file is left as it was.
-        prepare_schema(&mut conn, &path)?;
+        prepare_schema(&mut conn, &path, self.create)?;
         use_wal(&conn, &path, self.synchronous)?;
         let reader = open_connection(&path, true, &self)?;
         let (tx, rx) = mpsc::channel();
@@ -189,6 +212,7 @@ impl SqliteStore {
             busy_timeout: Duration::from_secs(5),
             batch: 256,
             clock: Arc::new(SystemClock),
+            create: true,
         }
     }
 
@@ -335,10 +359,12 @@ fn open_connection(
 ) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
+    } else if b.create {
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
         let error = sqlite_error(path, "cannot open", e);
@@ -382,7 +408,7 @@ fn use_wal(conn: &Connection, path: &Path, synchronous: Synchronous) -> Result<(
 /// Creates the schema in an empty database, migrates an older one, and refuses
 /// anything else — all inside one write transaction, so two processes opening
 /// a new file at once cannot both create it, and a refused file is untouched.
-fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+fn prepare_schema(conn: &mut Connection, path: &Path, create: bool) -> Result<(), StoreError> {
     let err = |e| sqlite_error(path, "cannot read", e);
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -414,6 +440,10 @@ fn prepare_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> 
                 "not a tempox database: it already holds the tables {}",
                 tables.join(", ")
             ));
+        }
+        if !create {
+            // The transaction rolls back: the file is left as it was.
+            return schema_error("no tempox store there: the database is empty".to_owned());
         }
         tx.execute_batch(SCHEMA)
             .map_err(|e| sqlite_error(path, "cannot create the schema in", e))?;
