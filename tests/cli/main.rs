@@ -541,3 +541,60 @@ async fn records_are_shown_as_recorded_and_safely() {
         "{page}"
     );
 }
+
+/// A reader that stops early (`| head`) ends the command quietly; an output
+/// that cannot be written (a full disk) is an error, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_or_full_output_is_handled() {
+    use std::process::Stdio;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    let sqlite = Arc::new(SqliteStore::open(&path).unwrap());
+    // More than a pipe holds (64 KiB): about 100 bytes a row.
+    let claims = (0..1000).map(|i| {
+        let sqlite = sqlite.clone();
+        tokio::spawn(async move {
+            let key = format!("order-{i:04}");
+            claim(&*sqlite, &id("shop.many", &key), Kind::Idempotent, None).await
+        })
+    });
+    for claim in claims {
+        claim.await.unwrap();
+    }
+    drop(sqlite);
+    let store = path.display().to_string();
+    let args = ["--store", store.as_str(), "list", "--limit", "10000"];
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tempox"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tempox"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("tempox: cannot write the answer:"), "{err}");
+}
