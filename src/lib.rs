@@ -117,12 +117,9 @@ pub use tempox_runtime::{
 #[doc(inline)]
 pub use tempox_runtime::{clock, mirror, record};
 
-/// The operator command line, `tempox` (feature `cli`).
 #[cfg(feature = "cli")]
-pub mod cli {
-    #[doc(inline)]
-    pub use tempox_runtime::cli::*;
-}
+#[doc(inline)]
+pub use tempox_runtime::cli;
 
 /// Stores: where records live.
 ///

@@ -36,7 +36,7 @@ use crate::{Error, Runtime};
     version,
     about = "Inspect and repair the operation records of a tempox store"
 )]
-pub struct Cli {
+struct Cli {
     /// Where the records are: a SQLite file (`sqlite:PATH`, or just its
     /// path), or a Redis server (`redis://[user:password@]host[:port][/db]`,
     /// `unix:///path/to/socket`); with `--cluster`, the comma-separated URLs
@@ -87,37 +87,37 @@ enum Command {
         limit: u32,
     },
     /// One record, whole (a workflow with its steps).
-    Show {
-        /// The record's id, `<operation>/<key>`.
-        #[arg(value_parser = RecordId::parse)]
-        id: RecordId,
-    },
+    Show(Target),
     /// The records parked for an operator: `outcome_unknown` and
     /// `compensation_failed`.
     DeadLetters,
     /// Sends a `compensation_failed` record back to be compensated, its
     /// attempts reset.
-    Retry {
-        /// The record's id, `<operation>/<key>`.
-        #[arg(value_parser = RecordId::parse)]
-        id: RecordId,
-    },
+    Retry(Target),
     /// Closes a dead letter (or a stalled rollback) as `resolved`, keeping the
     /// note on the record.
     Resolve {
-        /// The record's id, `<operation>/<key>`.
-        #[arg(value_parser = RecordId::parse)]
-        id: RecordId,
+        #[command(flatten)]
+        target: Target,
         /// What was done, for whoever reads the record next.
         #[arg(long, value_parser = not_empty)]
         note: String,
-        /// How long the resolved record is kept: your runtime's `retention`.
-        #[arg(long, default_value = "24h", value_parser = retention)]
-        retention: Duration,
+        /// How long the resolved record is kept: your runtime's `retention`
+        /// [default: the runtime's, 24h].
+        #[arg(long, value_parser = retention)]
+        retention: Option<Duration>,
     },
     /// How many records are in each status (reads every record, a page at a
     /// time; not a snapshot while others write).
     Stats,
+}
+
+/// The record a command acts on.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The record's id, `<operation>/<key>`.
+    #[arg(value_parser = RecordId::parse)]
+    id: RecordId,
 }
 
 fn retention(s: &str) -> Result<Duration, String> {
@@ -137,7 +137,7 @@ fn not_empty(s: &str) -> Result<String, String> {
 
 /// Why a command did not run.
 #[derive(Debug)]
-pub enum Failure {
+enum Failure {
     /// The arguments are wrong (exit status 2).
     Usage(String),
     /// The command failed (exit status 1).
@@ -196,14 +196,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs `cli` and returns what it prints.
-///
-/// # Errors
-/// Wrong arguments, a store that cannot be opened or fails, or a refused
-/// command (no such record, a record in the wrong status).
-pub async fn run(cli: &Cli) -> Result<String, Failure> {
+/// Runs `cli` and returns what it prints, or why it did not run: wrong
+/// arguments, a store that cannot be opened or fails, or a refused command
+/// (no such record, a record in the wrong status).
+async fn run(cli: &Cli) -> Result<String, Failure> {
     let mut builder = Runtime::builder().store(open(cli).await?);
-    if let Command::Resolve { retention, .. } = &cli.command {
+    if let Command::Resolve {
+        retention: Some(retention),
+        ..
+    } = &cli.command
+    {
         // What `resolve` keeps the record for.
         builder = builder.retention(*retention);
     }
@@ -230,12 +232,19 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
                 && records.len() == query.limit
                 && let Some(last) = records.last()
             {
-                let next = clean(last.id.as_str()).replace('\'', r"'\''");
-                let _ = writeln!(out, "(more may follow: --after '{next}')");
+                let id = last.id.as_str();
+                if clean(id) == id {
+                    let quoted = id.replace('\'', r"'\''");
+                    let _ = writeln!(out, "(more may follow: --after '{quoted}')");
+                } else {
+                    // Its escaped form is not the id: the hint would skip or
+                    // repeat records.
+                    let _ = writeln!(out, "(more may follow: give --after the last id)");
+                }
             }
             Ok(out)
         }
-        Command::Show { id } => {
+        Command::Show(Target { id }) => {
             let record = rt
                 .record(id)
                 .await?
@@ -255,8 +264,12 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
             Ok(show_out(&record, steps.as_deref(), json))
         }
         Command::DeadLetters => Ok(records_out(&rt.dead_letters().await?, json)),
-        Command::Retry { id } => Ok(show_out(&rt.retry(id).await?, None, json)),
-        Command::Resolve { id, note, .. } => Ok(show_out(&rt.resolve(id, note).await?, None, json)),
+        Command::Retry(Target { id }) => Ok(show_out(&rt.retry(id).await?, None, json)),
+        Command::Resolve {
+            target: Target { id },
+            note,
+            ..
+        } => Ok(show_out(&rt.resolve(id, note).await?, None, json)),
         Command::Stats => {
             let mut counts = BTreeMap::new();
             for status in Status::ALL {
@@ -269,17 +282,10 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
 
 /// The records in `status`, counted a page at a time.
 async fn count(rt: &Runtime, status: Status) -> Result<usize, Failure> {
-    let mut query = Query::statuses(&[status]);
-    query.limit = 1000;
     let mut n = 0;
-    loop {
-        let page = rt.store().list(&query).await?;
-        n += page.len();
-        if page.len() < query.limit {
-            return Ok(n);
-        }
-        query.after = page.last().map(|r| r.id.clone());
-    }
+    rt.for_each_page(Query::statuses(&[status]), |page| n += page.len())
+        .await?;
+    Ok(n)
 }
 
 /// The store named by `--store`, opened as it is.
@@ -376,18 +382,36 @@ fn time_text(t: Timestamp) -> String {
     time(t).unwrap_or_else(|| format!("{} ms", t.as_millis()))
 }
 
-/// A recorded input or output as the JSON text it was recorded as (numbers
-/// keep every digit), or as hex when it is not JSON.
-fn blob(blob: &Blob) -> (Option<&RawValue>, Option<String>) {
-    match serde_json::from_slice::<&RawValue>(blob.as_bytes()) {
-        Ok(value) => (Some(value), None),
-        Err(_) => (
-            None,
-            Some(blob.as_bytes().iter().fold(String::new(), |mut hex, b| {
+/// A recorded input or output: the JSON text it was recorded as (numbers
+/// keep every digit), or bytes that are not JSON.
+enum Recorded<'a> {
+    Json(&'a RawValue),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Recorded<'a> {
+    fn of(blob: &'a Blob) -> Self {
+        serde_json::from_slice::<&RawValue>(blob.as_bytes())
+            .map_or(Recorded::Bytes(blob.as_bytes()), Recorded::Json)
+    }
+
+    /// The JSON, or `None` for bytes.
+    fn json(&self) -> Option<&'a RawValue> {
+        match self {
+            Recorded::Json(json) => Some(json),
+            Recorded::Bytes(_) => None,
+        }
+    }
+
+    /// The bytes as hex, or `None` for JSON.
+    fn hex(&self) -> Option<String> {
+        match self {
+            Recorded::Json(_) => None,
+            Recorded::Bytes(bytes) => Some(bytes.iter().fold(String::new(), |mut hex, b| {
                 let _ = write!(hex, "{b:02x}");
                 hex
             })),
-        ),
+        }
     }
 }
 
@@ -440,8 +464,8 @@ struct RecordView<'a> {
 
 impl<'a> RecordView<'a> {
     fn of(r: &'a Record) -> Self {
-        let (input, input_hex) = blob(&r.input);
-        let (output, output_hex) = r.output.as_ref().map_or((None, None), blob);
+        let input = Recorded::of(&r.input);
+        let output = r.output.as_ref().map(Recorded::of);
         RecordView {
             id: r.id.as_str(),
             op: r.op(),
@@ -458,10 +482,10 @@ impl<'a> RecordView<'a> {
             lease_until: r.lease_until.map(TimeView::of),
             due_at: r.due_at.map(TimeView::of),
             expires_at: r.expires_at.map(TimeView::of),
-            input,
-            input_hex,
-            output,
-            output_hex,
+            input: input.json(),
+            input_hex: input.hex(),
+            output: output.as_ref().and_then(Recorded::json),
+            output_hex: output.as_ref().and_then(Recorded::hex),
             error: r.error.as_deref(),
             note: r.note.as_deref(),
             steps: None,
@@ -578,12 +602,12 @@ fn show_out(record: &Record, steps: Option<&[Record]>, json: bool) -> String {
             line(name, &time_text(at));
         }
     }
-    let blob_text = |b: &Blob| match blob(b) {
-        (Some(value), _) => value.get().to_owned(),
-        (None, hex) => format!(
+    let blob_text = |b: &Blob| match Recorded::of(b) {
+        Recorded::Json(json) => json.get().to_owned(),
+        bytes @ Recorded::Bytes(_) => format!(
             "{} bytes, not JSON: {}",
             b.as_bytes().len(),
-            hex.unwrap_or_default()
+            bytes.hex().unwrap_or_default()
         ),
     };
     line("input", &blob_text(&r.input));

@@ -117,8 +117,7 @@ pub enum Error {
     },
 
     /// The store failed; see [`StoreError`] for whether trying again can help.
-    /// Shown as the store's own message, which names the store and what it
-    /// was doing.
+    /// Shown as the store's own message.
     #[error(transparent)]
     Store {
         /// The store's failure.
@@ -141,10 +140,10 @@ pub enum Error {
     /// The key is malformed: empty, over 512 bytes or with control characters.
     #[error("invalid key for `{op}`: {reason}")]
     InvalidKey {
-        /// The operation's name.
+        /// The operation's name (the message carries the reason's words, so
+        /// it is not this error's `source()` too).
         op: String,
         /// What is wrong with it.
-        #[source]
         reason: KeyError,
     },
 
@@ -257,8 +256,8 @@ pub enum StoreErrorKind {
 
 /// A failure of a [`Store`](crate::store::Store).
 ///
-/// Its message is whole: what the store was doing, to what, and the backend's
-/// own words. The backend's error is kept for inspection ([`backend`]) but is
+/// Its message is whole: what failed, with the backend's own words when it
+/// has them. The backend's error is kept for inspection ([`backend`]) but is
 /// not this error's `source()`, so a printer of error chains does not show
 /// the same words twice.
 ///

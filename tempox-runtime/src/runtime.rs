@@ -27,6 +27,10 @@ tokio::task_local! {
 
 static GLOBAL: OnceLock<Runtime> = OnceLock::new();
 
+/// How long a record is kept unless [`RuntimeBuilder::retention`] says
+/// otherwise: a day.
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(86_400);
+
 /// Exponential backoff: attempt `n` waits `min(cap, base * 2^(n-1))`, or with
 /// full jitter (the default) a random time in `[0, that]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,7 +294,7 @@ impl Runtime {
             mirrors: Vec::new(),
             config: Config {
                 lease: Duration::from_secs(30),
-                retention: Duration::from_secs(86_400),
+                retention: DEFAULT_RETENTION,
                 in_flight_wait: Duration::from_secs(30),
                 retry_backoff: Backoff {
                     base: Duration::from_millis(100),
@@ -377,16 +381,27 @@ impl Runtime {
     }
 
     /// Every record matching `query`, read page by page.
-    pub(crate) async fn list_all(&self, mut query: Query) -> Result<Vec<Record>, Error> {
-        query.limit = 1000;
+    pub(crate) async fn list_all(&self, query: Query) -> Result<Vec<Record>, Error> {
         let mut all = Vec::new();
+        self.for_each_page(query, |page| all.extend(page)).await?;
+        Ok(all)
+    }
+
+    /// Every record `query` matches, handed to `f` a page (of at most 1000)
+    /// at a time, so that only one page is held.
+    pub(crate) async fn for_each_page(
+        &self,
+        mut query: Query,
+        mut f: impl FnMut(Vec<Record>),
+    ) -> Result<(), Error> {
+        query.limit = 1000;
         loop {
             let page = self.store().list(&query).await?;
             let done = page.len() < query.limit;
             query.after = page.last().map(|r| r.id.clone());
-            all.extend(page);
+            f(page);
             if done {
-                return Ok(all);
+                return Ok(());
             }
         }
     }

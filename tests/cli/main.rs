@@ -214,7 +214,7 @@ fn reads(store: &str) {
     assert_eq!(flow["fingerprint"].as_str().unwrap().len(), 32);
     let (created, updated) = (&flow["created_at"], &flow["updated_at"]);
     assert!(created["utc"].as_str().unwrap().ends_with('Z'), "{created}");
-    assert!(created["ms"].as_u64().unwrap() <= updated["ms"].as_u64().unwrap());
+    assert!(updated["utc"].as_str().unwrap().ends_with('Z'), "{updated}");
     // A workflow that is a step has steps of its own; a plain record none.
     let gift = json(&[
         "--store",
@@ -490,7 +490,7 @@ async fn records_are_shown_as_recorded_and_safely() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("records.db");
     let sqlite = SqliteStore::open(&path).unwrap();
-    let odd = id("shop.odd", "o'brien\u{202e}x");
+    let bidi = id("shop.odd2", "x\u{202e}y");
     for (op, key, input) in [
         (
             "shop.big",
@@ -498,7 +498,8 @@ async fn records_are_shown_as_recorded_and_safely() {
             &b"{\"n\":123456789012345678901234567890}"[..],
         ),
         ("shop.raw", "bytes", &b"\x00\xff"[..]),
-        ("shop.odd", odd.key(), &b"{}"[..]),
+        ("shop.odd", "o'brien", &b"{}"[..]),
+        ("shop.odd2", bidi.key(), &b"{}"[..]),
     ] {
         let req = ClaimRequest {
             id: id(op, key),
@@ -530,14 +531,19 @@ async fn records_are_shown_as_recorded_and_safely() {
     assert!(raw["input"].is_null(), "{raw}");
     assert_eq!(raw["input_hex"], "00ff");
 
+    // The next page's hint, quoted for a shell.
     let page = ok(&["--store", &store, "list", "--limit", "2"]);
-    let odd_row = page.lines().find(|l| l.starts_with("shop.odd/")).unwrap();
     assert!(
-        odd_row.starts_with(r"shop.odd/o'brien\u{202e}x "),
-        "{odd_row}"
+        page.ends_with("(more may follow: --after 'shop.odd/o'\\''brien')\n"),
+        "{page}"
     );
+    // An id that could turn the line around is escaped, and the hint does
+    // not offer its escaped form as the id.
+    let page = ok(&["--store", &store, "list", "--limit", "3"]);
+    let row = page.lines().find(|l| l.starts_with("shop.odd2/")).unwrap();
+    assert!(row.starts_with(r"shop.odd2/x\u{202e}y "), "{row}");
     assert!(
-        page.ends_with("(more may follow: --after 'shop.odd/o'\\''brien\\u{202e}x')\n"),
+        page.ends_with("(more may follow: give --after the last id)\n"),
         "{page}"
     );
 }
@@ -585,16 +591,19 @@ async fn a_closed_or_full_output_is_handled() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tempox"))
-        .args(args)
-        .stdout(full)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("tempox: cannot write the answer:"), "{err}");
+    #[cfg(target_os = "linux")]
+    {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tempox"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("tempox: cannot write the answer:"), "{err}");
+    }
 }

@@ -387,9 +387,10 @@ impl RedisStoreBuilder {
     }
 
     /// Whether connecting to a prefix that holds no tempox data records the
-    /// layout there and starts a new store (the default). With `false`, such
-    /// a prefix is an error and connecting writes nothing: for tools that
-    /// inspect a store and must not start one where a prefix was mistyped.
+    /// layout there and starts a new store (by default it does). With
+    /// `false`, such a prefix is a [`Schema`](StoreErrorKind::Schema) error
+    /// and connecting writes nothing: for tools that inspect a store and must
+    /// not start one where a prefix was mistyped.
     pub fn create(mut self, create: bool) -> Self {
         self.create = create;
         self
@@ -403,18 +404,19 @@ impl RedisStoreBuilder {
     /// # Errors
     /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
     ///   prefix, 0 or more than 16384 buckets, a zero timeout, or no Tokio
-    ///   runtime to connect from. (Once connected, the store is used from
-    ///   Tokio runtimes with time enabled, or from no runtime at all: it then
-    ///   does the caller's I/O on a thread of its own.)
+    ///   runtime to connect from; with
+    ///   [`require_durability`](Self::require_durability), a server whose
+    ///   settings can lose or evict records, or cannot be read (nothing is
+    ///   written to it). (Once connected, the store is used from Tokio
+    ///   runtimes with time enabled, or from no runtime at all: it then does
+    ///   the caller's I/O on a thread of its own.)
     /// - [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]: the
     ///   server cannot be reached.
     /// - [`StoreErrorKind::Schema`]: the data under this prefix was written
     ///   with another number of buckets or another layout version, or, with
     ///   [`create(false)`](Self::create), there is none.
-    /// - [`StoreErrorKind::Invalid`] also, with
-    ///   [`require_durability`](Self::require_durability): the server's
-    ///   settings can lose or evict records, or cannot be read. Nothing was
-    ///   written to it.
+    /// - [`StoreErrorKind::Corrupt`], with [`create(false)`](Self::create):
+    ///   some buckets of the data have lost their layout record.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         self.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -1325,7 +1327,7 @@ fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
     redis_error_message(target, action, &e).with_backend(e)
 }
 
-/// The [`StoreError`] of [`redis_error`], without its source.
+/// The [`StoreError`] of [`redis_error`], without the backend's error kept.
 fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> StoreError {
     let redirected = matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask);
     if redirected && !target.starts_with("cluster ") {

@@ -90,17 +90,18 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// Whether opening a file that holds no tempox store creates one (the
-    /// default: a missing file, or an empty database). With `false` such a
-    /// file is a [`Schema`](StoreErrorKind::Schema) error and is left as it
-    /// was: for tools that inspect a store and must not start one where a
-    /// path was mistyped.
+    /// Whether opening a file that holds no tempox store (a missing file, or
+    /// an empty database) creates one there; by default it does. With
+    /// `false` such a file is a [`Schema`](StoreErrorKind::Schema) error and
+    /// is left as it was: for tools that inspect a store and must not start
+    /// one where a path was mistyped.
     pub fn create(mut self, create: bool) -> Self {
         self.create = create;
         self
     }
 
-    /// Opens (creating it if needed) the database and starts its writer.
+    /// Opens the database (creating it if needed, unless
+    /// [`create(false)`](Self::create)) and starts its writer.
     ///
     /// # Errors
     /// A [`StoreError`] that names the file:
