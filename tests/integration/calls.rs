@@ -361,7 +361,12 @@ async fn malformed_keys_are_invalid_key_and_write_nothing() {
     for (key, expected) in cases {
         let err = rt.scope(keyed(key)).await.unwrap_err();
         match err.tempox() {
-            Some(Error::InvalidKey { reason, .. }) => assert_eq!(reason, &expected),
+            Some(e @ Error::InvalidKey { reason, .. }) => {
+                assert_eq!(reason, &expected);
+                // Its reason is in its message, so not in the chain again.
+                assert!(e.to_string().ends_with(&reason.to_string()), "{e}");
+                assert!(std::error::Error::source(e).is_none());
+            }
             other => panic!("expected InvalidKey, got {other:?}"),
         }
     }
