@@ -17,3 +17,40 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+
+# The examples, the README's main command first: each must run to its end and
+# tell the story it promises.
+example() {
+    local name=$1 out
+    shift
+    out=$(timeout 300 cargo run -q "$@") || {
+        echo "test.sh: the $name example failed" >&2
+        return 1
+    }
+    EXAMPLE_OUT=$out
+}
+expect() {
+    local needle
+    for needle in "$@"; do
+        if ! grep -qF -- "$needle" <<<"$EXAMPLE_OUT"; then
+            printf 'test.sh: the example did not print %s; it printed:\n%s\n' "$needle" "$EXAMPLE_OUT" >&2
+            return 1
+        fi
+    done
+}
+example checkout --example checkout
+expect "replayed ch_order-1: nothing ran" \
+    "failed   key \`order-1\` of \`shop.checkout\` was already used with different arguments" \
+    "undone   2 step(s) compensated, newest first" \
+    "recovered by a fresh runtime: workflow is completed" \
+    "calls 19  bodies run 13  replayed 1  key reuse refused 1  compensations 3"
+example "checkout --again" --example checkout -- --again
+expect "replayed ch_order-4: nothing ran" "calls 6  bodies run 0  replayed 3"
+db="${TMPDIR:-/tmp}/tempox-checkout.db"
+example "tempox show" --features cli --bin tempox -- --store "$db" show shop.checkout/order-4
+expect "status       completed" "shop.confirm/shop.checkout/order-4#3"
+example event_pipeline --example event_pipeline
+expect 'balances: {"alice": 1200, "bob": 950, "carol": 2000}' \
+    "mirror search-index: 3 key(s) drifted, 3 repaired" \
+    'index: ["e-1", "e-2", "e-3", "e-4", "e-5"]'
+echo "test.sh: all tests and examples passed"
