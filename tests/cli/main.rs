@@ -396,6 +396,39 @@ async fn reads_and_repairs_a_redis_store() {
     repairs(&url);
 }
 
+/// `--cluster` reads a Redis Cluster through its nodes' URLs; a write
+/// (`resolve`) lands where the store's own client finds it.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_repairs_a_redis_cluster() {
+    use tempox::store::RedisStore;
+    let cluster = tokio::task::spawn_blocking(support::redis::RedisCluster::start)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::cluster_builder(&nodes)
+        .prefix("shop")
+        .connect()
+        .await
+        .unwrap();
+    seed(&store).await;
+    let all = urls.join(",");
+    let with = |args: &[&str]| -> Vec<String> {
+        ["--cluster", "--store", &all, "--prefix", "shop"]
+            .iter()
+            .chain(args)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run = |args: &[&str]| json(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(&["--json", "stats"])["total"], 7);
+    let resolved = run(&["--json", "resolve", "shop.charge/o-2", "--note", "checked"]);
+    assert_eq!(resolved["status"], "resolved");
+    let record = store.get(&id("shop.charge", "o-2")).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Resolved);
+}
+
 #[test]
 fn bad_arguments_are_named_and_change_nothing() {
     let err = fails(&["list"], 2);
