@@ -200,7 +200,7 @@ pub fn main() -> ExitCode {
 /// arguments, a store that cannot be opened or fails, or a refused command
 /// (no such record, a record in the wrong status).
 async fn run(cli: &Cli) -> Result<String, Failure> {
-    let mut builder = Runtime::builder().store(open(cli).await?);
+    let mut builder = Runtime::builder().shared_store(open(cli).await?);
     if let Command::Resolve {
         retention: Some(retention),
         ..
@@ -271,21 +271,18 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
             ..
         } => Ok(show_out(&rt.resolve(id, note).await?, None, json)),
         Command::Stats => {
-            let mut counts = BTreeMap::new();
-            for status in Status::ALL {
-                counts.insert(status.as_str(), count(&rt, *status).await?);
-            }
+            // One pass over every record, a page at a time.
+            let mut counts: BTreeMap<&str, usize> =
+                Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+            rt.for_each_page(Query::default(), |page| {
+                for r in page {
+                    *counts.entry(r.status.as_str()).or_default() += 1;
+                }
+            })
+            .await?;
             Ok(stats_out(&counts, json))
         }
     }
-}
-
-/// The records in `status`, counted a page at a time.
-async fn count(rt: &Runtime, status: Status) -> Result<usize, Failure> {
-    let mut n = 0;
-    rt.for_each_page(Query::statuses(&[status]), |page| n += page.len())
-        .await?;
-    Ok(n)
 }
 
 /// The store named by `--store`, opened as it is.

@@ -334,13 +334,6 @@ impl StoreError {
         )
     }
 
-    /// The same error, its message followed by `why`.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    pub(crate) fn explained(mut self, why: &str) -> Self {
-        self.message = format!("{}: {why}", self.message);
-        self
-    }
-
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         StoreError::new(StoreErrorKind::Invalid, message)
     }

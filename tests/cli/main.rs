@@ -414,14 +414,8 @@ async fn reads_and_repairs_a_redis_cluster() {
         .unwrap();
     seed(&store).await;
     let all = urls.join(",");
-    let with = |args: &[&str]| -> Vec<String> {
-        ["--cluster", "--store", &all, "--prefix", "shop"]
-            .iter()
-            .chain(args)
-            .map(|s| (*s).to_owned())
-            .collect()
-    };
-    let run = |args: &[&str]| json(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let on_cluster: &[&str] = &["--cluster", "--store", &all, "--prefix", "shop"];
+    let run = |args: &[&str]| json(&[on_cluster, args].concat());
     assert_eq!(run(&["--json", "stats"])["total"], 7);
     let resolved = run(&["--json", "resolve", "shop.charge/o-2", "--note", "checked"]);
     assert_eq!(resolved["status"], "resolved");

@@ -367,13 +367,8 @@ fn open_connection(
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        let error = sqlite_error(path, "cannot open", e);
-        match why_not_a_file(path) {
-            Some(why) => error.explained(&why),
-            None => error,
-        }
-    })?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sqlite_error(path, "cannot open", e))?;
     conn.busy_timeout(b.busy_timeout)
         .map_err(|e| sqlite_error(path, "cannot configure", e))?;
     Ok(conn)
@@ -501,14 +496,21 @@ fn why_not_a_file(path: &Path) -> Option<String> {
 }
 
 /// Maps a SQLite error to a store error that says what was being done to which
-/// file.
+/// file, and why the file cannot be opened when the path itself says so.
 fn sqlite_error(path: &Path, doing: &str, e: rusqlite::Error) -> StoreError {
     let kind = classify(&e);
-    let what = match kind {
-        StoreErrorKind::Corrupt => format!("it is not a SQLite database, or it is corrupt ({e})"),
+    let mut message = match kind {
+        StoreErrorKind::Corrupt => {
+            format!("it is not a SQLite database, or it is corrupt ({e})")
+        }
         _ => e.to_string(),
     };
-    StoreError::new(kind, format!("{doing} {}: {what}", path.display())).with_backend(e)
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen)
+        && let Some(why) = why_not_a_file(path)
+    {
+        message = format!("{message}: {why}");
+    }
+    StoreError::new(kind, format!("{doing} {}: {message}", path.display())).with_backend(e)
 }
 
 pub(crate) fn classify(e: &rusqlite::Error) -> StoreErrorKind {
