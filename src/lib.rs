@@ -121,6 +121,10 @@ pub use tempox_runtime::{clock, mirror, record};
 #[doc(inline)]
 pub use tempox_runtime::cli;
 
+#[cfg(feature = "http")]
+#[doc(inline)]
+pub use tempox_runtime::http;
+
 /// Stores: where records live.
 ///
 /// Every backend implements [`Store`](store::Store) and passes the same

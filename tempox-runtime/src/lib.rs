@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod invoke;
 pub mod key;
 pub mod mirror;

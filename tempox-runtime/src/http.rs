@@ -1,0 +1,723 @@
+//! HTTP: a tower [`Layer`] that makes requests carrying an `Idempotency-Key`
+//! header safe to retry (feature `http`).
+//!
+//! It follows the IETF draft *The Idempotency-Key HTTP Header Field*. A request
+//! of a guarded method (`POST` and `PATCH` unless set otherwise) is handled
+//! like a call of an `#[idempotent]` function whose key is the header's value
+//! and whose arguments are the method, the path with its query, and the body:
+//!
+//! | the request | the answer |
+//! |---|---|
+//! | has no `Idempotency-Key` | `400 Bad Request` (or passed on untouched, with [`optional`](IdempotencyLayer::optional)) |
+//! | has a malformed key, or two | `400 Bad Request`, naming the problem |
+//! | has a body over the limit | `413 Content Too Large` |
+//! | first with its key | runs the handler; a response below 500 is recorded with its status, headers and body |
+//! | same key, same request, after it | the recorded response, with `Idempotent-Replayed: true`; the handler does not run |
+//! | same key while the first still runs | `409 Conflict`, with `Retry-After` |
+//! | same key, another method, path or body | `422 Unprocessable Content` |
+//!
+//! A `5xx` response (or an error of the inner service) is passed on and not
+//! recorded: the key is released, and a retry runs the handler again. If the
+//! process dies while a handler runs, a retry after the lease runs it again
+//! too, so a handler with effects that must not repeat calls
+//! `#[non_idempotent]` functions, which keep their own records. When the
+//! store cannot be reached the handler does not run: `503 Service
+//! Unavailable`, with `Retry-After`.
+//!
+//! Keys share one key space per store (operation `http`): clients should make
+//! them unique, as UUIDs are. Errors are `application/problem+json` (RFC 9457)
+//! and never show the store's own messages, which are logged through
+//! `tracing` instead.
+//!
+//! ```
+//! # extern crate tempox_runtime as tempox;
+//! use tempox::Runtime;
+//! use tempox::http::IdempotencyLayer;
+//! use tempox::store::MemoryStore;
+//!
+//! let runtime = Runtime::builder().store(MemoryStore::new()).build()?;
+//! // With axum: `Router::new().route("/payments", post(pay)).layer(layer)`.
+//! let layer = IdempotencyLayer::new(runtime).max_request_body(64 * 1024);
+//! # let _ = layer;
+//! # Ok::<(), tempox::Error>(())
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::Error;
+use crate::invoke::{Begin, begin, prepare};
+use crate::key::Key;
+use crate::operation::{InFlight, Keying, Operation, Options};
+use crate::record::Kind;
+use crate::runtime::Runtime;
+
+/// The request header that carries the key.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The response header set (to `true`) on a replayed response.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The name of the operation the layer's records belong to: a record's id is
+/// `http/<key>`.
+pub const OPERATION: &str = "http";
+
+/// The body of the requests the inner service receives and of the responses
+/// the layered service returns: the bytes the layer read (or replays), or the
+/// original body of what it passed on untouched.
+pub type LayerBody<B> = Either<Full<Bytes>, B>;
+
+/// Adds `Idempotency-Key` handling to a service; see the [module](self).
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer {
+    config: Config,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    runtime: Runtime,
+    methods: Vec<Method>,
+    required: bool,
+    max_request: usize,
+    max_response: usize,
+}
+
+impl IdempotencyLayer {
+    /// The largest request body read by default (1 MiB).
+    pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
+    /// The largest response body recorded by default (4 MiB).
+    pub const DEFAULT_MAX_RESPONSE_BODY: usize = 4 << 20;
+
+    /// Guards `POST` and `PATCH` requests with `runtime`'s store: the key is
+    /// required, request bodies up to [`DEFAULT_MAX_REQUEST_BODY`](Self::DEFAULT_MAX_REQUEST_BODY)
+    /// are read, responses up to [`DEFAULT_MAX_RESPONSE_BODY`](Self::DEFAULT_MAX_RESPONSE_BODY)
+    /// recorded.
+    pub fn new(runtime: Runtime) -> Self {
+        IdempotencyLayer {
+            config: Config {
+                runtime,
+                methods: vec![Method::POST, Method::PATCH],
+                required: true,
+                max_request: Self::DEFAULT_MAX_REQUEST_BODY,
+                max_response: Self::DEFAULT_MAX_RESPONSE_BODY,
+            },
+        }
+    }
+
+    /// The methods guarded; requests of other methods are passed on untouched.
+    #[must_use]
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Requests without the header are passed on untouched instead of
+    /// refused with `400`.
+    #[must_use]
+    pub fn optional(mut self) -> Self {
+        self.config.required = false;
+        self
+    }
+
+    /// The largest request body read, in bytes; a longer one is refused with
+    /// `413` before anything is recorded or run.
+    #[must_use]
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.config.max_request = bytes;
+        self
+    }
+
+    /// The largest response body recorded, in bytes. A handler's response
+    /// with a longer body cannot be replayed; since the handler has run, a
+    /// `500` saying so is recorded and answered in its place, so a retry does
+    /// not run the handler again.
+    #[must_use]
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.config.max_response = bytes;
+        self
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            config: Arc::new(self.config.clone()),
+        }
+    }
+}
+
+/// The service [`IdempotencyLayer`] wraps around `S`.
+#[derive(Clone, Debug)]
+pub struct Idempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
+where
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<LayerBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service polled ready goes with this request; a clone stays for
+        // the next one (tower's usual hand-over).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(handle(inner, Arc::clone(&self.config), request))
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    mut inner: S,
+    config: Arc<Config>,
+    request: Request<ReqBody>,
+) -> Result<Response<LayerBody<ResBody>>, S::Error>
+where
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let pass = |inner: &mut S, request: Request<ReqBody>| {
+        let response = inner.call(request.map(Either::Right));
+        async move { Ok(response.await?.map(Either::Right)) }
+    };
+    if !config.methods.contains(request.method()) {
+        return pass(&mut inner, request).await;
+    }
+    let key = match read_key(request.headers()) {
+        Ok(Some(key)) => key,
+        Ok(None) if !config.required => return pass(&mut inner, request).await,
+        Ok(None) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key missing",
+                format!(
+                    "{} requests need an Idempotency-Key header, e.g. a UUID the client makes once and sends again with every retry",
+                    request.method()
+                ),
+            ));
+        }
+        Err(detail) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key malformed",
+                detail,
+            ));
+        }
+    };
+
+    let (parts, body) = request.into_parts();
+    let bytes = match Limited::new(body, config.max_request).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Ok(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large",
+                format!(
+                    "the request body is longer than the {} bytes this endpoint reads",
+                    config.max_request
+                ),
+            ));
+        }
+        Err(e) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Request body unreadable",
+                format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let input = Input {
+        method: parts.method.as_str(),
+        target,
+        body: Content::of(&bytes),
+    };
+    let prepared = prepare::<HttpCall, _>(Some(Ok(key)), &input);
+    let max_response = config.max_response;
+
+    config
+        .runtime
+        .scope(async move {
+            let guard = match begin::<HttpCall>(prepared).await {
+                Begin::Done(Ok(recorded)) => return Ok(recorded.into_response(true)),
+                Begin::Done(Err(failure)) => return Ok(failure.into_response()),
+                Begin::Run(guard) => guard,
+                // Idempotent operations are not probed; answered as "not
+                // done", which runs the handler.
+                Begin::Probe(guard) => match guard.probed(Ok(None)).await {
+                    Ok(guard) => guard,
+                    Err(Ok(recorded)) => return Ok(recorded.into_response(true)),
+                    Err(Err(failure)) => return Ok(failure.into_response()),
+                },
+            };
+            let request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
+            // What is answered without being recorded: a 5xx response or the
+            // inner service's error.
+            let mut passed = None;
+            let outcome = guard
+                .run(async {
+                    match inner.call(request).await {
+                        Err(e) => {
+                            passed = Some(Err(e));
+                            Err(Failure::NotRecorded)
+                        }
+                        Ok(response) if response.status().is_server_error() => {
+                            passed = Some(Ok(response.map(Either::Right)));
+                            Err(Failure::NotRecorded)
+                        }
+                        Ok(response) => Ok(Recorded::read(response, max_response).await),
+                    }
+                })
+                .await;
+            match (outcome, passed) {
+                (Ok(recorded), _) => Ok(recorded.into_response(false)),
+                (Err(Failure::NotRecorded), Some(passed)) => passed,
+                (Err(failure), _) => Ok(failure.into_response()),
+            }
+        })
+        .await
+}
+
+/// The key of a request: `Ok(None)` without the header, `Err(detail)` when
+/// it is malformed. The value may be a structured-field string (`"..."`, as
+/// the draft writes it) or the bare token most clients send.
+fn read_key(headers: &HeaderMap) -> Result<Option<Key>, String> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("the request has more than one Idempotency-Key header".into());
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| "the Idempotency-Key must be printable ASCII".to_owned())?;
+    let text = match text.strip_prefix('"') {
+        Some(quoted) => unquote(quoted)?,
+        None => text.to_owned(),
+    };
+    Key::new(text)
+        .map(Some)
+        .map_err(|e| format!("the Idempotency-Key is not usable: {e}"))
+}
+
+/// The content of a structured-field string after its opening quote.
+fn unquote(rest: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if chars.as_str().is_empty() => return Ok(out),
+            '"' => {
+                return Err("the quoted Idempotency-Key has text after its closing quote".into());
+            }
+            '\\' => match chars.next() {
+                Some(c @ ('"' | '\\')) => out.push(c),
+                _ => {
+                    return Err(
+                        "the quoted Idempotency-Key has a backslash that escapes neither `\"` nor `\\`"
+                            .into(),
+                    );
+                }
+            },
+            c => out.push(c),
+        }
+    }
+    Err("the quoted Idempotency-Key has no closing quote".into())
+}
+
+/// What a guarded request is fingerprinted and recorded as.
+#[derive(Serialize)]
+struct Input<'a> {
+    method: &'a str,
+    target: &'a str,
+    body: Content,
+}
+
+/// Bytes as recorded: as text when they are UTF-8, else as hex.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Binary { hex: String },
+}
+
+impl Content {
+    fn of(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Content::Text(text.to_owned()),
+            Err(_) => {
+                let mut hex = String::with_capacity(bytes.len() * 2);
+                for b in bytes {
+                    hex.push(char::from(HEX[usize::from(b >> 4)]));
+                    hex.push(char::from(HEX[usize::from(b & 15)]));
+                }
+                Content::Binary { hex }
+            }
+        }
+    }
+
+    /// The bytes back; `None` for hex that is not (a damaged record).
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Content::Text(text) => Some(text.into_bytes()),
+            Content::Binary { hex } => {
+                let digit = |c: u8| char::from(c).to_digit(16);
+                let hex = hex.as_bytes();
+                if hex.len() % 2 != 0 {
+                    return None;
+                }
+                hex.chunks(2)
+                    .map(|pair| {
+                        let (high, low) = (digit(pair[0])?, digit(pair[1])?);
+                        u8::try_from(high * 16 + low).ok()
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A response as recorded.
+#[derive(Debug, Serialize, Deserialize)]
+struct Recorded {
+    status: u16,
+    headers: Vec<(String, Content)>,
+    body: Content,
+}
+
+/// Headers about one connection or one transfer: not recorded, and the
+/// length is set again for the replayed body.
+fn recordable(name: &HeaderName) -> bool {
+    ![
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::CONTENT_LENGTH,
+    ]
+    .contains(name)
+        && name.as_str() != "keep-alive"
+}
+
+impl Recorded {
+    /// Reads the handler's response to record it; one whose body cannot be
+    /// read whole becomes a recorded `500` saying why.
+    async fn read<B>(response: Response<B>, max: usize) -> Recorded
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = response.into_parts();
+        let bytes = match Limited::new(body, max).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let detail = if e.is::<LengthLimitError>() {
+                    format!(
+                        "the handler ran, but its response body is longer than the {max} bytes this endpoint records; retrying does not run it again"
+                    )
+                } else {
+                    format!(
+                        "the handler ran, but its response body could not be read ({e}); retrying does not run it again"
+                    )
+                };
+                tracing::warn!(%detail, "response not recorded");
+                return Recorded::problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Response not recordable",
+                    detail,
+                );
+            }
+        };
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| recordable(name))
+            .map(|(name, value)| (name.as_str().to_owned(), Content::of(value.as_bytes())))
+            .collect();
+        Recorded {
+            status: parts.status.as_u16(),
+            headers,
+            body: Content::of(&bytes),
+        }
+    }
+
+    /// A problem response of the layer's own, as recorded.
+    fn problem(status: StatusCode, title: &str, detail: String) -> Recorded {
+        Recorded {
+            status: status.as_u16(),
+            headers: vec![(
+                header::CONTENT_TYPE.as_str().to_owned(),
+                Content::Text(PROBLEM_JSON.to_owned()),
+            )],
+            body: Content::of(&problem_json(status, title, detail)),
+        }
+    }
+
+    fn into_response<B>(self, replayed: bool) -> Response<LayerBody<B>> {
+        match self.rebuild() {
+            Some(mut response) => {
+                if replayed {
+                    response
+                        .headers_mut()
+                        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                }
+                response
+            }
+            None => {
+                tracing::error!("a recorded response of operation `http` is damaged");
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Recorded response damaged",
+                    "the response recorded for this Idempotency-Key cannot be read back",
+                )
+            }
+        }
+    }
+
+    fn rebuild<B>(self) -> Option<Response<LayerBody<B>>> {
+        let mut response = Response::new(Either::Left(Full::new(Bytes::from(
+            self.body.into_bytes()?,
+        ))));
+        *response.status_mut() = StatusCode::from_u16(self.status).ok()?;
+        for (name, value) in self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(&value.into_bytes()?).ok()?;
+            response.headers_mut().append(name, value);
+        }
+        Some(response)
+    }
+}
+
+/// The operation a guarded request is a call of.
+struct HttpCall;
+
+impl Operation for HttpCall {
+    const NAME: &'static str = OPERATION;
+    const KIND: Kind = Kind::Idempotent;
+    const OPTIONS: Options = Options {
+        keying: Keying::Explicit,
+        in_flight: InFlight::Reject,
+        ..Options::DEFAULT
+    };
+    type Output = Recorded;
+    type Error = Failure;
+}
+
+/// Why a guarded request got no recorded response.
+#[derive(Debug)]
+enum Failure {
+    /// The runtime answered (key reuse, in flight, store outage, ...).
+    Tempox(Error),
+    /// A `5xx` or an error of the inner service, passed on as it was.
+    NotRecorded,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Tempox(e)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Tempox(e) => e.fmt(f),
+            Failure::NotRecorded => f.write_str("the handler failed; its response is not recorded"),
+        }
+    }
+}
+
+/// How long a client is told to wait before retrying a `409` or `503`.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl Failure {
+    fn into_response<B>(self) -> Response<LayerBody<B>> {
+        let e = match self {
+            Failure::Tempox(e) => e,
+            // Only answered when nothing was passed on, which cannot happen.
+            Failure::NotRecorded => {
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Handler failed",
+                    "the handler failed",
+                );
+            }
+        };
+        let (status, title, detail) = match &e {
+            Error::KeyReuse { key, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key reused",
+                format!(
+                    "the Idempotency-Key `{key}` was used for another request (method, path or body differ); use a new key for a new request"
+                ),
+            ),
+            Error::InFlight { key, .. } => (
+                StatusCode::CONFLICT,
+                "Request in progress",
+                format!(
+                    "a request with the Idempotency-Key `{key}` is still being processed; retry it later to get its response"
+                ),
+            ),
+            e if e.is_retryable() => {
+                tracing::warn!(error = %e, "idempotency record unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Idempotency store unavailable",
+                    "the request's idempotency record cannot be read or written now; retry it later"
+                        .to_owned(),
+                )
+            }
+            e => {
+                tracing::error!(error = %e, "idempotency record failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Idempotency record failed",
+                    "the request's idempotency record cannot be used".to_owned(),
+                )
+            }
+        };
+        let mut response = problem(status, title, detail);
+        if status == StatusCode::CONFLICT || status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        response
+    }
+}
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The body of an `application/problem+json` response (RFC 9457).
+fn problem_json(status: StatusCode, title: &str, detail: String) -> Bytes {
+    #[derive(Serialize)]
+    struct Problem<'a> {
+        title: &'a str,
+        status: u16,
+        detail: String,
+    }
+    let problem = Problem {
+        title,
+        status: status.as_u16(),
+        detail,
+    };
+    // Strings and a number: serializing cannot fail.
+    Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
+}
+
+/// An `application/problem+json` response of the layer's own.
+fn problem<B>(
+    status: StatusCode,
+    title: &str,
+    detail: impl Into<String>,
+) -> Response<LayerBody<B>> {
+    let body = problem_json(status, title, detail.into());
+    let mut response = Response::new(Either::Left(Full::new(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(value: &'static str) -> Result<Option<Key>, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static(value));
+        read_key(&headers)
+    }
+
+    #[test]
+    fn keys_are_read_bare_or_quoted() {
+        assert_eq!(key_of("abc-1").unwrap().unwrap().as_str(), "abc-1");
+        assert_eq!(key_of("\"abc-1\"").unwrap().unwrap().as_str(), "abc-1");
+        assert_eq!(
+            key_of(r#""a\"b\\c""#).unwrap().unwrap().as_str(),
+            r#"a"b\c"#
+        );
+        assert_eq!(read_key(&HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn malformed_keys_say_what_is_wrong() {
+        let err = |v| key_of(v).unwrap_err();
+        assert!(
+            err("\"abc").contains("no closing quote"),
+            "{}",
+            err("\"abc")
+        );
+        assert!(err("\"a\"b").contains("after its closing quote"));
+        assert!(err(r#""a\nb""#).contains("backslash"));
+        assert!(err("\"\"").contains("empty"), "{}", err("\"\""));
+        let long = Box::leak("k".repeat(Key::MAX_LEN + 1).into_boxed_str());
+        assert!(err(long).contains("bytes long"));
+        let mut two = HeaderMap::new();
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("a"));
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
+        assert!(read_key(&two).unwrap_err().contains("more than one"));
+        let mut bytes = HeaderMap::new();
+        bytes.insert(
+            IDEMPOTENCY_KEY,
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert!(read_key(&bytes).unwrap_err().contains("printable ASCII"));
+    }
+
+    #[test]
+    fn content_round_trips_text_and_bytes() {
+        for bytes in [&b"plain text"[..], b"", b"\x00\xff\x10binary"] {
+            let json = serde_json::to_string(&Content::of(bytes)).unwrap();
+            let back: Content = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.into_bytes().unwrap(), bytes, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Content::of(b"\xff")).unwrap(),
+            r#"{"hex":"ff"}"#
+        );
+        assert!(Content::Binary { hex: "f".into() }.into_bytes().is_none());
+        assert!(Content::Binary { hex: "zz".into() }.into_bytes().is_none());
+    }
+}

@@ -1,0 +1,626 @@
+//! The `Idempotency-Key` layer (`tempox::http`) around a handler that counts
+//! its runs: on a real SQLite file, on a real redis-server that is killed and
+//! restarted, and inside an axum server on a loopback port.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "../support/mod.rs"]
+#[macro_use]
+mod support;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tempox::http::{IdempotencyLayer, LayerBody};
+use tempox::store::{Query, RedisStore, SqliteStore};
+use tempox::{Key, RecordId, Runtime, Status};
+use tokio::sync::oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+use support::redis::RedisServer;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What one run of the handler does.
+enum Plan {
+    /// `201 Created`, with the run's number as the order id.
+    Created,
+    /// `500` with a body of its own.
+    ServerError,
+    /// The service fails (no response).
+    Fail,
+    /// `201` with a body of this many bytes.
+    Large(usize),
+    /// The request's body back, as bytes, with a header that is not UTF-8.
+    Echo,
+    /// Says it started, then waits for the signal before answering `201`.
+    Wait(oneshot::Sender<()>, oneshot::Receiver<()>),
+}
+
+/// The handler: runs its plans in order (`Created` once they are used up).
+#[derive(Clone, Default)]
+struct Handler {
+    runs: Arc<AtomicUsize>,
+    plans: Arc<Mutex<VecDeque<Plan>>>,
+}
+
+impl Handler {
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    fn then(&self, plan: Plan) {
+        self.plans.lock().unwrap().push_back(plan);
+    }
+
+    async fn serve(
+        self,
+        request: Request<LayerBody<Full<Bytes>>>,
+    ) -> Result<Response<Full<Bytes>>, BoxError> {
+        let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let plan = self.plans.lock().unwrap().pop_front();
+        let body = request.into_body().collect().await?.to_bytes();
+        let created = |body: Vec<u8>| {
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("content-type", "application/json")
+                .header("x-order-id", run.to_string())
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        };
+        let text = String::from_utf8_lossy(&body).into_owned();
+        match plan.unwrap_or(Plan::Created) {
+            Plan::Created => Ok(created(
+                serde_json::to_vec(&serde_json::json!({ "order": run, "request": text })).unwrap(),
+            )),
+            Plan::ServerError => Ok(Response::builder()
+                .status(StatusCode::BAD_GATEWAY)
+                .body(Full::new(Bytes::from_static(b"upstream down")))
+                .unwrap()),
+            Plan::Fail => Err("the handler's connection broke".into()),
+            Plan::Large(n) => Ok(created(vec![b'x'; n])),
+            Plan::Echo => {
+                let mut response = created(body.to_vec());
+                response
+                    .headers_mut()
+                    .insert("x-raw", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
+                Ok(response)
+            }
+            Plan::Wait(started, go) => {
+                let _ = started.send(());
+                let _ = go.await;
+                Ok(created(
+                    serde_json::to_vec(&serde_json::json!({ "order": run })).unwrap(),
+                ))
+            }
+        }
+    }
+}
+
+/// The handler behind `layer`, as a service.
+fn guarded(
+    layer: &IdempotencyLayer,
+    handler: &Handler,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<LayerBody<Full<Bytes>>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let handler = handler.clone();
+    layer.layer(tower::service_fn(move |request| {
+        handler.clone().serve(request)
+    }))
+}
+
+/// What came back: status, headers and the whole body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .map(HeaderValue::as_bytes)
+            == Some(b"true")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// The `detail` of a problem response, checked to be one.
+    fn problem(&self) -> String {
+        assert_eq!(
+            self.headers["content-type"], "application/problem+json",
+            "{:?}",
+            self.body
+        );
+        let json = self.json();
+        assert_eq!(json["status"], self.status.as_u16());
+        json["detail"].as_str().unwrap().to_owned()
+    }
+}
+
+fn request(
+    method: Method,
+    path: &str,
+    keys: &[&str],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for key in keys {
+        builder = builder.header("idempotency-key", *key);
+    }
+    builder.body(Full::new(body.into())).unwrap()
+}
+
+async fn send<S>(service: &S, request: Request<Full<Bytes>>) -> Result<Answer, BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<LayerBody<Full<Bytes>>>, Error = BoxError>
+        + Clone,
+{
+    let response = service.clone().oneshot(request).await?;
+    let (parts, body) = response.into_parts();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    })
+}
+
+async fn post<S>(service: &S, key: &str, body: &'static str) -> Answer
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<LayerBody<Full<Bytes>>>, Error = BoxError>
+        + Clone,
+{
+    send(service, request(Method::POST, "/orders", &[key], body))
+        .await
+        .unwrap()
+}
+
+fn sqlite_runtime(path: &Path) -> Runtime {
+    let store = SqliteStore::open(path).unwrap();
+    Runtime::builder().store(store).build().unwrap()
+}
+
+fn http_id(key: &str) -> RecordId {
+    RecordId::new("http", &Key::new(key).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_the_first_response_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.db");
+    let handler = Handler::default();
+    let runtime = sqlite_runtime(&path);
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+
+    let first = post(&service, "order-1", r#"{"sku":"tea"}"#).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(!first.replayed());
+    assert_eq!(first.json()["order"], 1);
+    assert_eq!(first.json()["request"], r#"{"sku":"tea"}"#);
+
+    let again = post(&service, "order-1", r#"{"sku":"tea"}"#).await;
+    assert_eq!(handler.runs(), 1, "the retry must not run the handler");
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["x-order-id"], "1");
+    assert_eq!(again.headers["content-type"], "application/json");
+    let cookies: Vec<_> = again.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "repeated headers keep their order");
+    // The draft's quoted form names the same key.
+    let quoted = post(&service, "\"order-1\"", r#"{"sku":"tea"}"#).await;
+    assert!(quoted.replayed());
+
+    // The record: a completed call of operation `http`, its request as input.
+    let record = runtime
+        .store()
+        .get(&http_id("order-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, Status::Completed);
+    let input: serde_json::Value = serde_json::from_slice(&record.input).unwrap();
+    assert_eq!(
+        input,
+        serde_json::json!({"method": "POST", "target": "/orders", "body": "{\"sku\":\"tea\"}"})
+    );
+
+    // A new process on the same file replays it too.
+    drop(service);
+    drop(runtime);
+    let service = guarded(&IdempotencyLayer::new(sqlite_runtime(&path)), &handler);
+    let after = post(&service, "order-1", r#"{"sku":"tea"}"#).await;
+    assert!(after.replayed());
+    assert_eq!(after.body, first.body);
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_requests_it_cannot_guard_and_passes_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+
+    let missing = send(&service, request(Method::POST, "/orders", &[], "{}"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(missing.problem().contains("need an Idempotency-Key header"));
+
+    for (keys, why) in [
+        (&["\"open"][..], "no closing quote"),
+        (&["\"a\" b"], "after its closing quote"),
+        (&["\"\""], "the key is empty"),
+        (&["a", "b"], "more than one Idempotency-Key"),
+    ] {
+        let answer = send(&service, request(Method::POST, "/orders", keys, "{}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{keys:?}");
+        let detail = answer.problem();
+        assert!(detail.contains(why), "{keys:?}: {detail}");
+    }
+    let long = "k".repeat(Key::MAX_LEN + 1);
+    let answer = send(&service, request(Method::POST, "/orders", &[&long], "{}"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.problem().contains("keys are at most 512 bytes"));
+    assert_eq!(
+        handler.runs(),
+        0,
+        "a refused request must not run the handler"
+    );
+
+    // Methods that are not guarded pass, with or without a key.
+    for keys in [&[][..], &["order-9"]] {
+        let get = send(&service, request(Method::GET, "/orders", keys, ""))
+            .await
+            .unwrap();
+        assert_eq!(get.status, StatusCode::CREATED);
+        assert!(!get.replayed());
+    }
+    assert_eq!(handler.runs(), 2);
+
+    // Optional: a POST without a key passes, unrecorded.
+    let optional = guarded(&IdempotencyLayer::new(runtime.clone()).optional(), &handler);
+    for _ in 0..2 {
+        let answer = send(&optional, request(Method::POST, "/orders", &[], "{}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    assert_eq!(handler.runs(), 4);
+    let recorded = runtime.store().list(&Query::default()).await.unwrap();
+    assert!(recorded.is_empty(), "{recorded:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_request_is_422() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(runtime).methods([Method::POST, Method::PUT]);
+    let service = guarded(&layer, &handler);
+
+    assert_eq!(post(&service, "k", "a").await.status, StatusCode::CREATED);
+    for other in [
+        request(Method::POST, "/orders", &["k"], "b"),
+        request(Method::POST, "/orders?dry_run=1", &["k"], "a"),
+        request(Method::PUT, "/orders", &["k"], "a"),
+    ] {
+        let answer = send(&service, other).await.unwrap();
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let detail = answer.problem();
+        assert!(
+            detail.contains("`k` was used for another request"),
+            "{detail}"
+        );
+    }
+    // PATCH is not guarded by this layer: it passes.
+    let patch = send(&service, request(Method::PATCH, "/orders", &["k"], "b"))
+        .await
+        .unwrap();
+    assert_eq!(patch.status, StatusCode::CREATED);
+    assert_eq!(handler.runs(), 2);
+    assert!(post(&service, "k", "a").await.replayed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_while_the_first_runs_is_409_then_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime), &handler);
+    let (started, has_started) = oneshot::channel();
+    let (go, wait) = oneshot::channel();
+    handler.then(Plan::Wait(started, wait));
+
+    let first = tokio::spawn({
+        let service = service.clone();
+        async move { post(&service, "slow", "{}").await }
+    });
+    has_started.await.unwrap();
+    let duplicate = post(&service, "slow", "{}").await;
+    assert_eq!(duplicate.status, StatusCode::CONFLICT);
+    assert_eq!(duplicate.headers["retry-after"], "1");
+    assert!(duplicate.problem().contains("still being processed"));
+
+    go.send(()).unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    let later = post(&service, "slow", "{}").await;
+    assert!(later.replayed());
+    assert_eq!(later.body, first.body);
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_failures_are_passed_on_and_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+
+    handler.then(Plan::ServerError);
+    let failed = post(&service, "retry-me", "{}").await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(failed.body, "upstream down");
+    assert!(!failed.replayed());
+    let record = runtime
+        .store()
+        .get(&http_id("retry-me"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, Status::Released, "a 5xx frees its key");
+
+    let ok = post(&service, "retry-me", "{}").await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    assert_eq!(ok.json()["order"], 2);
+    assert_eq!(handler.runs(), 2);
+
+    handler.then(Plan::Fail);
+    let error = send(
+        &service,
+        request(Method::POST, "/orders", &["broken"], "{}"),
+    )
+    .await
+    .err()
+    .expect("the service's error is passed on");
+    assert_eq!(error.to_string(), "the handler's connection broke");
+    let ok = post(&service, "broken", "{}").await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    assert!(post(&service, "broken", "{}").await.replayed());
+    assert_eq!(handler.runs(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(runtime.clone())
+        .max_request_body(16)
+        .max_response_body(64);
+    let service = guarded(&layer, &handler);
+
+    let big = post(&service, "big-request", "seventeen bytes!!").await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(big.problem().contains("longer than the 16 bytes"));
+    assert_eq!(handler.runs(), 0);
+    assert!(
+        runtime
+            .store()
+            .get(&http_id("big-request"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        post(&service, "fits", "sixteen bytes!!!").await.status,
+        StatusCode::CREATED
+    );
+
+    // The handler ran, so its unrecordable response is answered by a
+    // recorded 500 that retries replay, instead of running it again.
+    handler.then(Plan::Large(65));
+    let large = post(&service, "big-response", "{}").await;
+    assert_eq!(large.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        large
+            .problem()
+            .contains("longer than the 64 bytes this endpoint records")
+    );
+    let again = post(&service, "big-response", "{}").await;
+    assert!(again.replayed());
+    assert_eq!(again.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(handler.runs(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_bodies_and_header_values_replay_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime), &handler);
+    let bytes: Vec<u8> = (0..=255).collect();
+
+    handler.then(Plan::Echo);
+    let first = send(
+        &service,
+        request(Method::POST, "/blobs", &["blob"], bytes.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.body, bytes);
+    let again = send(
+        &service,
+        request(Method::POST, "/blobs", &["blob"], bytes.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(again.replayed());
+    assert_eq!(again.body, bytes);
+    assert_eq!(again.headers["x-raw"].as_bytes(), b"caf\xe9 \xff");
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_503_and_runs_nothing() {
+    let mut server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = RedisStore::builder(&server.url())
+        .response_timeout(std::time::Duration::from_secs(2))
+        .connection_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    let runtime = Runtime::builder().store(store).build().unwrap();
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime), &handler);
+    assert_eq!(
+        post(&service, "before", "{}").await.status,
+        StatusCode::CREATED
+    );
+
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    })
+    .await
+    .unwrap();
+    let down = post(&service, "during", "{}").await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.headers["retry-after"], "1");
+    let detail = down.problem();
+    assert!(detail.contains("retry it later"), "{detail}");
+    assert!(
+        !detail.contains("127.0.0.1"),
+        "the store's address stays inside: {detail}"
+    );
+    assert_eq!(
+        handler.runs(),
+        1,
+        "no handler runs while its claim cannot be written"
+    );
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    // A client retries after Retry-After; the first call after the restart
+    // may still meet the broken connection.
+    let mut attempts = 0;
+    let up = loop {
+        let answer = post(&service, "during", "{}").await;
+        attempts += 1;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE || attempts == 20 {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(up.status, StatusCode::CREATED, "after {attempts} attempts");
+    assert!(!up.replayed());
+    assert!(
+        post(&service, "before", "{}").await.replayed(),
+        "nothing recorded was lost"
+    );
+    assert!(post(&service, "during", "{}").await.replayed());
+    assert_eq!(handler.runs(), 2);
+    drop(server);
+}
+
+/// The layer on an axum router, served on a loopback port, called over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_an_axum_router_over_the_network() {
+    use axum::Json;
+    use axum::routing::post as route_post;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/payments",
+            route_post({
+                let runs = runs.clone();
+                move |Json(body): Json<serde_json::Value>| async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    (
+                        StatusCode::CREATED,
+                        Json(serde_json::json!({ "payment": n, "amount": body["amount"] })),
+                    )
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(runtime));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let call = |key: Option<&str>| {
+        let mut builder = Request::post(format!("http://{address}/payments"))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            builder = builder.header("idempotency-key", key);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from_static(br#"{"amount":250}"#)))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.unwrap();
+            let status = response.status();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                replayed,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (status, replayed, first) = call(Some("pay-1")).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false));
+    assert_eq!(first, serde_json::json!({"payment": 1, "amount": 250}));
+    let (status, replayed, again) = call(Some("pay-1")).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true));
+    assert_eq!(again, first);
+    let (status, _, problem) = call(None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["title"], "Idempotency-Key missing");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
