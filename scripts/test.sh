@@ -56,4 +56,8 @@ example event_pipeline --example event_pipeline
 expect 'balances: {"alice": 1200, "bob": 950, "carol": 2000}' \
     "mirror search-index: 3 key(s) drifted, 3 repaired" \
     'index: ["e-1", "e-2", "e-3", "e-4", "e-5"]'
+example http_api --features http --example http_api
+expect "key pay-1    {\"amount\":250}                         -> 201 Created (replayed)" \
+    "-> 409 Conflict" "-> 422 Unprocessable Entity" "-> 400 Bad Request" \
+    "http/pay-3 completed" "requests 10  cards charged 3"
 echo "test.sh: all tests and examples passed"

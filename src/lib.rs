@@ -95,6 +95,9 @@
 //! - [`store`]: the [`Store`](store::Store) trait and its backends.
 //! - [`record`]: the record, its statuses and the transition table.
 //! - [`Error`]: everything tempox reports, always through your own error type.
+//! - `http` (feature `http`): a tower layer for the `Idempotency-Key` request
+//!   header, so an HTTP API's clients can retry safely.
+//! - `cli` (feature `cli`): the operator command line, `tempox`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc = include_str!("docs/idempotent.md")]
