@@ -95,7 +95,8 @@ impl Api {
     ) -> Result<StatusCode, Box<dyn std::error::Error + Send + Sync>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let mut request = Request::post(format!("{}/payments", self.base))
-            .header("content-type", "application/json");
+            .header("content-type", "application/json")
+            .header("x-account", "acct_7");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -137,7 +138,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shop = Shop::default();
     let app = Router::new()
         .route("/payments", post(pay))
-        .layer(IdempotencyLayer::new(runtime))
+        // Keys per account: the client's account header (in a real API, what
+        // its authentication established).
+        .route_layer(IdempotencyLayer::new(runtime).key_scope(|request| {
+            let account = request.headers.get("x-account")?;
+            account.to_str().ok().map(str::to_owned)
+        }))
         .with_state(shop.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -194,7 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     println!("\nrecords of operation `{}`:", tempox::http::OPERATION);
     for record in store.list(&query).await? {
-        println!("    {:<10} {}", record.id.as_str(), record.status);
+        println!("    {:<17} {}", record.id.as_str(), record.status);
     }
     println!(
         "\nrequests {}  cards charged {}",

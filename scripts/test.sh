@@ -59,5 +59,5 @@ expect 'balances: {"alice": 1200, "bob": 950, "carol": 2000}' \
 example http_api --features http --example http_api
 expect "key pay-1    {\"amount\":250}                         -> 201 Created (replayed)" \
     "-> 409 Conflict" "-> 422 Unprocessable Entity" "-> 400 Bad Request" \
-    "http/pay-3 completed" "requests 10  cards charged 3"
+    "http/acct_7/pay-3 completed" "requests 10  cards charged 3"
 echo "test.sh: all tests and examples passed"

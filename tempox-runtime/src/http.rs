@@ -4,7 +4,8 @@
 //! It follows the IETF draft *The Idempotency-Key HTTP Header Field*. A request
 //! of a guarded method (`POST` and `PATCH` unless set otherwise) is handled
 //! like a call of an `#[idempotent]` function whose key is the header's value
-//! and whose arguments are the method, the path with its query, and the body:
+//! (within the request's [scope](IdempotencyLayer::key_scope)) and whose
+//! arguments are the method, the path with its query, and the body:
 //!
 //! | the request | the answer |
 //! |---|---|
@@ -15,18 +16,29 @@
 //! | same key, same request, after it | the recorded response, with `Idempotent-Replayed: true`; the handler does not run |
 //! | same key while the first still runs | `409 Conflict`, with `Retry-After` |
 //! | same key, another method, path or body | `422 Unprocessable Content` |
+//! | any, while the store cannot be reached | `503 Service Unavailable`, with `Retry-After`; the handler does not run |
 //!
-//! A `5xx` response (or an error of the inner service) is passed on and not
-//! recorded: the key is released, and a retry runs the handler again. If the
-//! process dies while a handler runs, a retry after the lease runs it again
-//! too, so a handler with effects that must not repeat calls
-//! `#[non_idempotent]` functions, which keep their own records. When the
-//! store cannot be reached the handler does not run: `503 Service
-//! Unavailable`, with `Retry-After`.
+//! What is recorded and what is not:
 //!
-//! Keys share one key space per store (operation `http`): clients should make
-//! them unique, as UUIDs are. Errors are `application/problem+json` (RFC 9457)
-//! and never show the store's own messages, which are logged through
+//! - A `5xx` response, or an error of the inner service, is passed on and not
+//!   recorded: the key is released, and a retry runs the handler again.
+//! - A response whose body is over [`max_response_body`](IdempotencyLayer::max_response_body)
+//!   or fails while it is read is answered, and recorded, as a `500` that says
+//!   so: the handler ran, so its retries must not run it again.
+//! - Replays leave out `Set-Cookie` and the headers about one connection.
+//! - The request's body is kept only as its length and hash (it may hold what
+//!   a record should not); its method and target are kept as they are.
+//!
+//! The handler runs in a task of its own: a client that goes away while it
+//! runs does not stop it, and its outcome is recorded for the retry. If the
+//! process dies while a handler runs, retries get `409` until the lease runs
+//! out, then run it again, so a handler whose effects must not repeat calls
+//! `#[non_idempotent]` functions, which keep records of their own.
+//!
+//! Bodies are read whole, requests and responses both (trailers are not
+//! kept): guard the routes that need it with axum's `route_layer`, not
+//! streaming or long-polling ones. Errors are `application/problem+json`
+//! (RFC 9457) and never carry the store's messages, which are logged through
 //! `tracing` instead.
 //!
 //! ```
@@ -36,7 +48,7 @@
 //! use tempox::store::MemoryStore;
 //!
 //! let runtime = Runtime::builder().store(MemoryStore::new()).build()?;
-//! // With axum: `Router::new().route("/payments", post(pay)).layer(layer)`.
+//! // With axum: `Router::new().route("/payments", post(pay)).route_layer(layer)`.
 //! let layer = IdempotencyLayer::new(runtime).max_request_body(64 * 1024);
 //! # let _ = layer;
 //! # Ok::<(), tempox::Error>(())
@@ -50,6 +62,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
@@ -58,7 +71,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::Error;
-use crate::invoke::{Begin, begin, prepare};
+use crate::invoke::{Begin, Prepared, begin, prepare};
 use crate::key::Key;
 use crate::operation::{InFlight, Keying, Operation, Options};
 use crate::record::Kind;
@@ -91,6 +104,20 @@ struct Config {
     required: bool,
     max_request: usize,
     max_response: usize,
+    scope: Option<KeyScope>,
+}
+
+/// A request's scope, read from its head.
+type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// What [`IdempotencyLayer::key_scope`] was given.
+#[derive(Clone)]
+struct KeyScope(Arc<ScopeFn>);
+
+impl fmt::Debug for KeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyScope(..)")
+    }
 }
 
 impl IdempotencyLayer {
@@ -111,6 +138,7 @@ impl IdempotencyLayer {
                 required: true,
                 max_request: Self::DEFAULT_MAX_REQUEST_BODY,
                 max_response: Self::DEFAULT_MAX_RESPONSE_BODY,
+                scope: None,
             },
         }
     }
@@ -130,6 +158,38 @@ impl IdempotencyLayer {
         self
     }
 
+    /// Whose keys a request's key is among: `scope` reads it from the
+    /// request (the authenticated account, the API version, ...), and two
+    /// requests with the same key but different scopes are two calls, neither
+    /// of which sees the other's response. `None` from `scope` means no scope.
+    ///
+    /// Without it, keys are shared by everyone who can reach the routes: a
+    /// client that sends another's key and the same request gets the other's
+    /// response. Any API with more than one client should scope its keys.
+    /// The record's key is then `<scope>/<key>` (a `/` or `%` in the scope is
+    /// written `%2F` or `%25`).
+    ///
+    /// ```
+    /// # extern crate tempox_runtime as tempox;
+    /// # use tempox::{Runtime, store::MemoryStore, http::IdempotencyLayer};
+    /// # let runtime = Runtime::builder().store(MemoryStore::new()).build()?;
+    /// // Keys are per account, as the authentication layer in front says.
+    /// let layer = IdempotencyLayer::new(runtime).key_scope(|request| {
+    ///     let account = request.headers.get("x-account-id")?;
+    ///     account.to_str().ok().map(str::to_owned)
+    /// });
+    /// # let _ = layer;
+    /// # Ok::<(), tempox::Error>(())
+    /// ```
+    #[must_use]
+    pub fn key_scope(
+        mut self,
+        scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.scope = Some(KeyScope(Arc::new(scope)));
+        self
+    }
+
     /// The largest request body read, in bytes; a longer one is refused with
     /// `413` before anything is recorded or run.
     #[must_use]
@@ -139,9 +199,9 @@ impl IdempotencyLayer {
     }
 
     /// The largest response body recorded, in bytes. A handler's response
-    /// with a longer body cannot be replayed; since the handler has run, a
-    /// `500` saying so is recorded and answered in its place, so a retry does
-    /// not run the handler again.
+    /// with a longer body (or one whose body fails while it is read) cannot be
+    /// replayed; since the handler has run, a `500` saying so is recorded and
+    /// answered in its place, so a retry does not run the handler again.
     #[must_use]
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.config.max_response = bytes;
@@ -174,7 +234,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
 where
     S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
+    S::Error: Send + 'static,
     ReqBody: Body + Send + 'static,
     ReqBody::Data: Send,
     ReqBody::Error: Into<BoxError>,
@@ -204,10 +264,12 @@ async fn handle<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<LayerBody<ResBody>>, S::Error>
 where
-    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body,
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let pass = |inner: &mut S, request: Request<ReqBody>| {
@@ -239,19 +301,27 @@ where
         }
     };
 
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+            format!(
+                "the request body is longer than the {} bytes this endpoint reads",
+                config.max_request
+            ),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > config.max_request as u64) {
+        return Ok(too_large());
+    }
     let (parts, body) = request.into_parts();
     let bytes = match Limited::new(body, config.max_request).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return Ok(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large",
-                format!(
-                    "the request body is longer than the {} bytes this endpoint reads",
-                    config.max_request
-                ),
-            ));
-        }
+        Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
         Err(e) => {
             return Ok(problem(
                 StatusCode::BAD_REQUEST,
@@ -260,17 +330,75 @@ where
             ));
         }
     };
+    let key = match &config.scope {
+        None => key,
+        Some(KeyScope(scope)) => match scope(&parts) {
+            None => key,
+            Some(scope) => match scoped(&scope, &key) {
+                Ok(key) => key,
+                Err(detail) => {
+                    return Ok(problem(
+                        StatusCode::BAD_REQUEST,
+                        "Idempotency-Key malformed",
+                        detail,
+                    ));
+                }
+            },
+        },
+    };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The body goes into the fingerprint through its hash, and is not kept:
+    // requests may carry what a record should not (card numbers, personal
+    // data).
     let input = Input {
         method: parts.method.as_str(),
         target,
-        body: Content::of(&bytes),
+        body_length: bytes.len(),
+        body_blake3: blake3::hash(&bytes).to_hex().to_string(),
     };
     let prepared = prepare::<HttpCall, _>(Some(Ok(key)), &input);
-    let max_response = config.max_response;
+    let run = guarded(
+        inner,
+        config.runtime.clone(),
+        config.max_response,
+        prepared,
+        Request::from_parts(parts, Either::Left(Full::new(bytes))),
+    );
+    // A task of its own, so the outcome is recorded even when the client
+    // goes away (and the server drops this future) while the handler runs:
+    // its retry then gets the response instead of waiting for the lease and
+    // running the handler a second time.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => match runtime.spawn(run).await {
+            Ok(answer) => answer,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime is shutting down.
+                Err(_) => Ok(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Server stopping",
+                    "the server stopped while handling the request; retry it later",
+                )),
+            },
+        },
+        Err(_) => run.await,
+    }
+}
 
-    config
-        .runtime
+/// Claims the request's record, runs the handler, records its response.
+async fn guarded<S, ReqBody, ResBody>(
+    mut inner: S,
+    runtime: Runtime,
+    max_response: usize,
+    prepared: Result<Prepared, Error>,
+    request: Request<LayerBody<ReqBody>>,
+) -> Result<Response<LayerBody<ResBody>>, S::Error>
+where
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    runtime
         .scope(async move {
             let guard = match begin::<HttpCall>(prepared).await {
                 Begin::Done(Ok(recorded)) => return Ok(recorded.into_response(true)),
@@ -284,32 +412,52 @@ where
                     Err(Err(failure)) => return Ok(failure.into_response()),
                 },
             };
-            let request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
-            // What is answered without being recorded: a 5xx response or the
-            // inner service's error.
-            let mut passed = None;
+            let id = guard.id().clone();
+            // The handler's answer, given to the client whatever becomes of
+            // its record: its response (as read), a 5xx or its error.
+            let mut answer = None;
             let outcome = guard
                 .run(async {
                     match inner.call(request).await {
                         Err(e) => {
-                            passed = Some(Err(e));
+                            answer = Some(Err(e));
                             Err(Failure::NotRecorded)
                         }
                         Ok(response) if response.status().is_server_error() => {
-                            passed = Some(Ok(response.map(Either::Right)));
+                            answer = Some(Ok(response.map(Either::Right)));
                             Err(Failure::NotRecorded)
                         }
-                        Ok(response) => Ok(Recorded::read(response, max_response).await),
+                        Ok(response) => {
+                            let (recorded, response) = Recorded::read(response, max_response).await;
+                            answer = Some(Ok(response));
+                            Ok(recorded)
+                        }
                     }
                 })
                 .await;
-            match (outcome, passed) {
-                (Ok(recorded), _) => Ok(recorded.into_response(false)),
-                (Err(Failure::NotRecorded), Some(passed)) => passed,
-                (Err(failure), _) => Ok(failure.into_response()),
+            match (outcome, answer) {
+                (Err(Failure::Tempox(e)), Some(answer)) => {
+                    tracing::warn!(
+                        record = %id,
+                        error = %e,
+                        "the handler's outcome was not recorded; a retry waits for the lease, then runs it again"
+                    );
+                    answer
+                }
+                (_, Some(answer)) => answer,
+                (Ok(recorded), None) => Ok(recorded.into_response(false)),
+                (Err(failure), None) => Ok(failure.into_response()),
             }
         })
         .await
+}
+
+/// `<scope>/<key>`, the scope's `%` and `/` escaped so that no two pairs
+/// meet.
+fn scoped(scope: &str, key: &Key) -> Result<Key, String> {
+    let scope = scope.replace('%', "%25").replace('/', "%2F");
+    Key::new(format!("{scope}/{}", key.as_str()))
+        .map_err(|e| format!("the Idempotency-Key with this request's scope is not usable: {e}"))
 }
 
 /// The key of a request: `Ok(None)` without the header, `Err(detail)` when
@@ -365,7 +513,8 @@ fn unquote(rest: &str) -> Result<String, String> {
 struct Input<'a> {
     method: &'a str,
     target: &'a str,
-    body: Content,
+    body_length: usize,
+    body_blake3: String,
 }
 
 /// Bytes as recorded: as text when they are UTF-8, else as hex.
@@ -422,10 +571,12 @@ struct Recorded {
     body: Content,
 }
 
-/// Headers about one connection or one transfer: not recorded, and the
-/// length is set again for the replayed body.
+/// Headers about one connection or one transfer (the length is set again
+/// for the replayed body), and cookies, which are about one client and one
+/// moment: not recorded.
 fn recordable(name: &HeaderName) -> bool {
     ![
+        header::SET_COOKIE,
         header::CONNECTION,
         header::TRANSFER_ENCODING,
         header::TE,
@@ -439,45 +590,54 @@ fn recordable(name: &HeaderName) -> bool {
 }
 
 impl Recorded {
-    /// Reads the handler's response to record it; one whose body cannot be
-    /// read whole becomes a recorded `500` saying why.
-    async fn read<B>(response: Response<B>, max: usize) -> Recorded
+    /// Reads the handler's response to record it, and gives it back for
+    /// the client as it was (but for headers about its transfer). One whose
+    /// body cannot be read whole becomes a recorded `500` saying so.
+    async fn read<B, R>(response: Response<B>, max: usize) -> (Recorded, Response<LayerBody<R>>)
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
         let bytes = match Limited::new(body, max).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
-                let detail = if e.is::<LengthLimitError>() {
-                    format!(
-                        "the handler ran, but its response body is longer than the {max} bytes this endpoint records; retrying does not run it again"
+                let (title, detail) = if e.is::<LengthLimitError>() {
+                    (
+                        "Response too large to record",
+                        format!(
+                            "the request was handled, but its response is longer than the {max} bytes this endpoint records; retrying does not handle it again"
+                        ),
                     )
                 } else {
-                    format!(
-                        "the handler ran, but its response body could not be read ({e}); retrying does not run it again"
+                    tracing::warn!(error = %e, "a response body failed while it was read");
+                    (
+                        "Response unreadable",
+                        "the request was handled, but its response could not be read whole; retrying does not handle it again".to_owned(),
                     )
                 };
-                tracing::warn!(%detail, "response not recorded");
-                return Recorded::problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Response not recordable",
-                    detail,
-                );
+                let status = StatusCode::INTERNAL_SERVER_ERROR;
+                let recorded = Recorded::problem(status, title, detail.clone());
+                return (recorded, problem(status, title, detail));
             }
         };
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONTENT_LENGTH);
         let headers = parts
             .headers
             .iter()
             .filter(|(name, _)| recordable(name))
             .map(|(name, value)| (name.as_str().to_owned(), Content::of(value.as_bytes())))
             .collect();
-        Recorded {
+        let recorded = Recorded {
             status: parts.status.as_u16(),
             headers,
             body: Content::of(&bytes),
-        }
+        };
+        (
+            recorded,
+            Response::from_parts(parts, Either::Left(Full::new(bytes))),
+        )
     }
 
     /// A problem response of the layer's own, as recorded.

@@ -12,18 +12,30 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use tempox::http::{IdempotencyLayer, LayerBody};
-use tempox::store::{Query, RedisStore, SqliteStore};
+use tempox::store::{Query, RedisStore, SqliteStore, Store};
 use tempox::{Key, RecordId, Runtime, Status};
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt};
 
+use support::Outage;
 use support::redis::RedisServer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The handler's response body. (Its error is not a `BoxError`: rustc then
+/// cannot prove the futures that read it `Send`.)
+type HandlerBody = BoxBody<Bytes, std::io::Error>;
+/// What the guarded service answers.
+type Answered = Response<LayerBody<HandlerBody>>;
 
 /// What one run of the handler does.
 enum Plan {
@@ -37,8 +49,39 @@ enum Plan {
     Large(usize),
     /// The request's body back, as bytes, with a header that is not UTF-8.
     Echo,
-    /// Says it started, then waits for the signal before answering `201`.
-    Wait(oneshot::Sender<()>, oneshot::Receiver<()>),
+    /// `201` whose body fails after its first bytes.
+    BrokenBody,
+    /// Says it started, then waits for the signal before answering with
+    /// this status.
+    Wait(oneshot::Sender<()>, oneshot::Receiver<()>, StatusCode),
+}
+
+/// A response body that fails as a stream from a database might, with words
+/// a client must not see.
+struct Broken(bool);
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.0 {
+            return Poll::Ready(Some(Err(std::io::Error::other(
+                "pg: password authentication failed for 10.0.0.5:5432",
+            ))));
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"[{\"row\":1}")))))
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> HandlerBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The handler: runs its plans in order (`Created` once they are used up).
@@ -60,7 +103,7 @@ impl Handler {
     async fn serve(
         self,
         request: Request<LayerBody<Full<Bytes>>>,
-    ) -> Result<Response<Full<Bytes>>, BoxError> {
+    ) -> Result<Response<HandlerBody>, BoxError> {
         let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         let plan = self.plans.lock().unwrap().pop_front();
         let body = request.into_body().collect().await?.to_bytes();
@@ -69,9 +112,10 @@ impl Handler {
                 .status(StatusCode::CREATED)
                 .header("content-type", "application/json")
                 .header("x-order-id", run.to_string())
-                .header("set-cookie", "a=1")
-                .header("set-cookie", "b=2")
-                .body(Full::new(Bytes::from(body)))
+                .header("link", "</a>")
+                .header("link", "</b>")
+                .header("set-cookie", "session=first-client")
+                .body(full(body))
                 .unwrap()
         };
         let text = String::from_utf8_lossy(&body).into_owned();
@@ -81,7 +125,7 @@ impl Handler {
             )),
             Plan::ServerError => Ok(Response::builder()
                 .status(StatusCode::BAD_GATEWAY)
-                .body(Full::new(Bytes::from_static(b"upstream down")))
+                .body(full("upstream down"))
                 .unwrap()),
             Plan::Fail => Err("the handler's connection broke".into()),
             Plan::Large(n) => Ok(created(vec![b'x'; n])),
@@ -92,12 +136,17 @@ impl Handler {
                     .insert("x-raw", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
                 Ok(response)
             }
-            Plan::Wait(started, go) => {
+            Plan::BrokenBody => Ok(Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Broken(false).boxed())
+                .unwrap()),
+            Plan::Wait(started, go, status) => {
                 let _ = started.send(());
                 let _ = go.await;
-                Ok(created(
-                    serde_json::to_vec(&serde_json::json!({ "order": run })).unwrap(),
-                ))
+                let mut response =
+                    created(serde_json::to_vec(&serde_json::json!({ "order": run })).unwrap());
+                *response.status_mut() = status;
+                Ok(response)
             }
         }
     }
@@ -107,12 +156,8 @@ impl Handler {
 fn guarded(
     layer: &IdempotencyLayer,
     handler: &Handler,
-) -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<LayerBody<Full<Bytes>>>,
-    Error = BoxError,
-    Future: Send,
-> + Clone
+) -> impl Service<Request<Full<Bytes>>, Response = Answered, Error = BoxError, Future: Send>
++ Clone
 + Send
 + 'static {
     let handler = handler.clone();
@@ -122,6 +167,7 @@ fn guarded(
 }
 
 /// What came back: status, headers and the whole body.
+#[derive(Debug)]
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
@@ -168,8 +214,7 @@ fn request(
 
 async fn send<S>(service: &S, request: Request<Full<Bytes>>) -> Result<Answer, BoxError>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<LayerBody<Full<Bytes>>>, Error = BoxError>
-        + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Answered, Error = BoxError> + Clone,
 {
     let response = service.clone().oneshot(request).await?;
     let (parts, body) = response.into_parts();
@@ -182,8 +227,7 @@ where
 
 async fn post<S>(service: &S, key: &str, body: &'static str) -> Answer
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<LayerBody<Full<Bytes>>>, Error = BoxError>
-        + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Answered, Error = BoxError> + Clone,
 {
     send(service, request(Method::POST, "/orders", &[key], body))
         .await
@@ -220,13 +264,19 @@ async fn replays_the_first_response_even_after_a_restart() {
     assert_eq!(again.body, first.body);
     assert_eq!(again.headers["x-order-id"], "1");
     assert_eq!(again.headers["content-type"], "application/json");
-    let cookies: Vec<_> = again.headers.get_all("set-cookie").iter().collect();
-    assert_eq!(cookies, ["a=1", "b=2"], "repeated headers keep their order");
+    let links: Vec<_> = again.headers.get_all("link").iter().collect();
+    assert_eq!(links, ["</a>", "</b>"], "repeated headers keep their order");
+    assert_eq!(first.headers["set-cookie"], "session=first-client");
+    assert!(
+        !again.headers.contains_key("set-cookie"),
+        "cookies are about one client: not replayed"
+    );
     // The draft's quoted form names the same key.
     let quoted = post(&service, "\"order-1\"", r#"{"sku":"tea"}"#).await;
     assert!(quoted.replayed());
 
-    // The record: a completed call of operation `http`, its request as input.
+    // The record: a completed call of operation `http`, its request as
+    // input with the body as a hash only.
     let record = runtime
         .store()
         .get(&http_id("order-1"))
@@ -235,10 +285,11 @@ async fn replays_the_first_response_even_after_a_restart() {
         .unwrap();
     assert_eq!(record.status, Status::Completed);
     let input: serde_json::Value = serde_json::from_slice(&record.input).unwrap();
-    assert_eq!(
-        input,
-        serde_json::json!({"method": "POST", "target": "/orders", "body": "{\"sku\":\"tea\"}"})
-    );
+    assert_eq!(input["method"], "POST");
+    assert_eq!(input["target"], "/orders");
+    assert_eq!(input["body_length"], 13);
+    assert_eq!(input["body_blake3"].as_str().unwrap().len(), 64);
+    assert!(!String::from_utf8_lossy(&record.input).contains("tea"));
 
     // A new process on the same file replays it too.
     drop(service);
@@ -350,7 +401,7 @@ async fn a_duplicate_while_the_first_runs_is_409_then_replays() {
     let service = guarded(&IdempotencyLayer::new(runtime), &handler);
     let (started, has_started) = oneshot::channel();
     let (go, wait) = oneshot::channel();
-    handler.then(Plan::Wait(started, wait));
+    handler.then(Plan::Wait(started, wait, StatusCode::CREATED));
 
     let first = tokio::spawn({
         let service = service.clone();
@@ -402,9 +453,15 @@ async fn server_errors_and_failures_are_passed_on_and_run_again() {
         request(Method::POST, "/orders", &["broken"], "{}"),
     )
     .await
-    .err()
-    .expect("the service's error is passed on");
+    .expect_err("the service's error is passed on");
     assert_eq!(error.to_string(), "the handler's connection broke");
+    let record = runtime
+        .store()
+        .get(&http_id("broken"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, Status::Released, "a failure frees its key");
     let ok = post(&service, "broken", "{}").await;
     assert_eq!(ok.status, StatusCode::CREATED);
     assert!(post(&service, "broken", "{}").await.replayed());
@@ -433,6 +490,13 @@ async fn bodies_over_the_limits() {
             .unwrap()
             .is_none()
     );
+    let mut declared = request(Method::POST, "/orders", &["declared"], "{}");
+    declared
+        .headers_mut()
+        .insert("content-length", HeaderValue::from_static("100000"));
+    let answer = send(&service, declared).await.unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(handler.runs(), 0);
     assert_eq!(
         post(&service, "fits", "sixteen bytes!!!").await.status,
         StatusCode::CREATED
@@ -488,8 +552,8 @@ async fn a_store_outage_is_503_and_runs_nothing() {
         .await
         .unwrap();
     let store = RedisStore::builder(&server.url())
-        .response_timeout(std::time::Duration::from_secs(2))
-        .connection_timeout(std::time::Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(2))
+        .connection_timeout(Duration::from_secs(1))
         .connect()
         .await
         .unwrap();
@@ -512,10 +576,14 @@ async fn a_store_outage_is_503_and_runs_nothing() {
     assert_eq!(down.headers["retry-after"], "1");
     let detail = down.problem();
     assert!(detail.contains("retry it later"), "{detail}");
-    assert!(
-        !detail.contains("127.0.0.1"),
-        "the store's address stays inside: {detail}"
-    );
+    // The store's own words (its address, its error) stay in the log.
+    let whole = format!("{:?} {}", down.headers, String::from_utf8_lossy(&down.body));
+    for inside in ["127.0.0.1", &server.port().to_string(), "redis", "refused"] {
+        assert!(
+            !whole.to_lowercase().contains(inside),
+            "{inside} in {whole}"
+        );
+    }
     assert_eq!(
         handler.runs(),
         1,
@@ -534,10 +602,10 @@ async fn a_store_outage_is_503_and_runs_nothing() {
     let up = loop {
         let answer = post(&service, "during", "{}").await;
         attempts += 1;
-        if answer.status != StatusCode::SERVICE_UNAVAILABLE || attempts == 20 {
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE || attempts == 100 {
             break answer;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(up.status, StatusCode::CREATED, "after {attempts} attempts");
     assert!(!up.replayed());
@@ -548,6 +616,154 @@ async fn a_store_outage_is_503_and_runs_nothing() {
     assert!(post(&service, "during", "{}").await.replayed());
     assert_eq!(handler.runs(), 2);
     drop(server);
+}
+
+/// Waits (at most 10 s) until the record of `key` has `status`.
+async fn record_reaches(runtime: &Runtime, key: &str, status: Status) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = runtime.store().get(&http_id(key)).await.unwrap();
+        if record.as_ref().map(|r| r.status) == Some(status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key}: {record:?}, never {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_scoped_by_what_the_request_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(runtime.clone()).key_scope(|request| {
+        let account = request.headers.get("x-account")?;
+        account.to_str().ok().map(str::to_owned)
+    });
+    let service = guarded(&layer, &handler);
+    let as_account = |account: &str| {
+        let mut request = request(Method::POST, "/orders", &["k-1"], "{}");
+        request
+            .headers_mut()
+            .insert("x-account", HeaderValue::from_str(account).unwrap());
+        request
+    };
+
+    let alice = send(&service, as_account("alice")).await.unwrap();
+    let mallory = send(&service, as_account("mallory")).await.unwrap();
+    assert_eq!(alice.json()["order"], 1);
+    assert_eq!(
+        mallory.json()["order"],
+        2,
+        "another scope's key is not shared"
+    );
+    assert!(!mallory.replayed());
+    let again = send(&service, as_account("alice")).await.unwrap();
+    assert!(again.replayed());
+    assert_eq!(again.body, alice.body);
+    // `/` in a scope cannot make it meet another scope's key.
+    let slashed = send(&service, as_account("a/k-1")).await.unwrap();
+    assert!(!slashed.replayed());
+    assert_eq!(handler.runs(), 3);
+    for key in ["alice/k-1", "mallory/k-1", "a%2Fk-1/k-1"] {
+        record_reaches(&runtime, key, Status::Completed).await;
+    }
+    // Without the header there is no scope.
+    assert!(!post(&service, "k-1", "{}").await.replayed());
+    record_reaches(&runtime, "k-1", Status::Completed).await;
+
+    let long = "s".repeat(Key::MAX_LEN);
+    let answer = send(&service, as_account(&long)).await.unwrap();
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.problem().contains("with this request's scope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_still_gets_its_outcome_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+    let (started, has_started) = oneshot::channel();
+    let (go, wait) = oneshot::channel();
+    handler.then(Plan::Wait(started, wait, StatusCode::CREATED));
+
+    let client = tokio::spawn({
+        let service = service.clone();
+        async move { post(&service, "gone", "{}").await }
+    });
+    has_started.await.unwrap();
+    // The client hangs up: the server drops its request's future.
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
+    go.send(()).unwrap();
+
+    record_reaches(&runtime, "gone", Status::Completed).await;
+    let retry = post(&service, "gone", "{}").await;
+    assert!(retry.replayed());
+    assert_eq!(retry.json()["order"], 1);
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handlers_answer_survives_a_failed_record_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Outage::new(SqliteStore::open(dir.path().join("http.db")).unwrap());
+    let runtime = Runtime::builder().store(store.clone()).build().unwrap();
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+
+    for (key, status) in [
+        ("created", StatusCode::CREATED),
+        ("bad-gateway", StatusCode::BAD_GATEWAY),
+    ] {
+        let (started, has_started) = oneshot::channel();
+        let (go, wait) = oneshot::channel();
+        handler.then(Plan::Wait(started, wait, status));
+        let client = tokio::spawn({
+            let service = service.clone();
+            async move { post(&service, key, "{}").await }
+        });
+        has_started.await.unwrap();
+        // The store goes down after the claim, before the outcome.
+        store.set_down(true);
+        go.send(()).unwrap();
+        let answer = client.await.unwrap();
+        store.set_down(false);
+        assert_eq!(answer.status, status, "the handler's own answer, not a 503");
+        let record = store.inner.get(&http_id(key)).await.unwrap().unwrap();
+        assert_eq!(
+            record.status,
+            Status::Pending,
+            "{key}: the outcome was not written"
+        );
+    }
+    assert_eq!(handler.runs(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_fails_midway_is_a_recorded_500_that_says_nothing_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime), &handler);
+
+    handler.then(Plan::BrokenBody);
+    let broken = post(&service, "report", "{}").await;
+    assert_eq!(broken.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(broken.problem().contains("could not be read whole"));
+    let body = String::from_utf8_lossy(&broken.body);
+    assert!(
+        !body.contains("10.0.0.5") && !body.contains("pg:"),
+        "{body}"
+    );
+    let again = post(&service, "report", "{}").await;
+    assert!(again.replayed());
+    assert_eq!(again.body, broken.body);
+    assert_eq!(handler.runs(), 1, "the handler ran: it does not run again");
 }
 
 /// The layer on an axum router, served on a loopback port, called over HTTP.
@@ -575,7 +791,9 @@ async fn guards_an_axum_router_over_the_network() {
                 }
             }),
         )
-        .layer(IdempotencyLayer::new(runtime));
+        .route_layer(IdempotencyLayer::new(runtime))
+        // Added after the layer: not guarded.
+        .route("/health", route_post(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -588,8 +806,8 @@ async fn guards_an_axum_router_over_the_network() {
     });
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let call = |key: Option<&str>| {
-        let mut builder = Request::post(format!("http://{address}/payments"))
+    let call = |path: &str, key: Option<&str>| {
+        let mut builder = Request::post(format!("http://{address}{path}"))
             .header("content-type", "application/json");
         if let Some(key) = key {
             builder = builder.header("idempotency-key", key);
@@ -603,23 +821,23 @@ async fn guards_an_axum_router_over_the_network() {
             let status = response.status();
             let replayed = response.headers().contains_key("idempotent-replayed");
             let body = response.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                replayed,
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            )
+            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            (status, replayed, json, body)
         }
     };
-    let (status, replayed, first) = call(Some("pay-1")).await;
+    let (status, replayed, first, _) = call("/payments", Some("pay-1")).await;
     assert_eq!((status, replayed), (StatusCode::CREATED, false));
     assert_eq!(first, serde_json::json!({"payment": 1, "amount": 250}));
-    let (status, replayed, again) = call(Some("pay-1")).await;
+    let (status, replayed, again, _) = call("/payments", Some("pay-1")).await;
     assert_eq!((status, replayed), (StatusCode::CREATED, true));
     assert_eq!(again, first);
-    let (status, _, problem) = call(None).await;
+    let (status, _, problem, _) = call("/payments", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(problem["title"], "Idempotency-Key missing");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // A route outside the layer takes a POST without a key.
+    let (status, _, _, body) = call("/health", None).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
