@@ -705,6 +705,62 @@ async fn a_read_only_server_is_unavailable_not_a_bad_record() {
     }
 }
 
+/// Requests whose callers stopped waiting while a call was stuck on the
+/// server are never sent: not by the call's own sender, and not by a second
+/// call started because many requests were waiting. Were they sent, each
+/// would leave a claim that nobody holds, and its caller's retry would wait
+/// out the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_callers_gave_up_are_not_sent() {
+    let (server, store) = server_and_store().await;
+    let info = server.cli(&["info", "server"]);
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("INFO server names the process")
+        .trim()
+        .to_owned();
+    let signal = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    };
+
+    // The server stops answering; the first request goes alone and sticks.
+    signal("-STOP");
+    let give_up = Duration::from_millis(20);
+    for i in 0..20 {
+        let claim = claim_request(&format!("gave-up-{i}"));
+        let answer = tokio::time::timeout(give_up, store.claim(&claim)).await;
+        assert!(
+            answer.is_err(),
+            "gave-up-{i} was answered by a stopped server"
+        );
+    }
+    // More than enough waited for a second call, but their callers are gone:
+    // this one waits for the stuck call, alone. Polled once, it has made its
+    // choice (to wait, or to send) before the server runs again.
+    let claim = claim_request("last");
+    let mut last = std::pin::pin!(store.claim(&claim));
+    std::future::poll_fn(|cx| {
+        assert!(last.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    signal("-CONT");
+    assert!(matches!(last.await, Ok(Claimed::Acquired { .. })));
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let id = claim_request(&format!("gave-up-{i}")).id;
+        if store.get(&id).await.unwrap().is_some() {
+            sent.push(i);
+        }
+    }
+    assert_eq!(sent, [0], "only the request sent before its caller gave up");
+}
+
 /// Calls made from a runtime that is then left idle (a blocking wrapper
 /// around `block_on`) hold up no other caller: a single-threaded caller's
 /// requests are sent from the store's own thread.

@@ -9,8 +9,12 @@
 //! server, so the claims and transitions that arrive while a call is in
 //! flight share the next one. A request sent while no call is in flight goes
 //! at once, alone. While one is in flight, the requests that arrive wait for
-//! it, unless [`SECOND_CALL_AT`] of them are waiting: then they go as a second
-//! call, so the server has work while the first call's callers turn around.
+//! it (at most its round trip), unless [`SECOND_CALL_AT`] of them are
+//! waiting: then they go as a second call, so the server has work while the
+//! first call's callers turn around. Each call's sender, once answered, sends
+//! whatever waits by then, however little, until nothing does: the threshold
+//! only decides when a second call starts. (A sender that left a few waiting
+//! requests to the other call in flight measured 7 % slower at 64 in flight.)
 //! The script runs its requests in order, each exactly as if it had been sent
 //! alone, so grouping changes no outcome. On a single server one lane serves
 //! every bucket; on Redis Cluster a script may only touch one hash slot, so
@@ -143,6 +147,8 @@ pub(super) async fn send(
     };
     let lead = {
         let mut state = store.inner.lanes.get(bucket).lock();
+        // Requests whose callers stopped waiting neither go nor count.
+        state.queue.retain(|job| !job.reply.is_closed());
         if state.in_flight == 0 {
             state.in_flight += 1;
             Some(vec![job])
