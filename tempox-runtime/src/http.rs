@@ -29,11 +29,17 @@
 //! - The request's body is kept only as its length and hash (it may hold what
 //!   a record should not); its method and target are kept as they are.
 //!
-//! The handler runs in a task of its own: a client that goes away while it
-//! runs does not stop it, and its outcome is recorded for the retry. If the
-//! process dies while a handler runs, retries get `409` until the lease runs
-//! out, then run it again, so a handler whose effects must not repeat calls
-//! `#[non_idempotent]` functions, which keep records of their own.
+//! The handler runs in a task of its own (when a Tokio runtime is running,
+//! as under axum and hyper): a client that goes away while it runs does not
+//! stop it, and its outcome is recorded for the retry. Two things follow:
+//! layers outside this one that limit concurrency or shed load count the
+//! request as done when its client hangs up, though its handler still runs;
+//! and a graceful shutdown does not wait for such handlers, so one cut off by
+//! the end of the process is as if the process died. If the process dies while
+//! a handler runs, retries get `409` until the lease runs out, then run it
+//! again, so a handler whose effects must not repeat calls `#[non_idempotent]`
+//! functions, which keep records of their own. A handler that panics frees
+//! its key, like a `5xx`, and the panic goes on to the layers outside.
 //!
 //! Bodies are read whole, requests and responses both (trailers are not
 //! kept): guard the routes that need it with axum's `route_layer`, not
@@ -56,12 +62,14 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
@@ -69,6 +77,7 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::invoke::{Begin, Prepared, begin, prepare};
@@ -161,13 +170,15 @@ impl IdempotencyLayer {
     /// Whose keys a request's key is among: `scope` reads it from the
     /// request (the authenticated account, the API version, ...), and two
     /// requests with the same key but different scopes are two calls, neither
-    /// of which sees the other's response. `None` from `scope` means no scope.
+    /// of which sees the other's response. Requests for which `scope` gives
+    /// `None` share one scope of their own, which meets no other.
     ///
     /// Without it, keys are shared by everyone who can reach the routes: a
     /// client that sends another's key and the same request gets the other's
     /// response. Any API with more than one client should scope its keys.
     /// The record's key is then `<scope>/<key>` (a `/` or `%` in the scope is
-    /// written `%2F` or `%25`).
+    /// written `%2F` or `%25`), or `%/<key>` without a scope; answers to the
+    /// client name its key as it sent it.
     ///
     /// ```
     /// # extern crate tempox_runtime as tempox;
@@ -330,20 +341,18 @@ where
             ));
         }
     };
+    let client_key = key.as_str().to_owned();
     let key = match &config.scope {
         None => key,
-        Some(KeyScope(scope)) => match scope(&parts) {
-            None => key,
-            Some(scope) => match scoped(&scope, &key) {
-                Ok(key) => key,
-                Err(detail) => {
-                    return Ok(problem(
-                        StatusCode::BAD_REQUEST,
-                        "Idempotency-Key malformed",
-                        detail,
-                    ));
-                }
-            },
+        Some(KeyScope(scope)) => match scoped(scope(&parts).as_deref(), &key) {
+            Ok(key) => key,
+            Err(detail) => {
+                return Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key malformed",
+                    detail,
+                ));
+            }
         },
     };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -361,9 +370,10 @@ where
         inner,
         config.runtime.clone(),
         config.max_response,
-        prepared,
+        (prepared, client_key),
         Request::from_parts(parts, Either::Left(Full::new(bytes))),
-    );
+    )
+    .in_current_span();
     // A task of its own, so the outcome is recorded even when the client
     // goes away (and the server drops this future) while the handler runs:
     // its retry then gets the response instead of waiting for the lease and
@@ -374,11 +384,11 @@ where
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 // The runtime is shutting down.
-                Err(_) => Ok(problem(
+                Err(_) => Ok(retry_later(problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Server stopping",
                     "the server stopped while handling the request; retry it later",
-                )),
+                ))),
             },
         },
         Err(_) => run.await,
@@ -390,7 +400,7 @@ async fn guarded<S, ReqBody, ResBody>(
     mut inner: S,
     runtime: Runtime,
     max_response: usize,
-    prepared: Result<Prepared, Error>,
+    (prepared, key): (Result<Prepared, Error>, String),
     request: Request<LayerBody<ReqBody>>,
 ) -> Result<Response<LayerBody<ResBody>>, S::Error>
 where
@@ -402,23 +412,33 @@ where
         .scope(async move {
             let guard = match begin::<HttpCall>(prepared).await {
                 Begin::Done(Ok(recorded)) => return Ok(recorded.into_response(true)),
-                Begin::Done(Err(failure)) => return Ok(failure.into_response()),
+                Begin::Done(Err(failure)) => return Ok(failure.into_response(&key)),
                 Begin::Run(guard) => guard,
                 // Idempotent operations are not probed; answered as "not
                 // done", which runs the handler.
                 Begin::Probe(guard) => match guard.probed(Ok(None)).await {
                     Ok(guard) => guard,
                     Err(Ok(recorded)) => return Ok(recorded.into_response(true)),
-                    Err(Err(failure)) => return Ok(failure.into_response()),
+                    Err(Err(failure)) => return Ok(failure.into_response(&key)),
                 },
             };
             let id = guard.id().clone();
             // The handler's answer, given to the client whatever becomes of
             // its record: its response (as read), a 5xx or its error.
             let mut answer = None;
+            let mut panicked = None;
             let outcome = guard
                 .run(async {
-                    match inner.call(request).await {
+                    // A panic frees the key (as a 5xx does), then goes on.
+                    let called = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
+                    let called = match called {
+                        Ok(called) => called,
+                        Err(panic) => {
+                            panicked = Some(panic);
+                            return Err(Failure::NotRecorded);
+                        }
+                    };
+                    match called {
                         Err(e) => {
                             answer = Some(Err(e));
                             Err(Failure::NotRecorded)
@@ -435,29 +455,37 @@ where
                     }
                 })
                 .await;
+            if let Some(panic) = panicked {
+                std::panic::resume_unwind(panic);
+            }
             match (outcome, answer) {
                 (Err(Failure::Tempox(e)), Some(answer)) => {
                     tracing::warn!(
                         record = %id,
                         error = %e,
-                        "the handler's outcome was not recorded; a retry waits for the lease, then runs it again"
+                        "the handler answered, but its outcome was not recorded"
                     );
                     answer
                 }
                 (_, Some(answer)) => answer,
                 (Ok(recorded), None) => Ok(recorded.into_response(false)),
-                (Err(failure), None) => Ok(failure.into_response()),
+                (Err(failure), None) => Ok(failure.into_response(&key)),
             }
         })
         .await
 }
 
-/// `<scope>/<key>`, the scope's `%` and `/` escaped so that no two pairs
-/// meet.
-fn scoped(scope: &str, key: &Key) -> Result<Key, String> {
-    let scope = scope.replace('%', "%25").replace('/', "%2F");
+/// `<scope>/<key>`, the scope's `%` and `/` escaped, or `%/<key>` for a
+/// request without a scope: the part before the first `/` names the scope,
+/// and an escaped scope is never a bare `%`, so no two requests of different
+/// scopes (or none) meet.
+fn scoped(scope: Option<&str>, key: &Key) -> Result<Key, String> {
+    let scope = match scope {
+        Some(scope) => scope.replace('%', "%25").replace('/', "%2F"),
+        None => "%".to_owned(),
+    };
     Key::new(format!("{scope}/{}", key.as_str()))
-        .map_err(|e| format!("the Idempotency-Key with this request's scope is not usable: {e}"))
+        .map_err(|e| format!("the Idempotency-Key is too long with this request's scope: {e}"))
 }
 
 /// The key of a request: `Ok(None)` without the header, `Err(detail)` when
@@ -730,7 +758,9 @@ impl fmt::Display for Failure {
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Failure {
-    fn into_response<B>(self) -> Response<LayerBody<B>> {
+    /// The answer to the client who sent `key` (as sent: a scope is the
+    /// server's business).
+    fn into_response<B>(self, key: &str) -> Response<LayerBody<B>> {
         let e = match self {
             Failure::Tempox(e) => e,
             // Only answered when nothing was passed on, which cannot happen.
@@ -743,14 +773,14 @@ impl Failure {
             }
         };
         let (status, title, detail) = match &e {
-            Error::KeyReuse { key, .. } => (
+            Error::KeyReuse { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Idempotency-Key reused",
                 format!(
                     "the Idempotency-Key `{key}` was used for another request (method, path or body differ); use a new key for a new request"
                 ),
             ),
-            Error::InFlight { key, .. } => (
+            Error::InFlight { .. } => (
                 StatusCode::CONFLICT,
                 "Request in progress",
                 format!(
@@ -775,14 +805,12 @@ impl Failure {
                 )
             }
         };
-        let mut response = problem(status, title, detail);
+        let response = problem(status, title, detail);
         if status == StatusCode::CONFLICT || status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER.as_secs()),
-            );
+            retry_later(response)
+        } else {
+            response
         }
-        response
     }
 }
 
@@ -803,6 +831,15 @@ fn problem_json(status: StatusCode, title: &str, detail: String) -> Bytes {
     };
     // Strings and a number: serializing cannot fail.
     Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
+}
+
+/// `response` with the `Retry-After` of a `409` or `503`.
+fn retry_later<B>(mut response: Response<B>) -> Response<B> {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER.as_secs()),
+    );
+    response
 }
 
 /// An `application/problem+json` response of the layer's own.

@@ -51,6 +51,8 @@ enum Plan {
     Echo,
     /// `201` whose body fails after its first bytes.
     BrokenBody,
+    /// Panics.
+    Panic,
     /// Says it started, then waits for the signal before answering with
     /// this status.
     Wait(oneshot::Sender<()>, oneshot::Receiver<()>, StatusCode),
@@ -136,6 +138,7 @@ impl Handler {
                     .insert("x-raw", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
                 Ok(response)
             }
+            Plan::Panic => panic!("the handler's bug"),
             Plan::BrokenBody => Ok(Response::builder()
                 .status(StatusCode::CREATED)
                 .body(Broken(false).boxed())
@@ -671,14 +674,33 @@ async fn keys_are_scoped_by_what_the_request_says() {
     for key in ["alice/k-1", "mallory/k-1", "a%2Fk-1/k-1"] {
         record_reaches(&runtime, key, Status::Completed).await;
     }
-    // Without the header there is no scope.
+    // Without the header: a scope of its own, which no key of another meets.
     assert!(!post(&service, "k-1", "{}").await.replayed());
-    record_reaches(&runtime, "k-1", Status::Completed).await;
+    assert!(!post(&service, "alice/k-1", "{}").await.replayed());
+    assert!(post(&service, "k-1", "{}").await.replayed());
+    record_reaches(&runtime, "%/k-1", Status::Completed).await;
+    record_reaches(&runtime, "%/alice/k-1", Status::Completed).await;
+    assert_eq!(handler.runs(), 5);
+
+    // Answers name the key the client sent, not its scope.
+    let mut other = as_account("alice");
+    *other.body_mut() = Full::new(Bytes::from_static(b"another"));
+    let reused = send(&service, other).await.unwrap();
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let detail = reused.problem();
+    assert!(
+        detail.contains("`k-1`") && !detail.contains("alice"),
+        "{detail}"
+    );
 
     let long = "s".repeat(Key::MAX_LEN);
     let answer = send(&service, as_account(&long)).await.unwrap();
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert!(answer.problem().contains("with this request's scope"));
+    assert!(
+        answer
+            .problem()
+            .contains("too long with this request's scope")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,6 +786,29 @@ async fn a_response_that_fails_midway_is_a_recorded_500_that_says_nothing_inside
     assert!(again.replayed());
     assert_eq!(again.body, broken.body);
     assert_eq!(handler.runs(), 1, "the handler ran: it does not run again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_frees_its_key_and_the_panic_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+
+    handler.then(Plan::Panic);
+    let panicked = tokio::spawn({
+        let service = service.clone();
+        async move { post(&service, "bug", "{}").await }
+    })
+    .await
+    .expect_err("the panic reaches the layers outside");
+    assert!(panicked.is_panic());
+    let record = runtime.store().get(&http_id("bug")).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Released);
+    let retry = post(&service, "bug", "{}").await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert!(!retry.replayed());
+    assert_eq!(handler.runs(), 2);
 }
 
 /// The layer on an axum router, served on a loopback port, called over HTTP.
