@@ -10,9 +10,9 @@
 //! | the request | the answer |
 //! |---|---|
 //! | has no `Idempotency-Key` | `400 Bad Request` (or passed on untouched, with [`optional`](IdempotencyLayer::optional)) |
-//! | has a malformed key, or two | `400 Bad Request`, naming the problem |
-//! | has a body over the limit | `413 Content Too Large` |
-//! | first with its key | runs the handler; a response below 500 is recorded with its status, headers and body |
+//! | has a malformed key (over 255 bytes, not printable ASCII, ...), or two | `400 Bad Request`, naming the problem |
+//! | has a body over the limit | `413 Payload Too Large` |
+//! | first with its key | runs the handler; its response is recorded with its status, headers and body (by default any below 500 but 408 and 429; see [`record_if`](IdempotencyLayer::record_if)) |
 //! | same key, same request, after it | the recorded response, with `Idempotent-Replayed: true`; the handler does not run |
 //! | same key while the first still runs | `409 Conflict`, with `Retry-After` |
 //! | same key, another method, path or body | `422 Unprocessable Content` |
@@ -20,8 +20,10 @@
 //!
 //! What is recorded and what is not:
 //!
-//! - A `5xx` response, or an error of the inner service, is passed on and not
-//!   recorded: the key is released, and a retry runs the handler again.
+//! - A `5xx` response (or `408`, `429`, or what else
+//!   [`record_if`](IdempotencyLayer::record_if) leaves out), or an error of
+//!   the inner service, is passed on and not recorded: the key is released,
+//!   and a retry runs the handler again.
 //! - A response whose body is over [`max_response_body`](IdempotencyLayer::max_response_body)
 //!   or fails while it is read is answered, and recorded, as a `500` that says
 //!   so: the handler ran, so its retries must not run it again.
@@ -43,7 +45,12 @@
 //!
 //! Bodies are read whole, requests and responses both (trailers are not
 //! kept): guard the routes that need it with axum's `route_layer`, not
-//! streaming or long-polling ones. Errors are `application/problem+json`
+//! streaming or long-polling ones. What runs inside the layer is recorded
+//! with the handler, so layers that shape a response for one client
+//! (compression, which follows `Accept-Encoding`) or that give up on it
+//! (timeouts, rate limits) belong outside it, and authentication that sets
+//! the [key scope](IdempotencyLayer::key_scope) too: in axum, of two
+//! `route_layer` calls the later one is the outer. Errors are `application/problem+json`
 //! (RFC 9457) and never carry the store's messages, which are logged through
 //! `tracing` instead.
 //!
@@ -98,6 +105,25 @@ pub const OPERATION: &str = "http";
 /// The body of the requests the inner service receives and of the responses
 /// the layered service returns: the bytes the layer read (or replays), or the
 /// original body of what it passed on untouched.
+///
+/// axum's routers and handlers take any body, so this type stays out of
+/// sight there; a hand-written service names it:
+///
+/// ```
+/// # extern crate tempox_runtime as tempox;
+/// # use std::convert::Infallible;
+/// # use bytes::Bytes;
+/// # use http::{Request, Response};
+/// # use http_body_util::Full;
+/// use tempox::http::LayerBody;
+///
+/// // Behind the layer, for requests whose body was `Full<Bytes>`.
+/// async fn raw(request: Request<LayerBody<Full<Bytes>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+///     let _ = request;
+///     Ok(Response::new(Full::new(Bytes::from_static(b"done"))))
+/// }
+/// # let _ = raw;
+/// ```
 pub type LayerBody<B> = Either<Full<Bytes>, B>;
 
 /// Adds `Idempotency-Key` handling to a service; see the [module](self).
@@ -114,6 +140,7 @@ struct Config {
     max_request: usize,
     max_response: usize,
     scope: Option<KeyScope>,
+    record_if: fn(StatusCode) -> bool,
 }
 
 /// A request's scope, read from its head.
@@ -148,6 +175,7 @@ impl IdempotencyLayer {
                 max_request: Self::DEFAULT_MAX_REQUEST_BODY,
                 max_response: Self::DEFAULT_MAX_RESPONSE_BODY,
                 scope: None,
+                record_if: Self::records_by_default,
             },
         }
     }
@@ -168,23 +196,37 @@ impl IdempotencyLayer {
     }
 
     /// Whose keys a request's key is among: `scope` reads it from the
-    /// request (the authenticated account, the API version, ...), and two
-    /// requests with the same key but different scopes are two calls, neither
-    /// of which sees the other's response. Requests for which `scope` gives
-    /// `None` share one scope of their own, which meets no other.
+    /// request's head (the account that authentication established, the
+    /// merchant in the path, ...), and two requests with the same key but
+    /// different scopes are two calls, neither of which sees the other's
+    /// response.
     ///
     /// Without it, keys are shared by everyone who can reach the routes: a
     /// client that sends another's key and the same request gets the other's
     /// response. Any API with more than one client should scope its keys.
-    /// The record's key is then `<scope>/<key>` (a `/` or `%` in the scope is
-    /// written `%2F` or `%25`), or `%/<key>` without a scope; answers to the
-    /// client name its key as it sent it.
+    ///
+    /// A request for which `scope` gives `None` is refused with `500` and an
+    /// error in the log: it usually means the layer that sets the scope runs
+    /// after this one (in axum, of two `route_layer`s the later one runs
+    /// first, so add this layer before the authentication layer). To pool
+    /// anonymous requests on purpose, give them a scope of their own.
+    ///
+    /// Behind axum's `Router::nest` the layer sees the path without the
+    /// nest's prefix, so a key reused under another prefix would replay:
+    /// put what the prefix says into the scope (from axum's `OriginalUri`
+    /// extension, or the path parameters).
+    ///
+    /// The record's key is `<scope>/<key>` (`%`, `/` and `#` in the scope
+    /// written `%25`, `%2F` and `%23`; a scope longer than 64 bytes replaced
+    /// by `#` and its hash), and answers to the client name its key as it
+    /// sent it.
     ///
     /// ```
     /// # extern crate tempox_runtime as tempox;
     /// # use tempox::{Runtime, store::MemoryStore, http::IdempotencyLayer};
     /// # let runtime = Runtime::builder().store(MemoryStore::new()).build()?;
-    /// // Keys are per account, as the authentication layer in front says.
+    /// // Keys are per account, as the authentication in front says; the
+    /// // argument is the request's head, `http::request::Parts`.
     /// let layer = IdempotencyLayer::new(runtime).key_scope(|request| {
     ///     let account = request.headers.get("x-account-id")?;
     ///     account.to_str().ok().map(str::to_owned)
@@ -199,6 +241,29 @@ impl IdempotencyLayer {
     ) -> Self {
         self.config.scope = Some(KeyScope(Arc::new(scope)));
         self
+    }
+
+    /// Which of the handler's responses are recorded and replayed (by
+    /// status). Others are passed on and free the key, so the retry runs the
+    /// handler again. By default: every status below 500 but `408 Request
+    /// Timeout` and `429 Too Many Requests`, which say "try again", not what
+    /// the request did ([`records_by_default`](Self::records_by_default)).
+    ///
+    /// A request refused before the handler started (a body an extractor
+    /// rejected, a layer inside this one) is recorded too unless excluded
+    /// here: `.record_if(|s| s.is_success())` records only `2xx`, as Stripe
+    /// does not keep answers to requests that failed validation.
+    #[must_use]
+    pub fn record_if(mut self, record: fn(StatusCode) -> bool) -> Self {
+        self.config.record_if = record;
+        self
+    }
+
+    /// The default of [`record_if`](Self::record_if).
+    pub fn records_by_default(status: StatusCode) -> bool {
+        !status.is_server_error()
+            && status != StatusCode::REQUEST_TIMEOUT
+            && status != StatusCode::TOO_MANY_REQUESTS
     }
 
     /// The largest request body read, in bytes; a longer one is refused with
@@ -344,13 +409,27 @@ where
     let client_key = key.as_str().to_owned();
     let key = match &config.scope {
         None => key,
-        Some(KeyScope(scope)) => match scoped(scope(&parts).as_deref(), &key) {
-            Ok(key) => key,
-            Err(detail) => {
+        Some(KeyScope(scope)) => match scope(&parts).map(|scope| scoped(&scope, &key)) {
+            Some(Ok(key)) => key,
+            // Cannot happen (see `scoped`); never falls back to no scope.
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "a scoped key is not a key");
                 return Ok(problem(
-                    StatusCode::BAD_REQUEST,
-                    "Idempotency-Key malformed",
-                    detail,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Idempotency-Key scope unusable",
+                    "the server could not scope this request's key; the request was not handled",
+                ));
+            }
+            None => {
+                tracing::error!(
+                    method = %parts.method,
+                    uri = %parts.uri,
+                    "no key scope for a guarded request: is the layer that sets it inside the idempotency layer?"
+                );
+                return Ok(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Idempotency-Key scope missing",
+                    "the server could not tell whose key this is; the request was not handled",
                 ));
             }
         },
@@ -369,7 +448,7 @@ where
     let run = guarded(
         inner,
         config.runtime.clone(),
-        config.max_response,
+        (config.max_response, config.record_if),
         (prepared, client_key),
         Request::from_parts(parts, Either::Left(Full::new(bytes))),
     )
@@ -399,7 +478,7 @@ where
 async fn guarded<S, ReqBody, ResBody>(
     mut inner: S,
     runtime: Runtime,
-    max_response: usize,
+    (max_response, record_if): (usize, fn(StatusCode) -> bool),
     (prepared, key): (Result<Prepared, Error>, String),
     request: Request<LayerBody<ReqBody>>,
 ) -> Result<Response<LayerBody<ResBody>>, S::Error>
@@ -443,7 +522,7 @@ where
                             answer = Some(Err(e));
                             Err(Failure::NotRecorded)
                         }
-                        Ok(response) if response.status().is_server_error() => {
+                        Ok(response) if !record_if(response.status()) => {
                             answer = Some(Ok(response.map(Either::Right)));
                             Err(Failure::NotRecorded)
                         }
@@ -475,18 +554,29 @@ where
         .await
 }
 
-/// `<scope>/<key>`, the scope's `%` and `/` escaped, or `%/<key>` for a
-/// request without a scope: the part before the first `/` names the scope,
-/// and an escaped scope is never a bare `%`, so no two requests of different
-/// scopes (or none) meet.
-fn scoped(scope: Option<&str>, key: &Key) -> Result<Key, String> {
-    let scope = match scope {
-        Some(scope) => scope.replace('%', "%25").replace('/', "%2F"),
-        None => "%".to_owned(),
+/// The longest scope kept as it is; a longer one is replaced by its hash.
+const MAX_SCOPE: usize = 64;
+
+/// `<scope>/<key>`: the part before the first `/` names the scope, since an
+/// escaped scope has no `/`, and a hashed one (too long, or with control
+/// characters) starts with `#`, which an escaped one cannot. At most 64 + 1 +
+/// [`MAX_KEY`] bytes of printable text: always a valid key.
+fn scoped(scope: &str, key: &Key) -> Result<Key, crate::key::KeyError> {
+    let escaped = scope
+        .replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('#', "%23");
+    let scope = if escaped.len() <= MAX_SCOPE && !escaped.chars().any(char::is_control) {
+        escaped
+    } else {
+        let hash = blake3::hash(scope.as_bytes()).to_hex();
+        format!("#{}", &hash[..MAX_SCOPE - 1])
     };
     Key::new(format!("{scope}/{}", key.as_str()))
-        .map_err(|e| format!("the Idempotency-Key is too long with this request's scope: {e}"))
 }
+
+/// The longest `Idempotency-Key` accepted, in bytes (as Stripe's).
+pub const MAX_KEY: usize = 255;
 
 /// The key of a request: `Ok(None)` without the header, `Err(detail)` when
 /// it is malformed. The value may be a structured-field string (`"..."`, as
@@ -506,6 +596,12 @@ fn read_key(headers: &HeaderMap) -> Result<Option<Key>, String> {
         Some(quoted) => unquote(quoted)?,
         None => text.to_owned(),
     };
+    if text.len() > MAX_KEY {
+        return Err(format!(
+            "the Idempotency-Key is {} bytes long; keys are at most {MAX_KEY} bytes",
+            text.len()
+        ));
+    }
     Key::new(text)
         .map(Some)
         .map_err(|e| format!("the Idempotency-Key is not usable: {e}"))
@@ -901,6 +997,38 @@ mod tests {
             HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
         );
         assert!(read_key(&bytes).unwrap_err().contains("printable ASCII"));
+    }
+
+    #[test]
+    fn keys_are_at_most_255_bytes() {
+        let at_most = Box::leak("k".repeat(MAX_KEY).into_boxed_str());
+        assert_eq!(key_of(at_most).unwrap().unwrap().as_str().len(), 255);
+        let over = Box::leak("k".repeat(MAX_KEY + 1).into_boxed_str());
+        assert!(key_of(over).unwrap_err().contains("256 bytes long"));
+    }
+
+    #[test]
+    fn scopes_never_meet() {
+        let key = Key::new("k".repeat(MAX_KEY)).unwrap();
+        let short = |scope: &str| scoped(scope, &Key::new("k").unwrap()).unwrap();
+        assert_eq!(short("acct_1").as_str(), "acct_1/k");
+        assert_eq!(short("a/b%#").as_str(), "a%2Fb%25%23/k");
+        // Long or unprintable scopes are hashed: `#` and 63 hex digits.
+        for scope in ["x".repeat(65), "tab\there".to_owned()] {
+            let hashed = scoped(&scope, &key).unwrap();
+            let (head, rest) = hashed.as_str().split_once('/').unwrap();
+            assert!(head.starts_with('#') && head.len() == 64, "{head}");
+            assert_eq!(rest, key.as_str());
+        }
+        assert_ne!(
+            scoped(&"x".repeat(65), &key).unwrap(),
+            scoped(&"y".repeat(65), &key).unwrap()
+        );
+        // A scope that looks like a hash is escaped (or, being long, hashed
+        // itself), so it never reads as the hash it looks like.
+        assert_eq!(short("#abc").as_str(), "%23abc/k");
+        let lookalike = format!("#{}", "0".repeat(63));
+        assert_ne!(short(&lookalike).as_str(), format!("{lookalike}/k"));
     }
 
     #[test]

@@ -335,7 +335,7 @@ async fn refuses_requests_it_cannot_guard_and_passes_the_others() {
         .await
         .unwrap();
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert!(answer.problem().contains("keys are at most 512 bytes"));
+    assert!(answer.problem().contains("keys are at most 255 bytes"));
     assert_eq!(
         handler.runs(),
         0,
@@ -674,14 +674,6 @@ async fn keys_are_scoped_by_what_the_request_says() {
     for key in ["alice/k-1", "mallory/k-1", "a%2Fk-1/k-1"] {
         record_reaches(&runtime, key, Status::Completed).await;
     }
-    // Without the header: a scope of its own, which no key of another meets.
-    assert!(!post(&service, "k-1", "{}").await.replayed());
-    assert!(!post(&service, "alice/k-1", "{}").await.replayed());
-    assert!(post(&service, "k-1", "{}").await.replayed());
-    record_reaches(&runtime, "%/k-1", Status::Completed).await;
-    record_reaches(&runtime, "%/alice/k-1", Status::Completed).await;
-    assert_eq!(handler.runs(), 5);
-
     // Answers name the key the client sent, not its scope.
     let mut other = as_account("alice");
     *other.body_mut() = Full::new(Bytes::from_static(b"another"));
@@ -693,14 +685,78 @@ async fn keys_are_scoped_by_what_the_request_says() {
         "{detail}"
     );
 
-    let long = "s".repeat(Key::MAX_LEN);
-    let answer = send(&service, as_account(&long)).await.unwrap();
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    // Long scopes go in as a hash: any key up to 255 bytes fits, and two
+    // long scopes stay apart; so do scopes with `#`, which marks a hash.
+    let long_key = "k".repeat(255);
+    for account in ["a".repeat(300), "b".repeat(300), "#x".into(), "%23x".into()] {
+        let mut request = as_account(&account);
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_str(&long_key).unwrap());
+        let answer = send(&service, request).await.unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED, "{account}");
+        assert!(!answer.replayed(), "{account}");
+    }
+    assert_eq!(handler.runs(), 7);
+
+    // A request whose scope cannot be read is refused: the layer that sets
+    // it must run first. Nothing is recorded, nothing runs.
+    let unscoped = post(&service, "k-1", "{}").await;
+    assert_eq!(unscoped.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
-        answer
+        unscoped
             .problem()
-            .contains("too long with this request's scope")
+            .contains("could not tell whose key this is")
     );
+    assert_eq!(handler.runs(), 7);
+    let records = runtime.store().list(&Query::default()).await.unwrap();
+    assert_eq!(records.len(), 7, "{records:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_recorded_follows_record_if() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+
+    // 408 and 429 say "try again": by default not recorded.
+    for (key, status) in [
+        ("timeout", StatusCode::REQUEST_TIMEOUT),
+        ("limited", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let (started, has_started) = oneshot::channel();
+        let (go, wait) = oneshot::channel();
+        handler.then(Plan::Wait(started, wait, status));
+        go.send(()).unwrap();
+        let first = post(&service, key, "{}").await;
+        has_started.await.unwrap();
+        assert_eq!(first.status, status);
+        let retry = post(&service, key, "{}").await;
+        assert_eq!(retry.status, StatusCode::CREATED, "{key}");
+        assert!(!retry.replayed());
+    }
+    assert_eq!(handler.runs(), 4);
+
+    // Only 2xx: then a 4xx frees the key too.
+    let strict = guarded(
+        &IdempotencyLayer::new(runtime).record_if(|status| status.is_success()),
+        &handler,
+    );
+    let (started, _has_started) = oneshot::channel();
+    let (go, wait) = oneshot::channel();
+    handler.then(Plan::Wait(started, wait, StatusCode::UNPROCESSABLE_ENTITY));
+    go.send(()).unwrap();
+    assert_eq!(
+        post(&strict, "invalid", "{}").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        post(&strict, "invalid", "{}").await.status,
+        StatusCode::CREATED
+    );
+    assert!(post(&strict, "invalid", "{}").await.replayed());
+    assert_eq!(handler.runs(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
