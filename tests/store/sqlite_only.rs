@@ -51,6 +51,70 @@ async fn concurrent_claims_share_transactions() {
     assert_eq!(reopened.list(&q).await.unwrap().len(), 200);
 }
 
+/// A claim that leaves its record as it is (a replay, a duplicate in flight,
+/// a reused key) is answered from a read, without the writer; one that
+/// writes (a new key, a released one) still goes through it.
+#[tokio::test]
+async fn claims_that_change_nothing_are_answered_without_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("t.db")).unwrap();
+    let writes = || store.write_stats().commands;
+
+    let req = request("peek", "k", "a");
+    let Claimed::Acquired { record, .. } = store.claim(&req).await.unwrap() else {
+        panic!("a new key is acquired");
+    };
+    // In flight: found as it is.
+    let before = writes();
+    assert!(
+        matches!(store.claim(&req).await.unwrap(), Claimed::Existing(r) if r.status == Status::Pending)
+    );
+    assert_eq!(writes(), before);
+
+    assert!(matches!(
+        store.transition(&complete(&record, b"1")).await.unwrap(),
+        Transitioned::Applied(_)
+    ));
+    let before = writes();
+    for args in ["a", "b"] {
+        // The replay, and the reuse of the key with other arguments.
+        match store.claim(&request("peek", "k", args)).await.unwrap() {
+            Claimed::Existing(r) => {
+                assert_eq!(r.status, Status::Completed);
+                assert_eq!(r.output.as_deref(), Some(&b"1"[..]));
+            }
+            other => panic!("expected the completed record, got {other:?}"),
+        }
+    }
+    assert_eq!(writes(), before, "nothing was sent to the writer");
+
+    // A released key is claimed again: that writes.
+    let other = request("peek", "released", "a");
+    let Claimed::Acquired { record, .. } = store.claim(&other).await.unwrap() else {
+        panic!("a new key is acquired");
+    };
+    let mut release = Transition::new(
+        record.id.clone(),
+        Status::Pending,
+        record.token,
+        Status::Released,
+    );
+    release.retention = Some(Duration::from_secs(3600));
+    assert!(matches!(
+        store.transition(&release).await.unwrap(),
+        Transitioned::Applied(_)
+    ));
+    let before = writes();
+    assert!(matches!(
+        store.claim(&other).await.unwrap(),
+        Claimed::Acquired {
+            previous: Some(Status::Released),
+            ..
+        }
+    ));
+    assert_eq!(writes(), before + 1);
+}
+
 #[tokio::test]
 async fn records_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
