@@ -1,7 +1,10 @@
 //! What only the SQLite backend promises: group commit, schema versions,
 //! refusing foreign or damaged files without touching them, durability.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use tempox::record::{Claimed, LeaseChange, RecordId, Transition, Transitioned};
@@ -19,19 +22,29 @@ async fn concurrent_claims_share_transactions() {
     // the writer's first transaction waits and the others queue behind it.
     let blocker = rusqlite::Connection::open(&path).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..200)
         .map(|i| {
-            let store = store.clone();
+            let (store, sent) = (store.clone(), sent.clone());
             tokio::spawn(async move {
-                store
-                    .claim(&request("group", &format!("k{i}"), "a"))
-                    .await
-                    .unwrap()
+                let req = request("group", &format!("k{i}"), "a");
+                let mut claim = std::pin::pin!(store.claim(&req));
+                // Polled once, a claim of a new key has been sent to the
+                // writer (which waits for the lock): counted, then awaited.
+                let first = std::future::poll_fn(|cx| Poll::Ready(claim.as_mut().poll(cx))).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                match first {
+                    Poll::Ready(claimed) => claimed,
+                    Poll::Pending => claim.await,
+                }
+                .unwrap()
             })
         })
         .collect();
-    // One turn of this single-threaded runtime: every task sends its claim.
-    tokio::task::yield_now().await;
+    // Every claim is queued before the lock is given back.
+    while sent.load(Ordering::SeqCst) < 200 {
+        tokio::task::yield_now().await;
+    }
     blocker.execute_batch("COMMIT").unwrap();
     for t in tasks {
         assert!(matches!(t.await.unwrap(), Claimed::Acquired { .. }));
@@ -109,6 +122,62 @@ async fn claims_that_change_nothing_are_answered_without_the_writer() {
         store.claim(&other).await.unwrap(),
         Claimed::Acquired {
             previous: Some(Status::Released),
+            ..
+        }
+    ));
+    assert_eq!(writes(), before + 1);
+
+    // A record too big to decode on the caller's thread goes to the writer,
+    // which answers the same.
+    let big = request("peek", "big", "a");
+    let Claimed::Acquired { record, .. } = store.claim(&big).await.unwrap() else {
+        panic!("a new key is acquired");
+    };
+    let output = vec![b'x'; 100 * 1024];
+    assert!(matches!(
+        store.transition(&complete(&record, &output)).await.unwrap(),
+        Transitioned::Applied(_)
+    ));
+    let before = writes();
+    match store.claim(&big).await.unwrap() {
+        Claimed::Existing(r) => assert_eq!(r.output.as_deref(), Some(&output[..])),
+        other => panic!("expected the completed record, got {other:?}"),
+    }
+    assert_eq!(writes(), before + 1);
+}
+
+/// After a lease runs out, the claim that takes over (same arguments) goes
+/// to the writer; one with other arguments finds the record as it is.
+#[tokio::test]
+async fn an_expired_claim_is_taken_over_through_the_writer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = tempox::clock::ManualClock::new();
+    let store = SqliteStore::builder(dir.path().join("t.db"))
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let writes = || store.write_stats().commands;
+    let req = request("peek", "expiring", "a");
+    assert!(matches!(
+        store.claim(&req).await.unwrap(),
+        Claimed::Acquired { .. }
+    ));
+    clock.advance(Duration::from_secs(3600));
+
+    let before = writes();
+    match store
+        .claim(&request("peek", "expiring", "b"))
+        .await
+        .unwrap()
+    {
+        Claimed::Existing(r) => assert_eq!(r.status, Status::Pending),
+        other => panic!("another request finds the record as it is, got {other:?}"),
+    }
+    assert_eq!(writes(), before);
+    assert!(matches!(
+        store.claim(&req).await.unwrap(),
+        Claimed::Acquired {
+            previous: Some(Status::Pending),
             ..
         }
     ));

@@ -5,13 +5,13 @@
 //! into one transaction and commits once (group commit), so concurrent calls
 //! share one fsync. A reply is sent only after the commit: a claim is durable
 //! before its body runs (invariant 4). Reads use a second connection and see
-//! every committed write. A claim is first looked up there: one that finds a
-//! record it leaves unchanged (a replay, a duplicate in flight, a reused key)
-//! is answered from that read, without the writer (replays 10 times faster
-//! than through it, in the load bench). A claim of a new key is one insert; a
-//! call's outcome
-//! is recorded by one update that compares the status and token and writes
-//! only the columns that change.
+//! every committed write. A claim is first looked up on a third one, on the
+//! caller's thread: one that finds a record it leaves unchanged (a replay, a
+//! duplicate in flight, a reused key) is answered from that read, without
+//! the writer (replays 10 times faster
+//! than through it, in the load bench). A claim of a new key is one insert;
+//! a call's outcome is recorded by one update that compares the status and
+//! token and writes only the columns that change.
 //!
 //! Several processes may open the same file: each write transaction takes
 //! SQLite's write lock (`BEGIN IMMEDIATE`), so claims stay atomic across them.
@@ -36,6 +36,10 @@ use crate::record::{
     plan_claim,
 };
 use writer::{Answer, Command, Request};
+
+/// The most bytes of input, output and error a claim's lookup on the
+/// caller's thread decodes; a bigger record's claim goes to the writer.
+const PEEK_BYTES: usize = 64 * 1024;
 
 /// `PRAGMA application_id` of a tempox database ("TPOX").
 const APPLICATION_ID: i64 = 0x5450_4f58;
@@ -135,6 +139,12 @@ impl SqliteStoreBuilder {
         prepare_schema(&mut conn, &path, self.create)?;
         use_wal(&conn, &path, self.synchronous)?;
         let reader = open_connection(&path, true, &self)?;
+        // Claims' lookups run on the caller's thread: they never wait for a
+        // lock (a busy database sends the claim to the writer instead).
+        let peeker = open_connection(&path, true, &self)?;
+        peeker
+            .busy_timeout(Duration::ZERO)
+            .map_err(|e| sqlite_error(&path, "cannot configure", e))?;
         let (tx, rx) = mpsc::channel();
         let clock = self.clock.clone();
         let batch = self.batch;
@@ -154,6 +164,7 @@ impl SqliteStoreBuilder {
                 path,
                 writer: Mutex::new(tx),
                 reader: Arc::new(Mutex::new(reader)),
+                peeker: Mutex::new(peeker),
                 clock: self.clock,
                 stats,
             }),
@@ -180,6 +191,7 @@ struct Shared {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<Command>>,
     reader: Arc<Mutex<Connection>>,
+    peeker: Mutex<Connection>,
     clock: Arc<dyn Clock>,
     stats: Arc<writer::Stats>,
 }
@@ -190,6 +202,8 @@ pub struct WriteStats {
     /// Transactions committed (one fsync each under [`Synchronous::Full`]).
     pub transactions: u64,
     /// Write commands (claims, transitions, renewals, expiries) they carried.
+    /// Claims answered from a read (a replay, a duplicate in flight) are not
+    /// among them.
     pub commands: u64,
 }
 
@@ -245,13 +259,25 @@ impl SqliteStore {
         answer.await.map_err(|_| writer_gone())?
     }
 
-    /// The record `id`, read on the caller's thread (a lookup by primary key
-    /// in pages SQLite or the OS has cached) when the reader is free; `None`
-    /// when there is none, the reader is busy, or the read failed (the
-    /// writer then answers, with the error if there is one).
+    /// The record `id`, read on the caller's thread (one lookup by primary
+    /// key) when its connection is free; `None` when there is none, when its
+    /// input, output and error are over [`PEEK_BYTES`] (not decoded on an
+    /// async thread), when the connection or the database is busy, or when
+    /// the read failed: the writer then answers, with the error if there is
+    /// one.
     fn peek(&self, id: &RecordId) -> Option<Record> {
-        let conn = self.inner.reader.try_lock().ok()?;
-        get(&conn, id).ok().flatten()
+        let conn = self.inner.peeker.try_lock().ok()?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tempox_records WHERE id = ?1 \
+             AND coalesce(length(input), 0) + coalesce(length(output), 0) \
+             + coalesce(length(error), 0) <= {PEEK_BYTES}"
+        );
+        let mut stmt = conn.prepare_cached(&sql).ok()?;
+        let row = stmt
+            .query_row([id.as_str()], |row| Ok(read_record(row)))
+            .optional()
+            .ok()??;
+        row.ok()
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
