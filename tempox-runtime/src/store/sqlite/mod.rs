@@ -421,6 +421,12 @@ fn open_connection(
         .map_err(|e| sqlite_error(path, "cannot open", e))?;
     conn.busy_timeout(b.busy_timeout)
         .map_err(|e| sqlite_error(path, "cannot configure", e))?;
+    if read_only {
+        // 16 MiB of pages (SQLite's default is 2 MB): claims' lookups run on
+        // the caller's thread, and a page read from disk holds it up.
+        conn.execute_batch("PRAGMA cache_size = -16384")
+            .map_err(|e| sqlite_error(path, "cannot configure", e))?;
+    }
     Ok(conn)
 }
 
