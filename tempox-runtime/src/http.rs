@@ -1,4 +1,4 @@
-//! HTTP: a tower [`Layer`] that makes requests carrying an `Idempotency-Key`
+//! HTTP: a tower [`Layer`](tower_layer::Layer) that makes requests carrying an `Idempotency-Key`
 //! header safe to retry (feature `http`).
 //!
 //! It follows the IETF draft *The Idempotency-Key HTTP Header Field*. A request
@@ -11,12 +11,12 @@
 //! |---|---|
 //! | has no `Idempotency-Key` | `400 Bad Request` (or passed on untouched, with [`optional`](IdempotencyLayer::optional)) |
 //! | has a malformed key (over 255 bytes, not printable ASCII, ...), or two | `400 Bad Request`, naming the problem |
-//! | has a body over the limit | `413 Payload Too Large` |
+//! | has a body over the limit | `413 Payload Too Large` (RFC 9110: Content Too Large) |
 //! | first with its key | runs the handler; its response is recorded with its status, headers and body (by default any below 500 but 408 and 429; see [`record_if`](IdempotencyLayer::record_if)) |
 //! | same key, same request, after it | the recorded response, with `Idempotent-Replayed: true`; the handler does not run |
 //! | same key while the first still runs | `409 Conflict`, with `Retry-After` |
-//! | same key, another method, path or body | `422 Unprocessable Content` |
-//! | any, while the store cannot be reached | `503 Service Unavailable`, with `Retry-After`; the handler does not run |
+//! | same key, another method, path, query or body | `422 Unprocessable Entity` (RFC 9110: Unprocessable Content) |
+//! | any, while the store cannot be reached to claim the key | `503 Service Unavailable`, with `Retry-After`; the handler does not run |
 //!
 //! What is recorded and what is not:
 //!
@@ -40,7 +40,10 @@
 //! the end of the process is as if the process died. If the process dies while
 //! a handler runs, retries get `409` until the lease runs out, then run it
 //! again, so a handler whose effects must not repeat calls `#[non_idempotent]`
-//! functions, which keep records of their own. A handler that panics frees
+//! functions, which keep records of their own. The same holds when the store
+//! fails after the handler ran: the client gets the handler's answer, but its
+//! record is not written, so retries get `409` until the lease runs out and
+//! then run the handler again. A handler that panics frees
 //! its key, like a `5xx`, and the panic goes on to the layers outside.
 //!
 //! Bodies are read whole, requests and responses both (trailers are not
@@ -217,8 +220,8 @@ impl IdempotencyLayer {
     /// extension, or the path parameters).
     ///
     /// The record's key is `<scope>/<key>` (`%`, `/` and `#` in the scope
-    /// written `%25`, `%2F` and `%23`; a scope longer than 64 bytes replaced
-    /// by `#` and its hash), and answers to the client name its key as it
+    /// written `%25`, `%2F` and `%23`; a scope that is over 64 bytes once
+    /// written so, or has control characters, replaced by `#` and its hash), and answers to the client name its key as it
     /// sent it.
     ///
     /// ```
@@ -503,7 +506,8 @@ where
             };
             let id = guard.id().clone();
             // The handler's answer, given to the client whatever becomes of
-            // its record: its response (as read), a 5xx or its error.
+            // its record: its response (as read, or one `record_if` leaves
+            // out) or its error.
             let mut answer = None;
             let mut panicked = None;
             let outcome = guard
@@ -831,7 +835,8 @@ impl Operation for HttpCall {
 enum Failure {
     /// The runtime answered (key reuse, in flight, store outage, ...).
     Tempox(Error),
-    /// A `5xx` or an error of the inner service, passed on as it was.
+    /// A response `record_if` leaves out (a `5xx`, `408`, `429`, ...), an
+    /// error of the inner service, or a panic: passed on as it was.
     NotRecorded,
 }
 
@@ -873,7 +878,7 @@ impl Failure {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Idempotency-Key reused",
                 format!(
-                    "the Idempotency-Key `{key}` was used for another request (method, path or body differ); use a new key for a new request"
+                    "the Idempotency-Key `{key}` was used for another request (method, path, query or body differ); use a new key for a new request"
                 ),
             ),
             Error::InFlight { .. } => (

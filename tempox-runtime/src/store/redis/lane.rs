@@ -48,7 +48,8 @@ use super::scripts::ScriptCall;
 /// 2-core machine of the load bench (10 us each), the longest a lane holds up
 /// other clients of the server. Past 64 calls in flight, 128 rather than 64
 /// shares each fsync among more requests (fresh calls at concurrency 256:
-/// 29-30k/s with 64, 32k/s with 128; 256 gained nothing more).
+/// 29-30k/s with 64, 32k/s with 128 on a driver of the store alone; 256
+/// gained nothing more).
 const MAX_GROUP: usize = 128;
 /// The most calls of one lane in flight at once.
 const IN_FLIGHT: usize = 2;
@@ -57,7 +58,7 @@ const IN_FLIGHT: usize = 2;
 /// the next: fewer, fuller calls, each with one fsync (fresh calls at 4, 8
 /// and 16 in flight: +20-30 % over sending a second call at once). From it
 /// on, a second call keeps the server busy while the first one's callers turn
-/// around (64 and 256 in flight: the same or better).
+/// around (64 and 256 in flight: even, within the noise of paired runs).
 const SECOND_CALL_AT: usize = 16;
 
 /// Why a request got no reply of its own.
