@@ -14,6 +14,8 @@
 //! cargo run --example checkout -- --again
 //! ```
 
+mod support;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -135,18 +137,9 @@ fn order(id: &str, sku: &str, cents: u64, card: &str) -> Order {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::temp_dir().join("tempox-checkout.db");
     let again = std::env::args().any(|a| a == "--again");
-    if !again {
-        for suffix in ["", "-wal", "-shm"] {
-            let file = format!("{}{suffix}", path.display());
-            if let Err(e) = std::fs::remove_file(&file)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(format!("cannot remove {file}: {e}").into());
-            }
-        }
-    }
+    // `--again` keeps the records of the last run.
+    let path = support::database("tempox-checkout.db", !again)?;
     // A short lease, so the crash below is recovered within a second.
     let lease = Duration::from_millis(500);
     let runtime = || {

@@ -9,6 +9,8 @@
 //! cargo run --example event_pipeline
 //! ```
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -116,15 +118,7 @@ fn event(id: &str, account: &str, cents: i64) -> Event {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::temp_dir().join("tempox-event-pipeline.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let file = format!("{}{suffix}", path.display());
-        if let Err(e) = std::fs::remove_file(&file)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(format!("cannot remove {file}: {e}").into());
-        }
-    }
+    let path = support::database("tempox-event-pipeline.db", true)?;
     let store = SqliteStore::open(&path)?;
     let rt = Runtime::builder()
         .store(store.clone())

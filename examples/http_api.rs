@@ -8,6 +8,8 @@
 //! cargo run --features http --example http_api
 //! ```
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -123,15 +125,7 @@ impl Api {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let path = std::env::temp_dir().join("tempox-http-api.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let file = format!("{}{suffix}", path.display());
-        if let Err(e) = std::fs::remove_file(&file)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(format!("cannot remove {file}: {e}").into());
-        }
-    }
+    let path = support::database("tempox-http-api.db", true)?;
     let store = SqliteStore::open(&path)?;
     let runtime = Runtime::builder().store(store.clone()).build()?;
 

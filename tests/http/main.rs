@@ -102,6 +102,15 @@ impl Handler {
         self.plans.lock().unwrap().push_back(plan);
     }
 
+    /// The next run says it started, then waits for the signal before
+    /// answering with `status`: (its "started", the signal).
+    fn wait_then(&self, status: StatusCode) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (started, has_started) = oneshot::channel();
+        let (go, wait) = oneshot::channel();
+        self.then(Plan::Wait(started, wait, status));
+        (has_started, go)
+    }
+
     async fn serve(
         self,
         request: Request<LayerBody<Full<Bytes>>>,
@@ -402,9 +411,7 @@ async fn a_duplicate_while_the_first_runs_is_409_then_replays() {
     let runtime = sqlite_runtime(&dir.path().join("http.db"));
     let handler = Handler::default();
     let service = guarded(&IdempotencyLayer::new(runtime), &handler);
-    let (started, has_started) = oneshot::channel();
-    let (go, wait) = oneshot::channel();
-    handler.then(Plan::Wait(started, wait, StatusCode::CREATED));
+    let (has_started, go) = handler.wait_then(StatusCode::CREATED);
 
     let first = tokio::spawn({
         let service = service.clone();
@@ -423,6 +430,39 @@ async fn a_duplicate_while_the_first_runs_is_409_then_replays() {
     assert!(later.replayed());
     assert_eq!(later.body, first.body);
     assert_eq!(handler.runs(), 1);
+}
+
+/// Invariant 1 through HTTP: of many simultaneous requests with one key,
+/// the handler runs once; every other gets its response replayed or `409`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_simultaneous_requests_with_one_key_run_the_handler_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let service = guarded(&IdempotencyLayer::new(runtime), &handler);
+    let (has_started, go) = handler.wait_then(StatusCode::CREATED);
+
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { post(&service, "once", "{}").await })
+        })
+        .collect();
+    has_started.await.unwrap();
+    go.send(()).unwrap();
+    let mut first = 0;
+    for request in requests {
+        let answer = request.await.unwrap();
+        match answer.status {
+            StatusCode::CREATED if answer.replayed() => assert_eq!(answer.json()["order"], 1),
+            StatusCode::CREATED => first += 1,
+            StatusCode::CONFLICT => assert!(answer.problem().contains("still being processed")),
+            other => panic!("unexpected {other}: {:?}", answer.body),
+        }
+    }
+    assert_eq!(first, 1, "one request ran the handler");
+    assert_eq!(handler.runs(), 1);
+    assert!(post(&service, "once", "{}").await.replayed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,9 +765,7 @@ async fn what_is_recorded_follows_record_if() {
         ("timeout", StatusCode::REQUEST_TIMEOUT),
         ("limited", StatusCode::TOO_MANY_REQUESTS),
     ] {
-        let (started, has_started) = oneshot::channel();
-        let (go, wait) = oneshot::channel();
-        handler.then(Plan::Wait(started, wait, status));
+        let (has_started, go) = handler.wait_then(status);
         go.send(()).unwrap();
         let first = post(&service, key, "{}").await;
         has_started.await.unwrap();
@@ -743,9 +781,7 @@ async fn what_is_recorded_follows_record_if() {
         &IdempotencyLayer::new(runtime).record_if(|status| status.is_success()),
         &handler,
     );
-    let (started, _has_started) = oneshot::channel();
-    let (go, wait) = oneshot::channel();
-    handler.then(Plan::Wait(started, wait, StatusCode::UNPROCESSABLE_ENTITY));
+    let (_has_started, go) = handler.wait_then(StatusCode::UNPROCESSABLE_ENTITY);
     go.send(()).unwrap();
     assert_eq!(
         post(&strict, "invalid", "{}").await.status,
@@ -765,9 +801,7 @@ async fn a_client_that_goes_away_still_gets_its_outcome_recorded() {
     let runtime = sqlite_runtime(&dir.path().join("http.db"));
     let handler = Handler::default();
     let service = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
-    let (started, has_started) = oneshot::channel();
-    let (go, wait) = oneshot::channel();
-    handler.then(Plan::Wait(started, wait, StatusCode::CREATED));
+    let (has_started, go) = handler.wait_then(StatusCode::CREATED);
 
     let client = tokio::spawn({
         let service = service.clone();
@@ -798,9 +832,7 @@ async fn the_handlers_answer_survives_a_failed_record_write() {
         ("created", StatusCode::CREATED),
         ("bad-gateway", StatusCode::BAD_GATEWAY),
     ] {
-        let (started, has_started) = oneshot::channel();
-        let (go, wait) = oneshot::channel();
-        handler.then(Plan::Wait(started, wait, status));
+        let (has_started, go) = handler.wait_then(status);
         let client = tokio::spawn({
             let service = service.clone();
             async move { post(&service, key, "{}").await }

@@ -92,6 +92,15 @@ struct State {
     queue: Vec<Job>,
 }
 
+impl State {
+    /// Drops the queued requests whose callers stopped waiting (timed out, or
+    /// dropped the call): nobody would learn their outcome, so they are not
+    /// sent.
+    fn drop_abandoned(&mut self) {
+        self.queue.retain(|job| !job.reply.is_closed());
+    }
+}
+
 /// The lane of one bucket, or of all of them.
 #[derive(Default)]
 pub(super) struct Lane {
@@ -149,7 +158,7 @@ pub(super) async fn send(
     let lead = {
         let mut state = store.inner.lanes.get(bucket).lock();
         // Requests whose callers stopped waiting neither go nor count.
-        state.queue.retain(|job| !job.reply.is_closed());
+        state.drop_abandoned();
         if state.in_flight == 0 {
             state.in_flight += 1;
             Some(vec![job])
@@ -240,9 +249,7 @@ async fn drive(mut slot: Slot, mut jobs: Vec<Job>) {
         // request at once, and it can go in the next call.
         tokio::task::yield_now().await;
         let mut state = slot.lane().lock();
-        // A request whose caller stopped waiting (timed out, or dropped the
-        // call) while it queued is not sent: nobody would learn its outcome.
-        state.queue.retain(|job| !job.reply.is_closed());
+        state.drop_abandoned();
         if state.queue.is_empty() {
             state.in_flight -= 1;
             drop(state);

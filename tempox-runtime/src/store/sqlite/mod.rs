@@ -20,7 +20,7 @@ mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, LazyLock, Mutex, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -267,13 +267,15 @@ impl SqliteStore {
     /// the read failed: the writer then answers, with the error if there is
     /// one.
     fn peek(&self, id: &RecordId) -> Option<Record> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {COLUMNS} FROM tempox_records WHERE id = ?1 \
+                 AND coalesce(length(input), 0) + coalesce(length(output), 0) \
+                 + coalesce(length(error), 0) <= {PEEK_BYTES}"
+            )
+        });
         let conn = self.inner.peeker.try_lock().ok()?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM tempox_records WHERE id = ?1 \
-             AND coalesce(length(input), 0) + coalesce(length(output), 0) \
-             + coalesce(length(error), 0) <= {PEEK_BYTES}"
-        );
-        let mut stmt = conn.prepare_cached(&sql).ok()?;
+        let mut stmt = conn.prepare_cached(&SQL).ok()?;
         let row = stmt
             .query_row([id.as_str()], |row| Ok(read_record(row)))
             .optional()
@@ -599,8 +601,9 @@ fn limit_param(limit: usize) -> i64 {
 }
 
 pub(crate) fn get(conn: &Connection, id: &RecordId) -> Result<Option<Record>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM tempox_records WHERE id = ?1");
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_error)?;
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {COLUMNS} FROM tempox_records WHERE id = ?1"));
+    let mut stmt = conn.prepare_cached(&SQL).map_err(db_error)?;
     let row = stmt
         .query_row([id.as_str()], |row| Ok(read_record(row)))
         .optional()
