@@ -426,6 +426,12 @@ pub async fn apply_writes_what_transition_writes(f: &Fixture) {
         for r in [&full, &quiet] {
             assert!(listed.iter().any(|l| l.id == r.id), "{} in {to}", r.id);
         }
+        if from != to {
+            let left = store.list(&Query::statuses(&[from])).await.unwrap();
+            for r in [&full, &quiet] {
+                assert!(!left.iter().any(|l| l.id == r.id), "{} left {from}", r.id);
+            }
+        }
     }
 }
 

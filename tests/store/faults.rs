@@ -599,6 +599,43 @@ async fn data_written_with_another_number_of_buckets_is_refused() {
     );
 }
 
+/// Data written in another layout (an older release's) is refused with an
+/// error naming both versions, and is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_of_another_layout_is_refused_and_left_alone() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = RedisStore::builder(&server.url())
+        .buckets(2)
+        .connect()
+        .await
+        .unwrap();
+    store.claim(&claim_request("a")).await.unwrap();
+    for bucket in 0..2 {
+        server.cli(&["HSET", &format!("{{tempox:{bucket}}}:meta"), "version", "1"]);
+    }
+    let before = server.cli(&["DBSIZE"]);
+    let err = RedisStore::builder(&server.url())
+        .buckets(2)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("layout version `1`"), "{message}");
+    assert!(message.contains("reads layout version 2"), "{message}");
+    assert!(
+        message.contains("another prefix (`.prefix(..)`)"),
+        "{message}"
+    );
+    assert_eq!(server.cli(&["DBSIZE"]), before, "nothing was written");
+    assert_eq!(
+        server.cli(&["HGET", "{tempox:0}:meta", "version"]).trim(),
+        "1"
+    );
+}
+
 /// A record hash that cannot be decoded is a `Corrupt` error naming the
 /// record and the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

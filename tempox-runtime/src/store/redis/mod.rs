@@ -911,7 +911,9 @@ impl RedisStore {
                         StoreErrorKind::Schema,
                         format!(
                             "redis at {} holds tempox data under prefix `{}` in layout version `{theirs}`; \
-                             this version of tempox reads layout version {LAYOUT_VERSION}",
+                             this version of tempox reads layout version {LAYOUT_VERSION}: let the release that \
+                             wrote it finish its work, then connect with another prefix (`.prefix(..)`) or \
+                             delete the keys under this one",
                             inner.target, inner.prefix
                         ),
                     )),
