@@ -21,6 +21,8 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # when one is asked for).
 cargo clippy --workspace --all-targets --no-default-features -- -D warnings
 cargo test --workspace --all-features
+# What differs without TLS (a rediss:// URL names the feature it needs).
+cargo test -p tempox-runtime --features redis --lib
 
 # The examples, the README's main command first: each must run to its end and
 # tell the story it promises.

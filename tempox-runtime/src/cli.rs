@@ -39,8 +39,8 @@ use crate::{Error, Runtime};
 struct Cli {
     /// Where the records are: a SQLite file (`sqlite:PATH`, or just its
     /// path), or a Redis server (`redis://[user:password@]host[:port][/db]`,
-    /// `unix:///path/to/socket`); with `--cluster`, the comma-separated URLs
-    /// of Redis Cluster nodes.
+    /// `rediss://…` for TLS, `unix:///path/to/socket`); with `--cluster`, the
+    /// comma-separated URLs of Redis Cluster nodes.
     #[arg(
         long,
         global = true,
@@ -59,6 +59,32 @@ struct Cli {
     /// the error says which when it differs).
     #[arg(long, global = true, value_name = "N")]
     buckets: Option<u16>,
+    /// A PEM file of the certificate authorities to trust for `rediss://`
+    /// servers, instead of the system's.
+    #[cfg(feature = "redis-tls")]
+    #[arg(long, global = true, env = "TEMPOX_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A PEM file of the client certificate to present to `rediss://`
+    /// servers that ask for one (with `--tls-key`).
+    #[cfg(feature = "redis-tls")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEMPOX_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM file of the key of `--tls-cert`.
+    #[cfg(feature = "redis-tls")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEMPOX_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     /// JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -303,6 +329,10 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Fail
         (cli.cluster, "--cluster"),
         (cli.prefix.is_some(), "--prefix"),
         (cli.buckets.is_some(), "--buckets"),
+        #[cfg(feature = "redis-tls")]
+        (cli.tls_ca.is_some(), "--tls-ca"),
+        #[cfg(feature = "redis-tls")]
+        (cli.tls_cert.is_some(), "--tls-cert"),
     ] {
         if set {
             return Err(Failure::Usage(format!(
@@ -331,6 +361,24 @@ async fn open_redis(
     }
     if let Some(buckets) = cli.buckets {
         builder = builder.buckets(buckets);
+    }
+    #[cfg(feature = "redis-tls")]
+    {
+        let read = |path: &std::path::Path, option: &str| {
+            std::fs::read(path).map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot read `{option}` file `{}`: {e}",
+                    path.display()
+                ))
+            })
+        };
+        if let Some(ca) = &cli.tls_ca {
+            builder = builder.tls_root_certificates(read(ca, "--tls-ca")?);
+        }
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            builder =
+                builder.tls_client_certificate(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
+        }
     }
     match builder.create(false).connect().await {
         Ok(store) => Ok(std::sync::Arc::new(store)),

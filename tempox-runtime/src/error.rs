@@ -337,6 +337,14 @@ impl StoreError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         StoreError::new(StoreErrorKind::Invalid, message)
     }
+
+    /// The same error, its message followed by `; <hint>`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_hint(mut self, hint: &str) -> Self {
+        self.message.push_str("; ");
+        self.message.push_str(hint);
+        self
+    }
 }
 
 /// A duration written for humans in error messages: `250ms`, `30s`, `2h`.

@@ -96,6 +96,9 @@ fn tempox(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tempox"))
         .env_remove("TEMPOX_STORE")
         .env_remove("TEMPOX_PREFIX")
+        .env_remove("TEMPOX_TLS_CA")
+        .env_remove("TEMPOX_TLS_CERT")
+        .env_remove("TEMPOX_TLS_KEY")
         .args(args)
         .output()
         .unwrap()
@@ -394,6 +397,68 @@ async fn reads_and_repairs_a_redis_store() {
     seed(&plain).await;
     reads(&url);
     repairs(&url);
+}
+
+/// A `rediss://` server is read through TLS: its authority given with
+/// `--tls-ca`, a client certificate with `--tls-cert` and `--tls-key` when
+/// the server asks for one; files that cannot be read are bad arguments.
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_redis_store_over_tls() {
+    use support::redis::{RedisServer, Tls};
+    use tempox::store::RedisStore;
+    let server = tokio::task::spawn_blocking(|| RedisServer::start_tls(Tls::new(true)))
+        .await
+        .unwrap();
+    let tls = server.tls().unwrap().clone();
+    let store = RedisStore::builder(&server.url())
+        .tls_root_certificates(tls.ca.clone())
+        .tls_client_certificate(tls.client_cert.clone(), tls.client_key.clone())
+        .connect()
+        .await
+        .unwrap();
+    seed(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &tls.ca),
+        file("client.pem", &tls.client_cert),
+        file("client.key", &tls.client_key),
+    );
+    let url = server.url();
+    let tls_args: &[&str] = &[
+        "--store",
+        &url,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    let stats = json(&[tls_args, &["--json", "stats"]].concat());
+    assert_eq!(stats["total"], 7);
+    // The system's authorities do not know this server's.
+    let err = fails(&["--store", &url, "stats"], 1);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    // The server asks for a client certificate.
+    let err = fails(&["--store", &url, "--tls-ca", &ca, "stats"], 1);
+    assert!(err.contains("`tls_client_certificate`"), "{err}");
+    // Bad arguments: a file that is not there, a certificate without its key,
+    // TLS for a SQLite file.
+    let missing = dir.path().join("nowhere.pem").display().to_string();
+    let err = fails(&["--store", &url, "--tls-ca", &missing, "stats"], 2);
+    assert!(err.contains("cannot read `--tls-ca` file"), "{err}");
+    assert!(err.contains("nowhere.pem"), "{err}");
+    let err = fails(&["--store", &url, "--tls-cert", &cert, "stats"], 2);
+    assert!(err.contains("--tls-key"), "{err}");
+    let db = dir.path().join("t.db").display().to_string();
+    let err = fails(&["--store", &db, "--tls-ca", &ca, "stats"], 2);
+    assert!(err.contains("`--tls-ca` is for Redis stores"), "{err}");
 }
 
 /// `--cluster` reads a Redis Cluster through its nodes' URLs; a write

@@ -1035,14 +1035,140 @@ async fn connect_reports_unreachable_servers_and_bad_settings() {
     ] {
         let err = RedisStore::connect(url).await.map(|_| ()).unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+        let tls = if cfg!(feature = "redis-tls") {
+            ", rediss://[user:password@]host[:port][/db]"
+        } else {
+            ""
+        };
         assert_eq!(
             err.to_string(),
             format!(
                 "invalid redis url `{url}`: {why} expected \
-                 redis://[user:password@]host[:port][/db] or unix:///path/to/socket"
+                 redis://[user:password@]host[:port][/db]{tls} or unix:///path/to/socket"
             )
         );
     }
+}
+
+/// A TLS server's certificate is checked against the authorities the store
+/// trusts (the system's, or those it is given), and certificates given to
+/// the builder are checked before anything is sent.
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_servers_are_verified() {
+    use crate::support::redis::Tls;
+    let server = tokio::task::spawn_blocking(|| RedisServer::start_tls(Tls::new(false)))
+        .await
+        .unwrap();
+    let url = server.url();
+    let ca = server.tls().unwrap().ca.clone();
+    let builder = |url: &str| {
+        RedisStore::builder(url)
+            .connection_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_secs(1))
+    };
+    // Not signed by an authority the store trusts: refused, and said why.
+    let elsewhere = Tls::new(false).ca;
+    for store in [
+        builder(&url),
+        builder(&url).tls_root_certificates(elsewhere),
+    ] {
+        let err = store.connect().await.map(|_| ()).unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("redis at 127.0.0.1:{}", server.port())),
+            "{message}"
+        );
+        assert!(message.contains("invalid peer certificate"), "{message}");
+        assert!(message.contains("`tls_root_certificates`"), "{message}");
+    }
+    // Plain text to the TLS port is not answered.
+    let plain = format!("redis://127.0.0.1:{}/", server.port());
+    let err = builder(&plain).connect().await.map(|_| ()).unwrap_err();
+    assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+    // Certificates that cannot work are refused before anything is sent.
+    let bad = [
+        (
+            builder(&plain).tls_root_certificates(ca.clone()),
+            "`tls_root_certificates`",
+            "not a rediss:// url",
+        ),
+        (
+            builder(&url).tls_root_certificates("no pem here"),
+            "`tls_root_certificates`",
+            "holds no certificate",
+        ),
+        (
+            builder(&url).tls_client_certificate(ca.clone(), "no key here"),
+            "`tls_client_certificate`",
+            "holds no private key",
+        ),
+    ];
+    for (store, setting, why) in bad {
+        let err = store.connect().await.map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+        assert!(err.to_string().contains(setting), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    // Trusting the server's authority: calls go through.
+    let store = builder(&url)
+        .tls_root_certificates(ca)
+        .connect()
+        .await
+        .unwrap();
+    let req = claim_request("over-tls");
+    assert!(matches!(
+        store.claim(&req).await.unwrap(),
+        Claimed::Acquired { .. }
+    ));
+    assert_eq!(
+        server
+            .cli(&["HGET", &store.record_key(&req.id), "status"])
+            .trim(),
+        "pending"
+    );
+}
+
+/// A TLS server that asks clients for a certificate gets the one the store
+/// is given, and refuses a store that has none or one it does not trust.
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_servers_that_ask_for_a_client_certificate_get_one() {
+    use crate::support::redis::Tls;
+    let server = tokio::task::spawn_blocking(|| RedisServer::start_tls(Tls::new(true)))
+        .await
+        .unwrap();
+    let tls = server.tls().unwrap().clone();
+    let builder = || {
+        RedisStore::builder(&server.url())
+            .connection_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_secs(1))
+            .tls_root_certificates(tls.ca.clone())
+    };
+    let stranger = Tls::new(false);
+    for store in [
+        builder(),
+        builder().tls_client_certificate(stranger.client_cert, stranger.client_key),
+    ] {
+        let err = store.connect().await.map(|_| ()).unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(
+            err.to_string().contains("`tls_client_certificate`"),
+            "{err}"
+        );
+    }
+    let store = builder()
+        .tls_client_certificate(tls.client_cert, tls.client_key)
+        .connect()
+        .await
+        .unwrap();
+    let req = claim_request("client-certificate");
+    assert!(matches!(
+        store.claim(&req).await.unwrap(),
+        Claimed::Acquired { .. }
+    ));
+    assert!(store.get(&req.id).await.unwrap().is_some());
 }
 
 /// Tokens are computed on decimal strings inside the scripts, so they stay

@@ -66,23 +66,28 @@ pub async fn sqlite() -> Fixture {
 /// every guarantee: the stores require it.
 #[cfg(feature = "redis")]
 pub async fn redis() -> Fixture {
-    use tempox::store::RedisStore;
-    let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start)
-        .await
-        .unwrap();
-    let connect = || {
-        RedisStore::builder(&server.url())
-            .require_durability(true)
-            .connect()
-    };
-    let store = connect().await.unwrap();
-    let other = connect().await.unwrap();
-    Fixture {
-        store: Arc::new(store),
-        other: Arc::new(other),
-        clock: None,
-        _keep: Box::new(server),
-    }
+    single(crate::support::redis::RedisServer::start).await
+}
+
+/// The same, but the server speaks only TLS, with certificates of an
+/// authority made for it, and the connections (`rediss://`) trust that
+/// authority.
+#[cfg(feature = "redis-tls")]
+pub async fn redis_tls() -> Fixture {
+    use crate::support::redis::{RedisServer, Tls};
+    single(|| RedisServer::start_tls(Tls::new(false))).await
+}
+
+#[cfg(feature = "redis")]
+async fn single(start: fn() -> crate::support::redis::RedisServer) -> Fixture {
+    let server = tokio::task::spawn_blocking(start).await.unwrap();
+    on_servers(
+        &[server.url()],
+        None,
+        server.tls().cloned(),
+        Box::new(server),
+    )
+    .await
 }
 
 /// The test binary's three-master Redis Cluster (started once: forming a
@@ -91,20 +96,50 @@ pub async fn redis() -> Fixture {
 /// keep the guarantees.
 #[cfg(feature = "redis")]
 pub async fn redis_cluster() -> Fixture {
+    cluster(crate::support::redis::RedisCluster::shared).await
+}
+
+/// The same on the test binary's cluster that speaks only TLS (clients and
+/// cluster bus), whose authority the connections trust.
+#[cfg(feature = "redis-tls")]
+pub async fn redis_cluster_tls() -> Fixture {
+    cluster(crate::support::redis::RedisCluster::shared_tls).await
+}
+
+#[cfg(feature = "redis")]
+async fn cluster(shared: fn() -> &'static crate::support::redis::RedisCluster) -> Fixture {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tempox::store::RedisStore;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let cluster = tokio::task::spawn_blocking(crate::support::redis::RedisCluster::shared)
-        .await
-        .unwrap();
-    let urls = cluster.urls();
-    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let cluster = tokio::task::spawn_blocking(shared).await.unwrap();
     let prefix = format!("conformance-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let tls = cluster.tls().cloned();
+    on_servers(&cluster.urls(), Some(prefix), tls, Box::new(())).await
+}
+
+/// Two stores that require durability on `urls` (a cluster's nodes when a
+/// prefix is given), trusting `tls`'s authority when there is one.
+#[cfg(feature = "redis")]
+async fn on_servers(
+    urls: &[String],
+    cluster_prefix: Option<String>,
+    tls: Option<crate::support::redis::Tls>,
+    keep: Box<dyn Any + Send + Sync>,
+) -> Fixture {
+    use tempox::store::RedisStore;
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let connect = || {
-        RedisStore::cluster_builder(&urls)
-            .prefix(prefix.clone())
-            .require_durability(true)
-            .connect()
+        let builder = match &cluster_prefix {
+            Some(prefix) => RedisStore::cluster_builder(&urls).prefix(prefix.clone()),
+            None => RedisStore::builder(urls[0]),
+        };
+        #[cfg(feature = "redis-tls")]
+        let builder = match &tls {
+            Some(tls) => builder.tls_root_certificates(tls.ca.clone()),
+            None => builder,
+        };
+        #[cfg(not(feature = "redis-tls"))]
+        let _ = &tls;
+        builder.require_durability(true).connect()
     };
     let store = connect().await.unwrap();
     let other = connect().await.unwrap();
@@ -112,6 +147,6 @@ pub async fn redis_cluster() -> Fixture {
         store: Arc::new(store),
         other: Arc::new(other),
         clock: None,
-        _keep: Box::new(()),
+        _keep: keep,
     }
 }

@@ -46,3 +46,7 @@ all_checks!(sqlite => crate::fixture::sqlite());
 all_checks!(redis => crate::fixture::redis());
 #[cfg(feature = "redis")]
 all_checks!(redis_cluster => crate::fixture::redis_cluster());
+#[cfg(feature = "redis-tls")]
+all_checks!(redis_tls => crate::fixture::redis_tls());
+#[cfg(feature = "redis-tls")]
+all_checks!(redis_cluster_tls => crate::fixture::redis_cluster_tls());

@@ -1,5 +1,6 @@
 //! Real Redis servers for tests, on free loopback ports: a single server that
-//! can be killed and restarted on the same port with its data, and a
+//! can be killed and restarted on the same port with its data (also one that
+//! speaks only TLS, with certificates of an authority made for it), and a
 //! three-master Redis Cluster.
 //!
 //! Each `redis-server` runs under a small `sh` watchdog that holds the read
@@ -44,7 +45,95 @@ pub struct RedisServer {
     /// Remove the data directory when the test process exits (shared servers,
     /// which are never dropped).
     remove_at_exit: bool,
+    /// The certificates of a server that speaks only TLS.
+    tls: Option<Tls>,
     watchdog: Option<Child>,
+}
+
+/// What a TLS server and its clients use: an authority made for the server,
+/// the server's certificate (for 127.0.0.1 and localhost) and a client's,
+/// all signed by it, as PEM; their files are in the server's directory.
+#[derive(Clone)]
+pub struct Tls {
+    /// Whether the server asks every client for a certificate.
+    pub auth_clients: bool,
+    pub ca: String,
+    pub client_cert: String,
+    pub client_key: String,
+    server_cert: String,
+    server_key: String,
+}
+
+impl Tls {
+    /// New certificates; `auth_clients`: the server will ask for the client's.
+    pub fn new(auth_clients: bool) -> Tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "tempox test authority");
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let ca_pem = ca.self_signed(&ca_key).expect("the CA certificate").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let mut params = CertificateParams::new(names).expect("certificate parameters");
+            params.extended_key_usages = usages;
+            let key = KeyPair::generate().expect("a key");
+            let cert = params.signed_by(&key, &issuer).expect("a certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        // Cluster nodes also present theirs as clients of each other's bus.
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_cert, client_key) = leaf(
+            vec!["tempox-test-client".into()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        Tls {
+            auth_clients,
+            ca: ca_pem,
+            client_cert,
+            client_key,
+            server_cert,
+            server_key,
+        }
+    }
+
+    /// Writes the files into `dir`.
+    fn write(&self, dir: &Path) {
+        for (name, pem) in [
+            ("ca.crt", &self.ca),
+            ("server.crt", &self.server_cert),
+            ("server.key", &self.server_key),
+            ("client.crt", &self.client_cert),
+            ("client.key", &self.client_key),
+        ] {
+            fs::write(dir.join(name), pem).expect("write a certificate file");
+        }
+    }
+
+    /// `redis-cli`'s arguments to reach the server whose files are in `dir`.
+    fn cli_args(dir: &Path) -> Vec<String> {
+        let path = |name: &str| dir.join(name).display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            path("ca.crt"),
+            "--cert".into(),
+            path("client.crt"),
+            "--key".into(),
+            path("client.key"),
+        ]
+    }
 }
 
 /// Why a start failed.
@@ -59,10 +148,15 @@ impl RedisServer {
     ///
     /// Panics, with the server's log, if it does not start.
     pub fn start() -> RedisServer {
-        Self::start_with(false, false)
+        Self::start_with(false, false, None)
     }
 
-    fn start_with(cluster: bool, remove_at_exit: bool) -> RedisServer {
+    /// Starts a server that speaks only TLS, with `tls`'s certificates.
+    pub fn start_tls(tls: Tls) -> RedisServer {
+        Self::start_with(false, false, Some(tls))
+    }
+
+    fn start_with(cluster: bool, remove_at_exit: bool, tls: Option<Tls>) -> RedisServer {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -74,6 +168,7 @@ impl RedisServer {
                 dir,
                 cluster,
                 remove_at_exit,
+                tls: tls.clone(),
                 watchdog: None,
             };
             match server.spawn() {
@@ -93,9 +188,19 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The certificates of a TLS server.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// The data directory (AOF, `nodes.conf`, log).
@@ -145,7 +250,21 @@ impl RedisServer {
     ///
     /// Panics if redis-cli fails.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, args)
+        let tls = self.tls_cli_args();
+        let all: Vec<&str> = tls
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        cli(self.port, &all)
+    }
+
+    /// `redis-cli`'s TLS arguments for this server (none for a plain one).
+    fn tls_cli_args(&self) -> Vec<String> {
+        match &self.tls {
+            Some(_) => Tls::cli_args(self.dir.path()),
+            None => Vec::new(),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -173,6 +292,27 @@ impl RedisServer {
         ]
         .map(str::to_owned)
         .to_vec();
+        if let Some(tls) = &self.tls {
+            tls.write(dir);
+            let file = |name: &str| dir.join(name).display().to_string();
+            // Only TLS: the plain port is closed.
+            args[1] = "0".into();
+            args.extend([
+                "--tls-port".into(),
+                self.port.to_string(),
+                "--tls-cert-file".into(),
+                file("server.crt"),
+                "--tls-key-file".into(),
+                file("server.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.crt"),
+                "--tls-auth-clients".into(),
+                if tls.auth_clients { "yes" } else { "no" }.into(),
+            ]);
+            if self.cluster {
+                args.extend(["--tls-cluster".into(), "yes".into()]);
+            }
+        }
         if self.cluster {
             args.extend(
                 [
@@ -219,7 +359,11 @@ impl RedisServer {
             {
                 return Err(StartError::PortTaken);
             }
-            if new.contains("Ready to accept connections") && ping(self.port) {
+            let answers = match self.tls {
+                None => ping(self.port),
+                Some(_) => self.tls_ping(),
+            };
+            if new.contains("Ready to accept connections") && answers {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -232,6 +376,19 @@ impl RedisServer {
             }
             sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl RedisServer {
+    /// Whether a TLS server answers `PING` through `redis-cli`.
+    fn tls_ping(&self) -> bool {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(self.tls_cli_args())
+            .arg("PING")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"PONG"))
     }
 }
 
@@ -253,7 +410,13 @@ impl RedisCluster {
     ///
     /// Panics, with the logs, if the cluster does not form.
     pub fn start() -> RedisCluster {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// Starts three nodes that speak only TLS, clients and cluster bus alike,
+    /// with `tls`'s certificates.
+    pub fn start_tls(tls: Tls) -> RedisCluster {
+        Self::start_with(false, Some(tls))
     }
 
     /// One cluster for the whole test binary, started on first use and stopped
@@ -261,12 +424,24 @@ impl RedisCluster {
     /// tests that use distinct keys, e.g. through a key prefix each.
     pub fn shared() -> &'static RedisCluster {
         static SHARED: OnceLock<RedisCluster> = OnceLock::new();
-        SHARED.get_or_init(|| Self::start_with(true))
+        SHARED.get_or_init(|| Self::start_with(true, None))
     }
 
-    fn start_with(remove_at_exit: bool) -> RedisCluster {
+    /// Like [`shared`](Self::shared), a cluster that speaks only TLS (see
+    /// [`start_tls`](Self::start_tls)); its certificates are in `tls()`.
+    pub fn shared_tls() -> &'static RedisCluster {
+        static SHARED: OnceLock<RedisCluster> = OnceLock::new();
+        SHARED.get_or_init(|| Self::start_with(true, Some(Tls::new(false))))
+    }
+
+    /// The certificates of a cluster that speaks TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.nodes.first().and_then(RedisServer::tls)
+    }
+
+    fn start_with(remove_at_exit: bool, tls: Option<Tls>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_with(true, remove_at_exit))
+            .map(|_| RedisServer::start_with(true, remove_at_exit, tls.clone()))
             .collect();
         let cluster = RedisCluster { nodes };
         let addrs: Vec<String> = cluster
@@ -274,18 +449,39 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let output = Command::new("redis-cli")
+        // redis-cli waits for the nodes to meet as long as it takes: bounded here.
+        let out = cluster.nodes[0].dir().join("cluster-create.log");
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(cluster.nodes[0].tls_cli_args())
             .stdin(Stdio::null())
-            .output()
+            .stdout(fs::File::create(&out).expect("cluster-create.log"))
+            .stderr(Stdio::null())
+            .spawn()
             .expect("run redis-cli --cluster create");
-        if !output.status.success() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("wait for redis-cli") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                let _ = create.wait();
+                break None;
+            }
+            sleep(Duration::from_millis(20));
+        };
+        if !status.is_some_and(|s| s.success()) {
             panic!(
-                "redis-cli --cluster create failed:\n{}{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr),
+                "redis-cli --cluster create {}:\n{}\n{}",
+                if status.is_some() {
+                    "failed"
+                } else {
+                    "did not finish within 30 s"
+                },
+                fs::read_to_string(&out).unwrap_or_default(),
                 cluster.logs()
             );
         }
@@ -325,7 +521,7 @@ impl RedisCluster {
         self.wait_ok();
     }
 
-    /// `redis://127.0.0.1:<port>/` of every node.
+    /// `redis://127.0.0.1:<port>/` (`rediss://` over TLS) of every node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }

@@ -97,6 +97,19 @@ const MAX_BATCH: usize = 100_000;
 ///   clock, so they keep increasing across takeovers, server restarts, and a
 ///   record removed and created again.
 ///
+/// # TLS
+///
+/// With the feature `redis-tls`, `rediss://` URLs connect through TLS
+/// (rustls), to a single server or to every node of a Redis Cluster. The
+/// server's certificate is checked against the system's certificate
+/// authorities, or only against those given to
+/// [`tls_root_certificates`](RedisStoreBuilder::tls_root_certificates); a
+/// server that asks clients for a certificate (`tls-auth-clients yes`) gets
+/// the one given to
+/// [`tls_client_certificate`](RedisStoreBuilder::tls_client_certificate).
+/// Without the feature, a `rediss://` URL is an
+/// [`Invalid`](StoreErrorKind::Invalid) error that names it.
+///
 /// # Durability
 ///
 /// Redis acknowledges a write before it reaches the disk unless told
@@ -301,21 +314,89 @@ pub struct RedisStoreBuilder {
     connection_timeout: Duration,
     require_durability: bool,
     create: bool,
+    #[cfg(feature = "redis-tls")]
+    tls: TlsSettings,
+}
+
+/// The certificates [`RedisStoreBuilder`] was given for `rediss://` servers.
+#[cfg(feature = "redis-tls")]
+#[derive(Clone, Default)]
+struct TlsSettings {
+    /// PEM: the authorities to trust instead of the system's.
+    roots: Option<Vec<u8>>,
+    /// PEM: the client's certificate and key.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[cfg(feature = "redis-tls")]
+impl TlsSettings {
+    fn is_set(&self) -> bool {
+        self.roots.is_some() || self.identity.is_some()
+    }
+
+    /// The redis client's form, checked: each PEM holds what it should.
+    fn certificates(&self) -> Result<Option<::redis::TlsCertificates>, StoreError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        if !self.is_set() {
+            return Ok(None);
+        }
+        let invalid = |setting: &str, message: String| {
+            StoreError::new(
+                StoreErrorKind::Invalid,
+                format!("invalid setting `{setting}` of the redis store: {message}"),
+            )
+        };
+        let certificates = |setting: &str, pem: &[u8]| {
+            let count = CertificateDer::pem_slice_iter(pem)
+                .try_fold(0usize, |n, c| c.map(|_| n + 1))
+                .map_err(|e| invalid(setting, format!("its PEM cannot be read: {e}")))?;
+            if count == 0 {
+                return Err(invalid(setting, "its PEM holds no certificate".into()));
+            }
+            Ok(())
+        };
+        if let Some(roots) = &self.roots {
+            certificates("tls_root_certificates", roots)?;
+        }
+        if let Some((cert, key)) = &self.identity {
+            certificates("tls_client_certificate", cert)?;
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+                invalid(
+                    "tls_client_certificate",
+                    format!("its key's PEM holds no private key: {e}"),
+                )
+            })?;
+        }
+        Ok(Some(::redis::TlsCertificates {
+            client_tls: self
+                .identity
+                .as_ref()
+                .map(|(cert, key)| ::redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.roots.clone(),
+        }))
+    }
 }
 
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<String> = self.urls.iter().map(|u| redact(u)).collect();
-        f.debug_struct("RedisStoreBuilder")
-            .field("urls", &urls)
+        let mut d = f.debug_struct("RedisStoreBuilder");
+        d.field("urls", &urls)
             .field("cluster", &self.cluster)
             .field("prefix", &self.prefix)
             .field("buckets", &self.buckets)
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("require_durability", &self.require_durability)
-            .field("create", &self.create)
-            .finish()
+            .field("create", &self.create);
+        #[cfg(feature = "redis-tls")]
+        d.field("tls_root_certificates", &self.tls.roots.is_some())
+            .field("tls_client_certificate", &self.tls.identity.is_some());
+        d.finish()
     }
 }
 
@@ -340,6 +421,8 @@ impl RedisStoreBuilder {
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             require_durability: false,
             create: true,
+            #[cfg(feature = "redis-tls")]
+            tls: TlsSettings::default(),
         }
     }
 
@@ -396,14 +479,52 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts the certificate authorities in `pem` (one or more PEM
+    /// certificates) for `rediss://` servers, instead of the system's: for a
+    /// server whose certificate a private authority signed. Feature
+    /// `redis-tls`.
+    ///
+    /// ```no_run
+    /// # extern crate tempox_runtime as tempox;
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tempox::store::RedisStore;
+    ///
+    /// let ca = std::fs::read("/etc/redis/ca.crt")?;
+    /// let store = RedisStore::builder("rediss://redis.internal:6380/")
+    ///     .tls_root_certificates(ca)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Presents the certificate `cert_pem` (with its key, `key_pem`) to
+    /// `rediss://` servers that ask clients for one (`tls-auth-clients`).
+    /// Feature `redis-tls`.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Connects, checks the server's durability settings (see
     /// [Durability](RedisStore#durability)), and checks that the data under
     /// the prefix was written with the same number of buckets (and records it
     /// on first use).
     ///
     /// # Errors
-    /// - [`StoreErrorKind::Invalid`]: a malformed URL, an empty or braced
-    ///   prefix, 0 or more than 16384 buckets, a zero timeout, or no Tokio
+    /// - [`StoreErrorKind::Invalid`]: a malformed URL (or a `rediss://` one
+    ///   without the `redis-tls` feature), an empty or braced prefix, 0 or
+    ///   more than 16384 buckets, a zero timeout, certificates that cannot be
+    ///   read or given for a `redis://` URL, or no Tokio
     ///   runtime to connect from; with
     ///   [`require_durability`](Self::require_durability), a server whose
     ///   settings can lose or evict records, or cannot be read (nothing is
@@ -418,6 +539,17 @@ impl RedisStoreBuilder {
     /// - [`StoreErrorKind::Corrupt`], with [`create(false)`](Self::create):
     ///   some buckets of the data have lost their layout record.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let tls = self.urls.iter().any(|u| u.starts_with("rediss://"));
+        self.connect_checked()
+            .await
+            .map_err(|e| match tls_hint(&e) {
+                Some(hint) if tls => e.with_hint(hint),
+                _ => e,
+            })
+    }
+
+    /// [`connect`](Self::connect), but for the hints of TLS failures.
+    async fn connect_checked(self) -> Result<RedisStore, StoreError> {
         self.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError::new(
@@ -437,6 +569,12 @@ impl RedisStoreBuilder {
         let (connection_timeout, response_timeout) =
             (self.connection_timeout, self.response_timeout);
         let (require_durability, create) = (self.require_durability, self.create);
+        #[cfg(feature = "redis-tls")]
+        let tls = {
+            // ring, unless the application chose its own provider first.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            self.tls.certificates()?
+        };
         // A cluster connection is one task that routes, reconnects and
         // retries for every caller and is never made again: it lives on the
         // store's own thread. A single-server connection is remade on demand
@@ -445,16 +583,27 @@ impl RedisStoreBuilder {
         // runtime).
         let make = async move {
             if cluster {
-                let client = ClusterClient::builder(urls)
+                let builder = ClusterClient::builder(urls)
                     .connection_timeout(connection_timeout)
                     .response_timeout(response_timeout)
                     .retries(3)
                     .min_retry_wait(10)
-                    .max_retry_wait(500)
-                    .build()?;
+                    .max_retry_wait(500);
+                #[cfg(feature = "redis-tls")]
+                let builder = match tls {
+                    Some(certificates) => builder.certs(certificates),
+                    None => builder,
+                };
+                let client = builder.build()?;
                 client.get_async_connection().await.map(Conn::Cluster)
             } else {
                 let url = urls.first().map_or("", String::as_str);
+                #[cfg(feature = "redis-tls")]
+                let client = match tls {
+                    Some(certificates) => ::redis::Client::build_with_tls(url, certificates)?,
+                    None => ::redis::Client::open(url)?,
+                };
+                #[cfg(not(feature = "redis-tls"))]
                 let client = ::redis::Client::open(url)?;
                 // No reconnection retries inside the manager: a call made while
                 // the server is away fails at once, and the next one tries again.
@@ -477,7 +626,7 @@ impl RedisStoreBuilder {
         let conn = match tokio::time::timeout(deadline, connecting).await {
             Ok(Some(Ok(conn))) => conn,
             Ok(Some(Err(e))) => {
-                return Err(redis_error(&target, Action::Connect, e));
+                return Err(redis_error_message(&target, Action::Connect, &e).with_backend(e));
             }
             Ok(None) => {
                 return Err(StoreError::new(
@@ -559,6 +708,23 @@ impl RedisStoreBuilder {
         if self.connection_timeout.is_zero() {
             return invalid("connection_timeout", "must be longer than zero".into());
         }
+        #[cfg(feature = "redis-tls")]
+        if self.tls.is_set()
+            && let Some(plain) = self.urls.iter().find(|u| !u.starts_with("rediss://"))
+        {
+            let setting = if self.tls.roots.is_some() {
+                "tls_root_certificates"
+            } else {
+                "tls_client_certificate"
+            };
+            return invalid(
+                setting,
+                format!(
+                    "certificates are for TLS servers, but `{}` is not a rediss:// url",
+                    redact(plain)
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -566,6 +732,15 @@ impl RedisStoreBuilder {
     fn target(&self) -> Result<String, StoreError> {
         let mut addrs = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
+            if cfg!(not(feature = "redis-tls")) && url.starts_with("rediss://") {
+                return Err(StoreError::new(
+                    StoreErrorKind::Invalid,
+                    format!(
+                        "invalid redis url `{}`: rediss:// (TLS) needs tempox's `redis-tls` feature",
+                        redact(url)
+                    ),
+                ));
+            }
             let info = url.as_str().into_connection_info().map_err(|e| {
                 // The client's words without its error kind's name.
                 let text = e.to_string();
@@ -577,8 +752,13 @@ impl RedisStoreBuilder {
                     StoreErrorKind::Invalid,
                     format!(
                         "invalid redis url `{}`: {why}; expected \
-                         redis://[user:password@]host[:port][/db] or unix:///path/to/socket",
-                        redact(url)
+                         redis://[user:password@]host[:port][/db]{} or unix:///path/to/socket",
+                        redact(url),
+                        if cfg!(feature = "redis-tls") {
+                            ", rediss://[user:password@]host[:port][/db]"
+                        } else {
+                            ""
+                        }
                     ),
                 )
                 .with_backend(e)
@@ -1324,12 +1504,35 @@ async fn send_script(
     }
 }
 
-/// A [`RedisError`] as a [`StoreError`] that classifies itself.
-fn redis_error(target: &str, action: Action<'_>, e: RedisError) -> StoreError {
-    redis_error_message(target, action, &e).with_backend(e)
+/// What to check when connecting to a TLS server failed with `err`, when the
+/// usual causes can be told apart. (With TLS 1.3 a server checks the
+/// client's certificate after the handshake, so its refusal reaches the
+/// client as a connection closed under the first command.)
+fn tls_hint(err: &StoreError) -> Option<&'static str> {
+    if err.kind() != StoreErrorKind::Unavailable {
+        return None;
+    }
+    let text = err.message().to_lowercase();
+    if text.contains("invalid peer certificate") {
+        Some(
+            "the store trusts the system's certificate authorities, or only those given to \
+             `tls_root_certificates`",
+        )
+    } else if ["broken pipe", "reset by peer", "closed", "alert"]
+        .iter()
+        .any(|t| text.contains(t))
+    {
+        Some(
+            "a server that asks clients for a certificate closes the connection of one that \
+             has none it trusts (`tls_client_certificate`)",
+        )
+    } else {
+        None
+    }
 }
 
-/// The [`StoreError`] of [`redis_error`], without the backend's error kept.
+/// A [`RedisError`] as a [`StoreError`] that classifies itself (the caller
+/// keeps `e` with [`StoreError::with_backend`]).
 fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> StoreError {
     let redirected = matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask);
     if redirected && !target.starts_with("cluster ") {
@@ -1685,6 +1888,28 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checked in both builds: `scripts/test.sh` also runs these tests
+    /// without `redis-tls`.
+    #[test]
+    fn rediss_urls_name_the_feature_they_need() {
+        let builder = RedisStoreBuilder::new(vec!["rediss://user:secret@host:6380/".into()], false);
+        let target = builder.target();
+        if cfg!(feature = "redis-tls") {
+            assert_eq!(target.ok().as_deref(), Some("host:6380"));
+        } else {
+            let err = target.err().map(|e| (e.kind(), e.to_string()));
+            assert_eq!(
+                err,
+                Some((
+                    StoreErrorKind::Invalid,
+                    "invalid redis url `rediss://***@host:6380/`: rediss:// (TLS) needs \
+                     tempox's `redis-tls` feature"
+                        .to_owned()
+                ))
+            );
+        }
+    }
 
     #[test]
     fn lex_ranges_cover_an_operation_and_page_after_an_id() {
