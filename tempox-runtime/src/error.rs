@@ -339,7 +339,7 @@ impl StoreError {
     }
 
     /// The same error, its message followed by `; <hint>`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(feature = "redis-tls"), allow(dead_code))]
     pub(crate) fn with_hint(mut self, hint: &str) -> Self {
         self.message.push_str("; ");
         self.message.push_str(hint);

@@ -1083,6 +1083,24 @@ async fn tls_servers_are_verified() {
         assert!(message.contains("invalid peer certificate"), "{message}");
         assert!(message.contains("`tls_root_certificates`"), "{message}");
     }
+    // Signed by a trusted authority, but for another host: refused.
+    let named = tokio::task::spawn_blocking(|| {
+        RedisServer::start_tls(Tls::for_names(false, &["redis.internal"]))
+    })
+    .await
+    .unwrap();
+    let err = builder(&named.url())
+        .tls_root_certificates(named.tls().unwrap().ca.clone())
+        .connect()
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+    assert!(
+        err.to_string().contains("not for the host of the url"),
+        "{err}"
+    );
     // Plain text to the TLS port is not answered.
     let plain = format!("redis://127.0.0.1:{}/", server.port());
     let err = builder(&plain).connect().await.map(|_| ()).unwrap_err();
@@ -1100,9 +1118,24 @@ async fn tls_servers_are_verified() {
             "holds no certificate",
         ),
         (
+            builder(&url).tls_root_certificates(
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            ),
+            "`tls_root_certificates`",
+            "cannot be used as an authority",
+        ),
+        (
             builder(&url).tls_client_certificate(ca.clone(), "no key here"),
             "`tls_client_certificate`",
             "holds no private key",
+        ),
+        (
+            builder(&url).tls_client_certificate(
+                server.tls().unwrap().client_cert.clone(),
+                Tls::new(false).client_key,
+            ),
+            "`tls_client_certificate`",
+            "not the certificate's own",
         ),
     ];
     for (store, setting, why) in bad {
@@ -1111,7 +1144,13 @@ async fn tls_servers_are_verified() {
         assert!(err.to_string().contains(setting), "{err}");
         assert!(err.to_string().contains(why), "{err}");
     }
-    // Trusting the server's authority: calls go through.
+    // Trusting the server's authority: calls go through (schemes are
+    // case-insensitive).
+    let upper = builder(&url.replace("rediss://", "REDISS://"))
+        .tls_root_certificates(ca.clone())
+        .connect()
+        .await;
+    assert!(upper.is_ok(), "{:?}", upper.err());
     let store = builder(&url)
         .tls_root_certificates(ca)
         .connect()
@@ -1147,16 +1186,16 @@ async fn tls_servers_that_ask_for_a_client_certificate_get_one() {
             .tls_root_certificates(tls.ca.clone())
     };
     let stranger = Tls::new(false);
-    for store in [
-        builder(),
-        builder().tls_client_certificate(stranger.client_cert, stranger.client_key),
+    for (store, hint) in [
+        (builder(), "give one with `tls_client_certificate`"),
+        (
+            builder().tls_client_certificate(stranger.client_cert, stranger.client_key),
+            "must trust the authority of the one given to `tls_client_certificate`",
+        ),
     ] {
         let err = store.connect().await.map(|_| ()).unwrap_err();
         assert!(err.is_unavailable(), "{err:?}");
-        assert!(
-            err.to_string().contains("`tls_client_certificate`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains(hint), "{err}");
     }
     let store = builder()
         .tls_client_certificate(tls.client_cert, tls.client_key)

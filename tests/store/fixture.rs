@@ -100,7 +100,8 @@ pub async fn redis_cluster() -> Fixture {
 }
 
 /// The same on the test binary's cluster that speaks only TLS (clients and
-/// cluster bus), whose authority the connections trust.
+/// cluster bus) and asks clients for a certificate: the connections trust
+/// its authority and present the client certificate it signed.
 #[cfg(feature = "redis-tls")]
 pub async fn redis_cluster_tls() -> Fixture {
     cluster(crate::support::redis::RedisCluster::shared_tls).await
@@ -117,7 +118,8 @@ async fn cluster(shared: fn() -> &'static crate::support::redis::RedisCluster) -
 }
 
 /// Two stores that require durability on `urls` (a cluster's nodes when a
-/// prefix is given), trusting `tls`'s authority when there is one.
+/// prefix is given), trusting `tls`'s authority and presenting its client
+/// certificate when there is one.
 #[cfg(feature = "redis")]
 async fn on_servers(
     urls: &[String],
@@ -134,7 +136,9 @@ async fn on_servers(
         };
         #[cfg(feature = "redis-tls")]
         let builder = match &tls {
-            Some(tls) => builder.tls_root_certificates(tls.ca.clone()),
+            Some(tls) => builder
+                .tls_root_certificates(tls.ca.clone())
+                .tls_client_certificate(tls.client_cert.clone(), tls.client_key.clone()),
             None => builder,
         };
         #[cfg(not(feature = "redis-tls"))]

@@ -67,6 +67,12 @@ pub struct Tls {
 impl Tls {
     /// New certificates; `auth_clients`: the server will ask for the client's.
     pub fn new(auth_clients: bool) -> Tls {
+        Self::for_names(auth_clients, &["127.0.0.1", "localhost"])
+    }
+
+    /// The same, the server's certificate for `names` (host names or
+    /// addresses).
+    pub fn for_names(auth_clients: bool, names: &[&str]) -> Tls {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose,
@@ -88,7 +94,7 @@ impl Tls {
         };
         // Cluster nodes also present theirs as clients of each other's bus.
         let (server_cert, server_key) = leaf(
-            vec!["127.0.0.1".into(), "localhost".into()],
+            names.iter().map(|&n| n.to_owned()).collect(),
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -359,11 +365,11 @@ impl RedisServer {
             {
                 return Err(StartError::PortTaken);
             }
-            let answers = match self.tls {
+            let answers = || match self.tls {
                 None => ping(self.port),
                 Some(_) => self.tls_ping(),
             };
-            if new.contains("Ready to accept connections") && answers {
+            if new.contains("Ready to accept connections") && answers() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -380,10 +386,17 @@ impl RedisServer {
 }
 
 impl RedisServer {
-    /// Whether a TLS server answers `PING` through `redis-cli`.
+    /// Whether a TLS server answers `PING` through `redis-cli` within 2 s.
     fn tls_ping(&self) -> bool {
-        Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        Command::new("timeout")
+            .args([
+                "2",
+                "redis-cli",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
             .args(self.tls_cli_args())
             .arg("PING")
             .stdin(Stdio::null())
@@ -428,10 +441,11 @@ impl RedisCluster {
     }
 
     /// Like [`shared`](Self::shared), a cluster that speaks only TLS (see
-    /// [`start_tls`](Self::start_tls)); its certificates are in `tls()`.
+    /// [`start_tls`](Self::start_tls)) and asks clients for a certificate;
+    /// its certificates are in `tls()`.
     pub fn shared_tls() -> &'static RedisCluster {
         static SHARED: OnceLock<RedisCluster> = OnceLock::new();
-        SHARED.get_or_init(|| Self::start_with(true, Some(Tls::new(false))))
+        SHARED.get_or_init(|| Self::start_with(true, Some(Tls::new(true))))
     }
 
     /// The certificates of a cluster that speaks TLS.
@@ -451,14 +465,15 @@ impl RedisCluster {
             .collect();
         // redis-cli waits for the nodes to meet as long as it takes: bounded here.
         let out = cluster.nodes[0].dir().join("cluster-create.log");
+        let log = fs::File::create(&out).expect("cluster-create.log");
         let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .args(cluster.nodes[0].tls_cli_args())
             .stdin(Stdio::null())
-            .stdout(fs::File::create(&out).expect("cluster-create.log"))
-            .stderr(Stdio::null())
+            .stderr(log.try_clone().expect("cluster-create.log"))
+            .stdout(log)
             .spawn()
             .expect("run redis-cli --cluster create");
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -101,14 +101,20 @@ const MAX_BATCH: usize = 100_000;
 ///
 /// With the feature `redis-tls`, `rediss://` URLs connect through TLS
 /// (rustls), to a single server or to every node of a Redis Cluster. The
-/// server's certificate is checked against the system's certificate
-/// authorities, or only against those given to
-/// [`tls_root_certificates`](RedisStoreBuilder::tls_root_certificates); a
-/// server that asks clients for a certificate (`tls-auth-clients yes`) gets
-/// the one given to
-/// [`tls_client_certificate`](RedisStoreBuilder::tls_client_certificate).
+/// server's certificate must be signed by one of the system's certificate
+/// authorities, or only of those given to
+/// [`tls_root_certificates`](RedisStoreBuilder::tls_root_certificates), and
+/// must name the host the store connects to: the URL's host, and for the
+/// other nodes of a Cluster the addresses the cluster announces (IP addresses
+/// unless `cluster-preferred-endpoint-type` says otherwise). A server that
+/// asks clients for a certificate (`tls-auth-clients yes`) gets the one given
+/// to [`tls_client_certificate`](RedisStoreBuilder::tls_client_certificate).
 /// Without the feature, a `rediss://` URL is an
 /// [`Invalid`](StoreErrorKind::Invalid) error that names it.
+///
+/// rustls needs one cryptography provider for the whole process: connecting
+/// to a `rediss://` URL installs *ring* as the default unless the program
+/// installed one before (install yours first if it uses another).
 ///
 /// # Durability
 ///
@@ -334,7 +340,8 @@ impl TlsSettings {
         self.roots.is_some() || self.identity.is_some()
     }
 
-    /// The redis client's form, checked: each PEM holds what it should.
+    /// The redis client's form, checked: the authorities load as trust
+    /// anchors, and the client's key is the key of its certificate.
     fn certificates(&self) -> Result<Option<::redis::TlsCertificates>, StoreError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -344,29 +351,44 @@ impl TlsSettings {
         let invalid = |setting: &str, message: String| {
             StoreError::new(
                 StoreErrorKind::Invalid,
-                format!("invalid setting `{setting}` of the redis store: {message}"),
+                format!("invalid setting {setting} of the redis store: {message}"),
             )
         };
         let certificates = |setting: &str, pem: &[u8]| {
-            let count = CertificateDer::pem_slice_iter(pem)
-                .try_fold(0usize, |n, c| c.map(|_| n + 1))
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| invalid(setting, format!("its PEM cannot be read: {e}")))?;
-            if count == 0 {
+            if certs.is_empty() {
                 return Err(invalid(setting, "its PEM holds no certificate".into()));
             }
-            Ok(())
+            Ok(certs)
         };
         if let Some(roots) = &self.roots {
-            certificates("tls_root_certificates", roots)?;
+            let mut store = rustls::RootCertStore::empty();
+            for cert in certificates(ROOTS, roots)? {
+                store.add(cert).map_err(|e| {
+                    invalid(
+                        ROOTS,
+                        format!("a certificate cannot be used as an authority: {e}"),
+                    )
+                })?;
+            }
         }
         if let Some((cert, key)) = &self.identity {
-            certificates("tls_client_certificate", cert)?;
-            PrivateKeyDer::from_pem_slice(key).map_err(|e| {
-                invalid(
-                    "tls_client_certificate",
-                    format!("its key's PEM holds no private key: {e}"),
-                )
+            let chain = certificates(IDENTITY, cert)?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+                invalid(IDENTITY, format!("its key's PEM holds no private key: {e}"))
             })?;
+            let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+                .map_err(|e| invalid(IDENTITY, format!("its key cannot be used: {e}")))?;
+            rustls::sign::CertifiedKey::new(chain, signer)
+                .keys_match()
+                .map_err(|e| {
+                    invalid(
+                        IDENTITY,
+                        format!("the key is not the certificate's own: {e}"),
+                    )
+                })?;
         }
         Ok(Some(::redis::TlsCertificates {
             client_tls: self
@@ -379,6 +401,20 @@ impl TlsSettings {
             root_cert: self.roots.clone(),
         }))
     }
+}
+
+/// The settings, as errors name them: the builder's method, then the
+/// command line's options.
+#[cfg(feature = "redis-tls")]
+const ROOTS: &str = "`tls_root_certificates` (`--tls-ca` on the command line)";
+#[cfg(feature = "redis-tls")]
+const IDENTITY: &str =
+    "`tls_client_certificate` (`--tls-cert` and `--tls-key` on the command line)";
+
+/// Whether `url` is a `rediss://` one (schemes are case-insensitive).
+fn is_tls_url(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -539,13 +575,19 @@ impl RedisStoreBuilder {
     /// - [`StoreErrorKind::Corrupt`], with [`create(false)`](Self::create):
     ///   some buckets of the data have lost their layout record.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let tls = self.urls.iter().any(|u| u.starts_with("rediss://"));
-        self.connect_checked()
-            .await
-            .map_err(|e| match tls_hint(&e) {
-                Some(hint) if tls => e.with_hint(hint),
-                _ => e,
-            })
+        #[cfg(feature = "redis-tls")]
+        {
+            let tls = self.urls.iter().any(|u| is_tls_url(u));
+            let identity = self.tls.identity.is_some();
+            self.connect_checked()
+                .await
+                .map_err(|e| match tls_hint(&e, identity) {
+                    Some(hint) if tls => e.with_hint(&hint),
+                    _ => e,
+                })
+        }
+        #[cfg(not(feature = "redis-tls"))]
+        self.connect_checked().await
     }
 
     /// [`connect`](Self::connect), but for the hints of TLS failures.
@@ -571,8 +613,11 @@ impl RedisStoreBuilder {
         let (require_durability, create) = (self.require_durability, self.create);
         #[cfg(feature = "redis-tls")]
         let tls = {
-            // ring, unless the application chose its own provider first.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            // For a TLS server: ring, unless the application installed its
+            // own provider first (rustls needs one process-wide default).
+            if self.urls.iter().any(|u| is_tls_url(u)) {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
             self.tls.certificates()?
         };
         // A cluster connection is one task that routes, reconnects and
@@ -710,20 +755,21 @@ impl RedisStoreBuilder {
         }
         #[cfg(feature = "redis-tls")]
         if self.tls.is_set()
-            && let Some(plain) = self.urls.iter().find(|u| !u.starts_with("rediss://"))
+            && let Some(plain) = self.urls.iter().find(|u| !is_tls_url(u))
         {
             let setting = if self.tls.roots.is_some() {
-                "tls_root_certificates"
+                ROOTS
             } else {
-                "tls_client_certificate"
+                IDENTITY
             };
-            return invalid(
-                setting,
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
                 format!(
-                    "certificates are for TLS servers, but `{}` is not a rediss:// url",
+                    "invalid setting {setting} of the redis store: certificates are for TLS \
+                     servers, but `{}` is not a rediss:// url",
                     redact(plain)
                 ),
-            );
+            ));
         }
         Ok(())
     }
@@ -732,7 +778,7 @@ impl RedisStoreBuilder {
     fn target(&self) -> Result<String, StoreError> {
         let mut addrs = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
-            if cfg!(not(feature = "redis-tls")) && url.starts_with("rediss://") {
+            if cfg!(not(feature = "redis-tls")) && is_tls_url(url) {
                 return Err(StoreError::new(
                     StoreErrorKind::Invalid,
                     format!(
@@ -1504,28 +1550,51 @@ async fn send_script(
     }
 }
 
-/// What to check when connecting to a TLS server failed with `err`, when the
-/// usual causes can be told apart. (With TLS 1.3 a server checks the
-/// client's certificate after the handshake, so its refusal reaches the
-/// client as a connection closed under the first command.)
-fn tls_hint(err: &StoreError) -> Option<&'static str> {
+/// What to check when connecting to a TLS server failed with `err`, for the
+/// failures whose usual cause is known; `identity`: the store was given a
+/// client certificate. (With TLS 1.3 a server checks the client's
+/// certificate after the handshake, so its refusal reaches the client as a
+/// connection closed under the first command.)
+#[cfg(feature = "redis-tls")]
+fn tls_hint(err: &StoreError, identity: bool) -> Option<String> {
     if err.kind() != StoreErrorKind::Unavailable {
         return None;
     }
     let text = err.message().to_lowercase();
-    if text.contains("invalid peer certificate") {
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if has(&["unknownissuer", "badsignature"]) {
+        Some(format!(
+            "the server's certificate must be signed by an authority the store trusts: the \
+             system's, or only those given to {ROOTS}"
+        ))
+    } else if has(&["notvalidforname", "not valid for name"]) {
         Some(
-            "the store trusts the system's certificate authorities, or only those given to \
-             `tls_root_certificates`",
+            "the server's certificate is not for the host of the url: connect with a name or \
+             address the certificate holds"
+                .to_owned(),
         )
-    } else if ["broken pipe", "reset by peer", "closed", "alert"]
-        .iter()
-        .any(|t| text.contains(t))
-    {
-        Some(
-            "a server that asks clients for a certificate closes the connection of one that \
-             has none it trusts (`tls_client_certificate`)",
-        )
+    } else if has(&[
+        "broken pipe",
+        "reset by peer",
+        // The alerts a server sends about a client's certificate.
+        "certificaterequired",
+        "badcertificate",
+        "certificateunknown",
+        "unknownca",
+        "decrypterror",
+        "accessdenied",
+    ]) {
+        Some(if identity {
+            format!(
+                "if the server asks clients for a certificate (`tls-auth-clients`), it must \
+                 trust the authority of the one given to {IDENTITY}"
+            )
+        } else {
+            format!(
+                "if the server asks clients for a certificate (`tls-auth-clients`), give one \
+                 with {IDENTITY}"
+            )
+        })
     } else {
         None
     }
