@@ -461,6 +461,45 @@ async fn reads_a_redis_store_over_tls() {
     assert!(err.contains("`--tls-ca` is for Redis stores"), "{err}");
 }
 
+/// `--cluster` with `rediss://` nodes: every node is reached through TLS,
+/// each trusted through `--tls-ca`.
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_redis_cluster_over_tls() {
+    use support::redis::{RedisCluster, Tls};
+    use tempox::store::RedisStore;
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_tls(Tls::new(false)))
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    assert!(urls.iter().all(|u| u.starts_with("rediss://")), "{urls:?}");
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let tls = cluster.tls().unwrap().clone();
+    let store = RedisStore::cluster_builder(&nodes)
+        .tls_root_certificates(tls.ca.clone())
+        .connect()
+        .await
+        .unwrap();
+    seed(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca).unwrap();
+    let ca = ca.display().to_string();
+    let all = urls.join(",");
+    let stats = json(&[
+        "--cluster",
+        "--store",
+        &all,
+        "--tls-ca",
+        &ca,
+        "--json",
+        "stats",
+    ]);
+    assert_eq!(stats["total"], 7);
+    let err = fails(&["--cluster", "--store", &all, "stats"], 1);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+}
+
 /// `--cluster` reads a Redis Cluster through its nodes' URLs; a write
 /// (`resolve`) lands where the store's own client finds it.
 #[cfg(feature = "redis")]
