@@ -466,6 +466,39 @@ async fn durability_settings_are_checked_at_connect() {
     RedisStore::connect(&url).await.unwrap();
 }
 
+/// Credentials the server refuses, and a password it wants that the URL
+/// lacks, are `Invalid` errors that say so without repeating the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_missing_credentials_are_invalid() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    server.cli(&[
+        "ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all",
+    ]);
+    let url = server.url().replacen("redis://", "redis://app:secret@", 1);
+    RedisStore::connect(&url).await.unwrap();
+    // Credentials the server refuses: said so, without the password.
+    let wrong = server.url().replacen("redis://", "redis://app:guessed@", 1);
+    let err = RedisStore::connect(&wrong).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("refused the credentials"), "{err}");
+    assert!(!err.to_string().contains("guessed"), "{err}");
+    // A server that wants a password, and a url without one (last: the
+    // fixture's redis-cli has none either).
+    server.cli(&["CONFIG", "SET", "requirepass", "pw-of-default"]);
+    let err = RedisStore::connect(&server.url())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("wants a password"), "{err}");
+    let with = server
+        .url()
+        .replacen("redis://", "redis://:pw-of-default@", 1);
+    RedisStore::connect(&with).await.unwrap();
+}
+
 /// On Redis Cluster every master's settings are read: one master of three
 /// that can lose writes or evict records is named (and only it), whichever
 /// node the store met first.

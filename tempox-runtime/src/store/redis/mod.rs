@@ -560,7 +560,8 @@ impl RedisStoreBuilder {
     /// - [`StoreErrorKind::Invalid`]: a malformed URL (or a `rediss://` one
     ///   without the `redis-tls` feature), an empty or braced prefix, 0 or
     ///   more than 16384 buckets, a zero timeout, certificates that cannot be
-    ///   read or given for a `redis://` URL, or no Tokio
+    ///   read or given for a `redis://` URL, credentials the server refuses
+    ///   or a password it wants and the URL lacks, or no Tokio
     ///   runtime to connect from; with
     ///   [`require_durability`](Self::require_durability), a server whose
     ///   settings can lose or evict records, or cannot be read (nothing is
@@ -788,12 +789,7 @@ impl RedisStoreBuilder {
                 ));
             }
             let info = url.as_str().into_connection_info().map_err(|e| {
-                // The client's words without its error kind's name.
-                let text = e.to_string();
-                let kind = format!("{:?}", e.kind());
-                let why = text
-                    .strip_suffix(&kind)
-                    .map_or(text.as_str(), |t| t.trim_end_matches([' ', '-']));
+                let why = client_words(&e);
                 StoreError::new(
                     StoreErrorKind::Invalid,
                     format!(
@@ -1241,7 +1237,8 @@ impl RedisStore {
         ) {
             (Ok(append), Ok(memory)) => append.into_iter().chain(memory),
             (Err(e), _) | (_, Err(e)) => {
-                if e.is_retryable() {
+                // Unreachable, or the credentials are refused or missing.
+                if e.is_retryable() || e.kind() == StoreErrorKind::Invalid {
                     return Err(e);
                 }
                 // The server's own words (NOPERM, an unknown command, ...).
@@ -1631,6 +1628,26 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             | ErrorKind::Moved
             | ErrorKind::Ask => StoreErrorKind::Unavailable,
             ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
+            ErrorKind::AuthenticationFailed => {
+                return StoreError::new(
+                    StoreErrorKind::Invalid,
+                    format!(
+                        "redis at {target} refused the credentials ({action}): {}; check the \
+                         user and password of the url",
+                        client_words(e).trim_end_matches('.')
+                    ),
+                );
+            }
+            _ if e.code() == Some("NOAUTH") => {
+                return StoreError::new(
+                    StoreErrorKind::Invalid,
+                    format!(
+                        "redis at {target} wants a password ({action}): {}; give it in the url \
+                         (redis://[user]:password@host:port/)",
+                        client_words(e).trim_end_matches('.')
+                    ),
+                );
+            }
             _ => StoreErrorKind::Other,
         }
     };
@@ -1649,6 +1666,15 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
         ),
     };
     StoreError::new(kind, message)
+}
+
+/// The client's words for `e`, without its error kind's name.
+fn client_words(e: &RedisError) -> String {
+    let text = e.to_string();
+    let kind = format!("{:?}", e.kind());
+    text.strip_suffix(&kind)
+        .map_or(text.as_str(), |t| t.trim_end_matches([' ', '-']))
+        .to_owned()
 }
 
 /// Every string in a reply, depth first.
