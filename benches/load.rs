@@ -33,6 +33,10 @@
 //!   call that write one small key each, the most any design with two
 //!   writing round trips per fresh call can do on this server and disk.
 //!
+//! With the feature `redis-tls`: fresh and replayed calls at concurrency 64
+//! on a server that speaks only TLS, each next to the same calls on a plain
+//! server, as information (what TLS costs).
+//!
 //! With `--powertools` (Redis only; needs CPython 3 and PyPI the first time):
 //! AWS Powertools for Python's idempotency utility with its Redis layer
 //! (`benches/powertools/driver.py`, pinned in `requirements.txt`, installed in
@@ -384,6 +388,70 @@ mod redis_rows {
                 powertools_rows(&server, &label, python, fresh64, seconds).await;
             }
         }
+        #[cfg(feature = "redis-tls")]
+        tls_rows(seconds).await;
+    }
+
+    /// What TLS costs: fresh and replayed calls at concurrency 64 on a server
+    /// that speaks only TLS, each next to the same calls on a plain server
+    /// (both `appendfsync always`), run one after the other.
+    #[cfg(feature = "redis-tls")]
+    async fn tls_rows(seconds: f64) {
+        use super::redis_server::Tls;
+        let plain = RedisServer::start();
+        let tls = RedisServer::start_tls(Tls::new(false));
+        println!(
+            "# TLS (rustls) on 127.0.0.1:{} against plain text on 127.0.0.1:{}, both appendfsync always",
+            tls.port(),
+            plain.port()
+        );
+        let runtime = |server: &RedisServer| {
+            let builder = RedisStore::builder(&server.url());
+            let builder = match server.tls() {
+                Some(t) => builder.tls_root_certificates(t.ca.clone()),
+                None => builder,
+            };
+            async move {
+                let store = builder.connect().await.unwrap();
+                Runtime::builder().store(store).build().unwrap()
+            }
+        };
+        let (on_plain, on_tls) = (runtime(&plain).await, runtime(&tls).await);
+        let fresh = |rt: Runtime| async move {
+            drive(&rt, 64, seconds, |t, i| call(i * 1024 + t, "payload")).await
+        };
+        let (p, t) = (fresh(on_plain.clone()).await, fresh(on_tls.clone()).await);
+        row_note(
+            "redis/tls",
+            "fresh",
+            64,
+            t,
+            p,
+            None,
+            "TLS against plain text, same settings",
+        );
+        let replay = |rt: Runtime| async move {
+            rt.scope(async {
+                for k in 0..KEYS {
+                    call(REPLAYED + k, "payload").await.unwrap();
+                }
+            })
+            .await;
+            drive(&rt, 64, seconds, |t, i| {
+                call(REPLAYED + (t * 7 + i) % KEYS, "payload")
+            })
+            .await
+        };
+        let (p, t) = (replay(on_plain).await, replay(on_tls).await);
+        row_note(
+            "redis/tls",
+            "replay",
+            64,
+            t,
+            p,
+            None,
+            "TLS against plain text, same settings",
+        );
     }
 
     /// The baseline's Python: a virtual environment under `target/` with the
