@@ -666,6 +666,7 @@ mod redis_rows {
 
         // Fresh: tempox, then the same two scripts sent raw.
         let (mut fresh64, mut fresh_usage) = (0.0, String::new());
+        let memory_before = memory(server);
         for (round, concurrency) in [1u64, 64].into_iter().enumerate() {
             let base = round as u64 * (1 << 40);
             let before = Usage::sample(server);
@@ -687,6 +688,7 @@ mod redis_rows {
             let raw_rate = raw_fresh(&store, &raw, &sample, base, concurrency, seconds).await;
             row(label, "fresh", concurrency, tempox, raw_rate, Some(TARGET));
         }
+        let memory_after = memory(server);
 
         // Replay: KEYS completed keys, tempox, then the claim script on them raw.
         rt.scope(async {
@@ -789,7 +791,24 @@ mod redis_rows {
             "{label:<width$} tempox fresh c64: {fresh_usage}",
             width = super::STORE
         );
+        let (bytes, keys) = (
+            memory_after.0 - memory_before.0,
+            memory_after.1 - memory_before.1,
+        );
+        println!(
+            "{label:<width$} memory: {:.0} bytes per completed record ({keys:.0} records of the fresh \
+             rows: the record's hash and its entries in the bucket's indexes; INFO used_memory over DBSIZE)",
+            bytes / keys.max(1.0),
+            width = super::STORE
+        );
         fresh64
+    }
+
+    /// redis-server's `used_memory` and its number of keys.
+    fn memory(server: &RedisServer) -> (f64, f64) {
+        let used = info(server, "memory", "used_memory").and_then(|v| v.parse().ok());
+        let keys = server.cli(&["DBSIZE"]).trim().parse().ok();
+        (used.unwrap_or(0.0), keys.unwrap_or(0.0))
     }
 
     /// Two scripts per call, each setting one small key; calls/s.
