@@ -466,6 +466,39 @@ async fn durability_settings_are_checked_at_connect() {
     RedisStore::connect(&url).await.unwrap();
 }
 
+/// A server on a Unix socket is reached through `unix://<path>`, with the
+/// same checks and scripts as over TCP; once it is gone, errors name the
+/// socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_unix_socket_is_reached_through_its_path() {
+    let mut server = tokio::task::spawn_blocking(RedisServer::start_unix)
+        .await
+        .unwrap();
+    let url = server.url();
+    assert!(url.starts_with("unix:///"), "{url}");
+    let store = RedisStore::builder(&url)
+        .require_durability(true)
+        .response_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    claim_seen_by_the_server(&store, &server, "over-a-socket").await;
+    server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    })
+    .await
+    .unwrap();
+    let err = store
+        .get(&claim_request("over-a-socket").id)
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+    let socket = url.trim_start_matches("unix://");
+    assert!(err.to_string().contains(socket), "{err}");
+    drop(server);
+}
+
 /// Credentials the server refuses, and a password it wants that the URL
 /// lacks, are `Invalid` errors that say so without repeating the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1189,7 +1222,12 @@ async fn tls_servers_are_verified() {
         .connect()
         .await
         .unwrap();
-    let req = claim_request("over-tls");
+    claim_seen_by_the_server(&store, &server, "over-tls").await;
+}
+
+/// Claims a new `key` through `store` and checks that `server` holds it.
+async fn claim_seen_by_the_server(store: &RedisStore, server: &RedisServer, key: &str) {
+    let req = claim_request(key);
     assert!(matches!(
         store.claim(&req).await.unwrap(),
         Claimed::Acquired { .. }

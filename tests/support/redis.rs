@@ -47,6 +47,8 @@ pub struct RedisServer {
     remove_at_exit: bool,
     /// The certificates of a server that speaks only TLS.
     tls: Option<Tls>,
+    /// Listens on a Unix socket in its directory instead of a port.
+    unix: bool,
     watchdog: Option<Child>,
 }
 
@@ -162,7 +164,16 @@ impl RedisServer {
         Self::start_with(false, false, Some(tls))
     }
 
+    /// Starts a server that listens only on a Unix socket in its directory.
+    pub fn start_unix() -> RedisServer {
+        Self::start_on(false, false, None, true)
+    }
+
     fn start_with(cluster: bool, remove_at_exit: bool, tls: Option<Tls>) -> RedisServer {
+        Self::start_on(cluster, remove_at_exit, tls, false)
+    }
+
+    fn start_on(cluster: bool, remove_at_exit: bool, tls: Option<Tls>, unix: bool) -> RedisServer {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -175,6 +186,7 @@ impl RedisServer {
                 cluster,
                 remove_at_exit,
                 tls: tls.clone(),
+                unix,
                 watchdog: None,
             };
             match server.spawn() {
@@ -194,14 +206,23 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/`, or `rediss://` for a TLS server.
+    /// `redis://127.0.0.1:<port>/`, `rediss://` for a TLS server, or
+    /// `unix://<socket>` for one on a Unix socket.
     pub fn url(&self) -> String {
+        if self.unix {
+            return format!("unix://{}", self.socket().display());
+        }
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
             "redis"
         };
         format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The Unix socket of a server started with [`start_unix`](Self::start_unix).
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     /// The certificates of a TLS server.
@@ -252,17 +273,29 @@ impl RedisServer {
         }
     }
 
-    /// Runs `redis-cli -p <port> <args>` and returns what it printed.
+    /// Runs `redis-cli <args>` on this server and returns what it printed.
     ///
     /// Panics if redis-cli fails.
     pub fn cli(&self, args: &[&str]) -> String {
-        let tls = self.tls_cli_args();
-        let all: Vec<&str> = tls
-            .iter()
-            .map(String::as_str)
-            .chain(args.iter().copied())
-            .collect();
-        cli(self.port, &all)
+        stdout_of(
+            Command::new("redis-cli").args(self.cli_target()).args(args),
+            &format!("redis-cli {args:?}"),
+        )
+    }
+
+    /// `redis-cli`'s arguments to reach this server.
+    fn cli_target(&self) -> Vec<String> {
+        if self.unix {
+            return vec!["-s".into(), self.socket().display().to_string()];
+        }
+        let mut args = vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+        ];
+        args.extend(self.tls_cli_args());
+        args
     }
 
     /// `redis-cli`'s TLS arguments for this server (none for a plain one).
@@ -319,6 +352,15 @@ impl RedisServer {
                 args.extend(["--tls-cluster".into(), "yes".into()]);
             }
         }
+        if self.unix {
+            args[1] = "0".into();
+            args.extend([
+                "--unixsocket".into(),
+                self.socket().display().to_string(),
+                "--unixsocketperm".into(),
+                "700".into(),
+            ]);
+        }
         if self.cluster {
             args.extend(
                 [
@@ -365,19 +407,24 @@ impl RedisServer {
             {
                 return Err(StartError::PortTaken);
             }
-            let answers = || match self.tls {
-                None => ping(self.port),
-                Some(_) => self.tls_ping(),
+            let answers = || {
+                if self.tls.is_none() && !self.unix {
+                    ping(self.port)
+                } else {
+                    self.cli_ping()
+                }
             };
-            if new.contains("Ready to accept connections") && answers() {
+            // "Ready to accept connections" on a port, "The server is now
+            // ready to accept connections at <path>" on a socket.
+            if new.contains("eady to accept connections") && answers() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 let stderr =
                     fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
                 return Err(StartError::Failed(format!(
-                    "redis-server on port {} was not ready within {READY_WITHIN:?}\n--- log ---\n{log}\n--- stderr ---\n{stderr}",
-                    self.port
+                    "redis-server at {} was not ready within {READY_WITHIN:?}\n--- log ---\n{log}\n--- stderr ---\n{stderr}",
+                    self.url()
                 )));
             }
             sleep(Duration::from_millis(5));
@@ -386,18 +433,11 @@ impl RedisServer {
 }
 
 impl RedisServer {
-    /// Whether a TLS server answers `PING` through `redis-cli` within 2 s.
-    fn tls_ping(&self) -> bool {
+    /// Whether the server answers `PING` through `redis-cli` within 2 s.
+    fn cli_ping(&self) -> bool {
         Command::new("timeout")
-            .args([
-                "2",
-                "redis-cli",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-            ])
-            .args(self.tls_cli_args())
+            .args(["2", "redis-cli"])
+            .args(self.cli_target())
             .arg("PING")
             .stdin(Stdio::null())
             .output()
@@ -585,16 +625,6 @@ fn ping(port: u16) -> bool {
     }
     let mut reply = [0u8; 7];
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
-}
-
-/// Runs `redis-cli -p <port> <args>` and returns what it printed.
-fn cli(port: u16, args: &[&str]) -> String {
-    stdout_of(
-        Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args),
-        &format!("redis-cli {args:?}"),
-    )
 }
 
 /// Runs `command` (no input) and returns what it printed; panics, naming it
