@@ -806,9 +806,15 @@ mod redis_rows {
 
     /// redis-server's `used_memory` and its number of keys.
     fn memory(server: &RedisServer) -> (f64, f64) {
-        let used = info(server, "memory", "used_memory").and_then(|v| v.parse().ok());
-        let keys = server.cli(&["DBSIZE"]).trim().parse().ok();
-        (used.unwrap_or(0.0), keys.unwrap_or(0.0))
+        let used = info(server, "memory", "used_memory")
+            .and_then(|v| v.parse().ok())
+            .expect("INFO memory has used_memory");
+        let keys = server
+            .cli(&["DBSIZE"])
+            .trim()
+            .parse()
+            .expect("DBSIZE is a number");
+        (used, keys)
     }
 
     /// Two scripts per call, each setting one small key; calls/s.

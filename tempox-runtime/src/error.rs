@@ -248,7 +248,9 @@ pub enum StoreErrorKind {
     Corrupt,
     /// The store's schema is newer than this version of tempox, or not tempox's.
     Schema,
-    /// The request is not valid for the store (an illegal transition, a bad id).
+    /// The request is not valid for the store (an illegal transition, a bad
+    /// id), or the store's settings cannot work (a malformed URL, refused
+    /// credentials).
     Invalid,
     /// Anything else the backend reported.
     Other,

@@ -277,8 +277,12 @@ impl RedisServer {
     ///
     /// Panics if redis-cli fails.
     pub fn cli(&self, args: &[&str]) -> String {
+        // Bounded: a server that stopped answering fails the test, not hangs it.
         stdout_of(
-            Command::new("redis-cli").args(self.cli_target()).args(args),
+            Command::new("timeout")
+                .args(["30", "redis-cli"])
+                .args(self.cli_target())
+                .args(args),
             &format!("redis-cli {args:?}"),
         )
     }

@@ -411,10 +411,13 @@ const ROOTS: &str = "`tls_root_certificates` (`--tls-ca` on the command line)";
 const IDENTITY: &str =
     "`tls_client_certificate` (`--tls-cert` and `--tls-key` on the command line)";
 
-/// Whether `url` is a `rediss://` one (schemes are case-insensitive).
+/// Whether `url` is a TLS one, `rediss://` or `valkeys://` (schemes are
+/// case-insensitive).
 fn is_tls_url(url: &str) -> bool {
-    url.get(..9)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+    ["rediss://", "valkeys://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    })
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -438,11 +441,25 @@ impl fmt::Debug for RedisStoreBuilder {
 
 /// `url` without the credentials it may carry.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    // A socket's URL carries its password in the query: `?pass=...`.
+    match url.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("pass") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -1125,7 +1142,8 @@ impl RedisStore {
                         StoreErrorKind::Schema,
                         format!(
                             "redis at {} holds tempox data under prefix `{}` written with {theirs} buckets, \
-                             but this store is configured with {}; connect with `.buckets({theirs})` or use another prefix",
+                             but this store is configured with {}; connect with `.buckets({theirs})` (another prefix would \
+                             start with no records, and keys completed under this one would run again)",
                             inner.target, inner.prefix, inner.buckets
                         ),
                     )),
@@ -1134,8 +1152,9 @@ impl RedisStore {
                         format!(
                             "redis at {} holds tempox data under prefix `{}` in layout version `{theirs}`; \
                              this version of tempox reads layout version {LAYOUT_VERSION}: let the release that \
-                             wrote it finish its work, then connect with another prefix (`.prefix(..)`) or \
-                             delete the keys under this one",
+                             wrote it finish its work and the retention of its last completed record pass \
+                             (until then its records keep retried keys from running again), then connect \
+                             with another prefix (`.prefix(..)`) or delete the keys under this one",
                             inner.target, inner.prefix
                         ),
                     )),
@@ -1611,6 +1630,21 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             ),
         );
     }
+    // A Cluster client reports a node's refusal of its first connections
+    // as an I/O error carrying the node's words.
+    let words = e.to_string();
+    if target.starts_with("cluster ")
+        && (words.contains("Password authentication failed") || words.contains("NOAUTH"))
+    {
+        return StoreError::new(
+            StoreErrorKind::Invalid,
+            format!(
+                "redis at {target} failed authentication ({action}): {}; check the user and \
+                 password of the urls",
+                client_words(e).trim_end_matches('.')
+            ),
+        );
+    }
     let kind = if e.is_timeout() {
         StoreErrorKind::Timeout
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -1632,8 +1666,9 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
                 return StoreError::new(
                     StoreErrorKind::Invalid,
                     format!(
-                        "redis at {target} refused the credentials ({action}): {}; check the \
-                         user and password of the url",
+                        "redis at {target} failed authentication ({action}): {}; check the \
+                         user and password of the url (a server that turns connections away, \
+                         say at its `maxclients`, fails the same way)",
                         client_words(e).trim_end_matches('.')
                     ),
                 );
@@ -2034,5 +2069,19 @@ mod tests {
             "redis://***@host:6379/0"
         );
         assert_eq!(redact("redis://host:6379/"), "redis://host:6379/");
+        assert_eq!(
+            redact("unix:///run/redis.sock?db=2&pass=secret&user=app"),
+            "unix:///run/redis.sock?db=2&pass=***&user=app"
+        );
+    }
+
+    #[test]
+    fn tls_urls_are_told_apart_in_any_case() {
+        for url in ["rediss://h/", "REDISS://h/", "valkeys://h/"] {
+            assert!(is_tls_url(url), "{url}");
+        }
+        for url in ["redis://h/", "valkey://h/", "unix:///s", "rediss"] {
+            assert!(!is_tls_url(url), "{url}");
+        }
     }
 }
