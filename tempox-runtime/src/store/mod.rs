@@ -8,7 +8,9 @@
 //! does is reading, plus removing records past their retention.
 //!
 //! Backends: [`MemoryStore`] (in-process), and behind cargo features the
-//! durable stores. Every backend passes the same conformance suite.
+//! durable stores: `SqliteStore` (`sqlite`, on by default) and `RedisStore`
+//! (`redis`; `redis-tls` adds `rediss://`). Every backend passes the same
+//! conformance suite.
 
 mod memory;
 #[cfg(feature = "redis")]
