@@ -156,24 +156,25 @@ impl RedisServer {
     ///
     /// Panics, with the server's log, if it does not start.
     pub fn start() -> RedisServer {
-        Self::start_with(false, false, None)
+        Self::start_with(false, false, None, false)
     }
 
     /// Starts a server that speaks only TLS, with `tls`'s certificates.
     pub fn start_tls(tls: Tls) -> RedisServer {
-        Self::start_with(false, false, Some(tls))
+        Self::start_with(false, false, Some(tls), false)
     }
 
     /// Starts a server that listens only on a Unix socket in its directory.
     pub fn start_unix() -> RedisServer {
-        Self::start_on(false, false, None, true)
+        Self::start_with(false, false, None, true)
     }
 
-    fn start_with(cluster: bool, remove_at_exit: bool, tls: Option<Tls>) -> RedisServer {
-        Self::start_on(cluster, remove_at_exit, tls, false)
-    }
-
-    fn start_on(cluster: bool, remove_at_exit: bool, tls: Option<Tls>, unix: bool) -> RedisServer {
+    fn start_with(
+        cluster: bool,
+        remove_at_exit: bool,
+        tls: Option<Tls>,
+        unix: bool,
+    ) -> RedisServer {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -499,7 +500,7 @@ impl RedisCluster {
 
     fn start_with(remove_at_exit: bool, tls: Option<Tls>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_with(true, remove_at_exit, tls.clone()))
+            .map(|_| RedisServer::start_with(true, remove_at_exit, tls.clone(), false))
             .collect();
         let cluster = RedisCluster { nodes };
         let addrs: Vec<String> = cluster

@@ -348,12 +348,7 @@ impl TlsSettings {
         if !self.is_set() {
             return Ok(None);
         }
-        let invalid = |setting: &str, message: String| {
-            StoreError::new(
-                StoreErrorKind::Invalid,
-                format!("invalid setting {setting} of the redis store: {message}"),
-            )
-        };
+        let invalid = invalid_setting;
         let certificates = |setting: &str, pem: &[u8]| {
             let certs = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<Vec<_>, _>>()
@@ -410,6 +405,14 @@ const ROOTS: &str = "`tls_root_certificates` (`--tls-ca` on the command line)";
 #[cfg(feature = "redis-tls")]
 const IDENTITY: &str =
     "`tls_client_certificate` (`--tls-cert` and `--tls-key` on the command line)";
+
+/// The error of a builder `setting` (as messages name it) that cannot work.
+fn invalid_setting(setting: &str, message: String) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Invalid,
+        format!("invalid setting {setting} of the redis store: {message}"),
+    )
+}
 
 /// Whether `url` is a TLS one, `rediss://` or `valkeys://` (schemes are
 /// case-insensitive).
@@ -595,7 +598,7 @@ impl RedisStoreBuilder {
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         #[cfg(feature = "redis-tls")]
         {
-            let tls = self.urls.iter().any(|u| is_tls_url(u));
+            let tls = self.uses_tls();
             let identity = self.tls.identity.is_some();
             self.connect_checked()
                 .await
@@ -606,6 +609,12 @@ impl RedisStoreBuilder {
         }
         #[cfg(not(feature = "redis-tls"))]
         self.connect_checked().await
+    }
+
+    /// Whether a URL is a TLS one.
+    #[cfg(feature = "redis-tls")]
+    fn uses_tls(&self) -> bool {
+        self.urls.iter().any(|u| is_tls_url(u))
     }
 
     /// [`connect`](Self::connect), but for the hints of TLS failures.
@@ -633,7 +642,7 @@ impl RedisStoreBuilder {
         let tls = {
             // For a TLS server: ring, unless the application installed its
             // own provider first (rustls needs one process-wide default).
-            if self.urls.iter().any(|u| is_tls_url(u)) {
+            if self.uses_tls() {
                 let _ = rustls::crypto::ring::default_provider().install_default();
             }
             self.tls.certificates()?
@@ -738,12 +747,8 @@ impl RedisStoreBuilder {
     }
 
     fn validate(&self) -> Result<(), StoreError> {
-        let invalid = |setting: &str, message: String| {
-            Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                format!("invalid setting `{setting}` of the redis store: {message}"),
-            ))
-        };
+        let invalid =
+            |setting: &str, message: String| Err(invalid_setting(&format!("`{setting}`"), message));
         if self.urls.is_empty() {
             return invalid("urls", "no server address given".into());
         }
@@ -780,11 +785,10 @@ impl RedisStoreBuilder {
             } else {
                 IDENTITY
             };
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
+            return Err(invalid_setting(
+                setting,
                 format!(
-                    "invalid setting {setting} of the redis store: certificates are for TLS \
-                     servers, but `{}` is not a rediss:// url",
+                    "certificates are for TLS servers, but `{}` is not a rediss:// url",
                     redact(plain)
                 ),
             ));
@@ -1630,20 +1634,8 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             ),
         );
     }
-    // A Cluster client reports a node's refusal of its first connections
-    // as an I/O error carrying the node's words.
-    let words = e.to_string();
-    if target.starts_with("cluster ")
-        && (words.contains("Password authentication failed") || words.contains("NOAUTH"))
-    {
-        return StoreError::new(
-            StoreErrorKind::Invalid,
-            format!(
-                "redis at {target} failed authentication ({action}): {}; check the user and \
-                 password of the urls",
-                client_words(e).trim_end_matches('.')
-            ),
-        );
+    if let Some(err) = credentials_error(target, action, e) {
+        return err;
     }
     let kind = if e.is_timeout() {
         StoreErrorKind::Timeout
@@ -1662,27 +1654,6 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
             | ErrorKind::Moved
             | ErrorKind::Ask => StoreErrorKind::Unavailable,
             ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
-            ErrorKind::AuthenticationFailed => {
-                return StoreError::new(
-                    StoreErrorKind::Invalid,
-                    format!(
-                        "redis at {target} failed authentication ({action}): {}; check the \
-                         user and password of the url (a server that turns connections away, \
-                         say at its `maxclients`, fails the same way)",
-                        client_words(e).trim_end_matches('.')
-                    ),
-                );
-            }
-            _ if e.code() == Some("NOAUTH") => {
-                return StoreError::new(
-                    StoreErrorKind::Invalid,
-                    format!(
-                        "redis at {target} wants a password ({action}): {}; give it in the url \
-                         (redis://[user]:password@host:port/)",
-                        client_words(e).trim_end_matches('.')
-                    ),
-                );
-            }
             _ => StoreErrorKind::Other,
         }
     };
@@ -1701,6 +1672,42 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
         ),
     };
     StoreError::new(kind, message)
+}
+
+/// The [`Invalid`](StoreErrorKind::Invalid) error of credentials the server
+/// refused, or of a password it wants and the URL lacks; `None` for other
+/// errors. A Cluster client reports a node's refusal of its first
+/// connections as an I/O error carrying the node's words.
+fn credentials_error(target: &str, action: Action<'_>, e: &RedisError) -> Option<StoreError> {
+    let text = e.to_string();
+    let (what, advice) = if target.starts_with("cluster ")
+        && (text.contains("Password authentication failed") || text.contains("NOAUTH"))
+    {
+        (
+            "failed authentication",
+            "check the user and password of the urls",
+        )
+    } else if e.code() == Some("NOAUTH") {
+        (
+            "wants a password",
+            "give it in the url (redis://[user]:password@host:port/)",
+        )
+    } else if e.kind() == ErrorKind::AuthenticationFailed {
+        (
+            "failed authentication",
+            "check the user and password of the url (a server that turns connections away, \
+             say at its `maxclients`, fails the same way)",
+        )
+    } else {
+        return None;
+    };
+    Some(StoreError::new(
+        StoreErrorKind::Invalid,
+        format!(
+            "redis at {target} {what} ({action}): {}; {advice}",
+            client_words(e).trim_end_matches('.')
+        ),
+    ))
 }
 
 /// The client's words for `e`, without its error kind's name.
