@@ -377,7 +377,7 @@ fn slots_of(cluster: &RedisCluster, i: usize) -> Vec<std::ops::RangeInclusive<u1
         .collect()
 }
 
-fn claim_request(key: &str) -> ClaimRequest {
+pub(crate) fn claim_request(key: &str) -> ClaimRequest {
     ClaimRequest {
         id: RecordId::new("faults.claim", &Key::new(key).unwrap()),
         kind: Kind::Idempotent,
@@ -1131,6 +1131,25 @@ async fn connect_reports_unreachable_servers_and_bad_settings() {
     for builder in bad {
         let err = builder.connect().await.unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+    }
+    // Waiting for replicas: at least one, for less than a whole call may take.
+    for (builder, why) in [
+        (
+            RedisStore::builder(&url).wait_for_replicas(0, Duration::from_secs(1)),
+            "0 replicas",
+        ),
+        (
+            RedisStore::builder(&url).wait_for_replicas(1, Duration::from_secs(5)),
+            "its timeout (5s) must be longer than zero and shorter than the response timeout (5s)",
+        ),
+    ] {
+        let err = builder.connect().await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("`wait_for_replicas`") && text.contains(why),
+            "{text}"
+        );
     }
     // A malformed URL: what the client said, and what is expected.
     for (url, why) in [

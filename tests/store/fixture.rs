@@ -69,7 +69,30 @@ pub async fn redis() -> Fixture {
     single(crate::support::redis::RedisServer::start).await
 }
 
-/// The same, but the server speaks only TLS, with certificates of an
+/// A redis-server and its replica, reached through two connections to the
+/// primary that wait for the replica to acknowledge every write (and
+/// require it to be connected).
+#[cfg(feature = "redis")]
+pub async fn redis_replicated() -> Fixture {
+    use crate::support::redis::RedisServer;
+    let (primary, replica) = tokio::task::spawn_blocking(|| {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        (primary, replica)
+    })
+    .await
+    .unwrap();
+    on_servers(
+        &[primary.url()],
+        None,
+        None,
+        true,
+        Box::new((primary, replica)),
+    )
+    .await
+}
+
+/// Like [`redis`], but the server speaks only TLS, with certificates of an
 /// authority made for it, and the connections (`rediss://`) trust that
 /// authority.
 #[cfg(feature = "redis-tls")]
@@ -85,6 +108,7 @@ async fn single(start: fn() -> crate::support::redis::RedisServer) -> Fixture {
         &[server.url()],
         None,
         server.tls().cloned(),
+        false,
         Box::new(server),
     )
     .await
@@ -114,17 +138,19 @@ async fn cluster(shared: fn() -> &'static crate::support::redis::RedisCluster) -
     let cluster = tokio::task::spawn_blocking(shared).await.unwrap();
     let prefix = format!("conformance-{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let tls = cluster.tls().cloned();
-    on_servers(&cluster.urls(), Some(prefix), tls, Box::new(())).await
+    on_servers(&cluster.urls(), Some(prefix), tls, false, Box::new(())).await
 }
 
 /// Two stores that require durability on `urls` (a cluster's nodes when a
 /// prefix is given), trusting `tls`'s authority and presenting its client
-/// certificate when there is one.
+/// certificate when there is one, and with `wait_for_replica` waiting for a
+/// replica to acknowledge every write.
 #[cfg(feature = "redis")]
 async fn on_servers(
     urls: &[String],
     cluster_prefix: Option<String>,
     tls: Option<crate::support::redis::Tls>,
+    wait_for_replica: bool,
     keep: Box<dyn Any + Send + Sync>,
 ) -> Fixture {
     use tempox::store::RedisStore;
@@ -143,6 +169,11 @@ async fn on_servers(
         };
         #[cfg(not(feature = "redis-tls"))]
         let _ = &tls;
+        let builder = if wait_for_replica {
+            builder.wait_for_replicas(1, Duration::from_secs(2))
+        } else {
+            builder
+        };
         builder.require_durability(true).connect()
     };
     let store = connect().await.unwrap();

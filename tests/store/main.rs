@@ -11,6 +11,8 @@ mod checks;
 #[cfg(feature = "redis")]
 mod faults;
 mod fixture;
+#[cfg(feature = "redis")]
+mod replicas;
 mod sqlite_only;
 
 /// Stamps every check for one backend: `$make` returns a `fixture::Fixture`.
@@ -44,6 +46,8 @@ all_checks!(memory => crate::fixture::memory());
 all_checks!(sqlite => crate::fixture::sqlite());
 #[cfg(feature = "redis")]
 all_checks!(redis => crate::fixture::redis());
+#[cfg(feature = "redis")]
+all_checks!(redis_replicated => crate::fixture::redis_replicated());
 #[cfg(feature = "redis")]
 all_checks!(redis_cluster => crate::fixture::redis_cluster());
 #[cfg(feature = "redis-tls")]

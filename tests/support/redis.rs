@@ -49,6 +49,8 @@ pub struct RedisServer {
     tls: Option<Tls>,
     /// Listens on a Unix socket in its directory instead of a port.
     unix: bool,
+    /// The port of the primary this server replicates.
+    replica_of: Option<u16>,
     watchdog: Option<Child>,
 }
 
@@ -169,6 +171,62 @@ impl RedisServer {
         Self::start_with(false, false, None, true)
     }
 
+    /// Starts a replica of `primary` (a plain server) and waits until it has
+    /// the primary's data and follows it.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let mut replica = Self::start_with(false, false, None, false);
+        replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()]);
+        replica.replica_of = Some(primary.port());
+        replica.wait_synced();
+        replica
+    }
+
+    /// Waits (bounded) until this replica follows its primary: its link is
+    /// up, and a key written on the primary reaches it. (After a full sync
+    /// the primary streams writes only once the replica's first
+    /// acknowledgement came in, up to a second later: until then a `WAIT`
+    /// would wait.)
+    pub fn wait_synced(&self) {
+        let primary = self.replica_of.expect("a replica");
+        let deadline = Instant::now() + READY_WITHIN;
+        let mut probe = 0u32;
+        loop {
+            let info = self.cli(&["INFO", "replication"]);
+            if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1")
+            {
+                probe += 1;
+                let value = probe.to_string();
+                let on_primary = |args: &[&str]| {
+                    stdout_of(
+                        Command::new("timeout")
+                            .args(["30", "redis-cli", "-p", &primary.to_string()])
+                            .args(args),
+                        &format!("redis-cli {args:?} on the primary"),
+                    )
+                };
+                on_primary(&["SET", "tempox-fixture-sync", &value]);
+                let reached = (0..20).any(|_| {
+                    let seen = self.cli(&["GET", "tempox-fixture-sync"]);
+                    seen.trim() == value || {
+                        sleep(Duration::from_millis(10));
+                        false
+                    }
+                });
+                if reached {
+                    on_primary(&["DEL", "tempox-fixture-sync"]);
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica at {} did not follow its primary within {READY_WITHIN:?}:\n{info}\n{}",
+                self.url(),
+                self.log()
+            );
+            sleep(Duration::from_millis(10));
+        }
+    }
+
     fn start_with(
         cluster: bool,
         remove_at_exit: bool,
@@ -188,6 +246,7 @@ impl RedisServer {
                 remove_at_exit,
                 tls: tls.clone(),
                 unix,
+                replica_of: None,
                 watchdog: None,
             };
             match server.spawn() {
@@ -329,6 +388,10 @@ impl RedisServer {
             "yes",
             "--appendfsync",
             "always",
+            // A replica's first sync starts at once (the default waits 5 s
+            // for more replicas to share it).
+            "--repl-diskless-sync-delay",
+            "0",
             "--dir",
             &dir.display().to_string(),
             "--logfile",
@@ -356,6 +419,9 @@ impl RedisServer {
             if self.cluster {
                 args.extend(["--tls-cluster".into(), "yes".into()]);
             }
+        }
+        if let Some(port) = self.replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), port.to_string()]);
         }
         if self.unix {
             args[1] = "0".into();

@@ -70,9 +70,21 @@ pub(super) enum Failure {
     Timeout,
     /// The reply did not have one item per request.
     Reply(Value),
+    /// The server applied the call, but fewer of its replicas than the store
+    /// waits for acknowledged it in time.
+    Unreplicated {
+        /// How many did.
+        acknowledged: i64,
+    },
     /// The call was never sent or its answer never came back: the runtime
     /// sending it stopped (shut down, or the store was being dropped).
     Abandoned,
+}
+
+impl From<RedisError> for Failure {
+    fn from(e: RedisError) -> Self {
+        Failure::Redis(Arc::new(e))
+    }
 }
 
 /// One request: its bucket, its record key and its arguments (its share of

@@ -127,8 +127,12 @@ const MAX_BATCH: usize = 100_000;
 /// appendfsync always
 /// ```
 ///
-/// (with replicas, only as far as Redis's asynchronous replication allows).
-/// They also need a `maxmemory-policy` that never evicts a record: an
+/// With replicas, a failover keeps only what reached the replica it promotes:
+/// Redis replicates asynchronously, so a primary that dies can take with it
+/// outcomes it had already acknowledged, and their keys would run again.
+/// [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas) closes that
+/// gap: every claim, outcome and lease renewal is reported done only once
+/// that many replicas hold it (Redis `WAIT`). They also need a `maxmemory-policy` that never evicts a record: an
 /// evicted record's key would run again. `noeviction`, the default, is right
 /// (a full server refuses writes, and calls fail with a store error), and so
 /// is any `volatile-*` policy (tempox's keys have no expiry); `allkeys-*` is
@@ -188,6 +192,8 @@ struct Inner {
     lanes: Lanes,
     /// The store's own runtime, for callers on a single-threaded one.
     driver: Driver,
+    /// The replicas every write waits for, if any.
+    replicas: Option<Replicas>,
 }
 
 /// The store's own runtime, on a thread of its own. It drives a Redis Cluster
@@ -320,8 +326,17 @@ pub struct RedisStoreBuilder {
     connection_timeout: Duration,
     require_durability: bool,
     create: bool,
+    replicas: Option<Replicas>,
     #[cfg(feature = "redis-tls")]
     tls: TlsSettings,
+}
+
+/// How many replicas must acknowledge each write, and how long to wait for
+/// them ([`RedisStoreBuilder::wait_for_replicas`]).
+#[derive(Clone, Copy, Debug)]
+struct Replicas {
+    count: u32,
+    timeout: Duration,
 }
 
 /// The certificates [`RedisStoreBuilder`] was given for `rediss://` servers.
@@ -434,7 +449,8 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("require_durability", &self.require_durability)
-            .field("create", &self.create);
+            .field("create", &self.create)
+            .field("wait_for_replicas", &self.replicas);
         #[cfg(feature = "redis-tls")]
         d.field("tls_root_certificates", &self.tls.roots.is_some())
             .field("tls_client_certificate", &self.tls.identity.is_some());
@@ -477,6 +493,7 @@ impl RedisStoreBuilder {
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             require_durability: false,
             create: true,
+            replicas: None,
             #[cfg(feature = "redis-tls")]
             tls: TlsSettings::default(),
         }
@@ -532,6 +549,47 @@ impl RedisStoreBuilder {
     /// not start one where a prefix was mistyped.
     pub fn create(mut self, create: bool) -> Self {
         self.create = create;
+        self
+    }
+
+    /// Makes every write wait until `count` replicas of the server that took
+    /// it have it too (Redis `WAIT`), for at most `timeout`, which must be
+    /// shorter than the [response timeout](Self::response_timeout). Off by
+    /// default.
+    ///
+    /// Redis replicates asynchronously: a primary that fails over can take
+    /// with it writes it acknowledged and its replicas never received, and a
+    /// completed record lost that way lets its key run again. With this
+    /// setting a claim or an outcome is only reported done once `count`
+    /// replicas hold it, so a failover to one of them keeps it. When fewer
+    /// acknowledge within `timeout`, the call fails with a
+    /// [`Timeout`](StoreErrorKind::Timeout) error that says so (the primary
+    /// did apply the write). Every state change pays the wait, and while
+    /// fewer replicas answer every call fails after `timeout`: the store stops
+    /// rather than reports what a failover could lose.
+    ///
+    /// Two limits: `WAIT` covers this store's own writes, so a replay that
+    /// reads an outcome another process wrote moments ago may return it
+    /// before a replica has it; and it waits for the replicas to receive the
+    /// write, not to write it to their disks.
+    ///
+    /// On Redis Cluster it waits for the replicas of the node that owns the
+    /// record's slot.
+    ///
+    /// ```no_run
+    /// # extern crate tempox_runtime as tempox;
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use tempox::store::RedisStore;
+    ///
+    /// let store = RedisStore::builder("redis://redis-primary:6379/")
+    ///     .wait_for_replicas(1, Duration::from_millis(500))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_for_replicas(mut self, count: u32, timeout: Duration) -> Self {
+        self.replicas = Some(Replicas { count, timeout });
         self
     }
 
@@ -728,11 +786,16 @@ impl RedisStoreBuilder {
                 driver,
                 buckets: self.buckets,
                 timeout: self.response_timeout,
+                replicas: self.replicas,
             }),
         };
         // First: a refused server is left as it was (the layout check records
         // the layout on first use).
-        if let Some(problem) = store.durability_problem().await? {
+        let problems = [
+            store.durability_problem().await?,
+            store.replicas_problem().await?,
+        ];
+        for problem in problems.into_iter().flatten() {
             if require_durability {
                 return Err(StoreError::new(
                     StoreErrorKind::Invalid,
@@ -775,6 +838,25 @@ impl RedisStoreBuilder {
         }
         if self.connection_timeout.is_zero() {
             return invalid("connection_timeout", "must be longer than zero".into());
+        }
+        if let Some(Replicas { count, timeout }) = self.replicas {
+            if count == 0 {
+                return invalid(
+                    "wait_for_replicas",
+                    "0 replicas: a write needs at least one replica to wait for".into(),
+                );
+            }
+            if timeout.is_zero() || timeout >= self.response_timeout {
+                return invalid(
+                    "wait_for_replicas",
+                    format!(
+                        "its timeout ({}) must be longer than zero and shorter than the \
+                         response timeout ({}), which bounds the whole call",
+                        Human(timeout),
+                        Human(self.response_timeout)
+                    ),
+                );
+            }
         }
         #[cfg(feature = "redis-tls")]
         if self.tls.is_set()
@@ -1022,6 +1104,22 @@ impl RedisStore {
             Failure::Reply(value) => {
                 codec::unexpected(&format!("the operations script ({action})"), &value)
             }
+            Failure::Unreplicated { acknowledged } => {
+                let (count, within) = self
+                    .inner
+                    .replicas
+                    .map_or((0, Duration::ZERO), |r| (r.count, r.timeout));
+                StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "redis at {target} applied the write, but {acknowledged} of the {count} \
+                         replica(s) it must wait for acknowledged it within {} ({action}): a \
+                         failover now could lose it; check that the replicas are connected and \
+                         keeping up (INFO replication)",
+                        Human(within)
+                    ),
+                )
+            }
             Failure::Abandoned => StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!(
@@ -1084,16 +1182,27 @@ impl RedisStore {
     /// again when the server does not know it, e.g. after a restart).
     async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
         let (conn, script, cmd) = (self.inner.conn.clone(), call.script, call.cmd.clone());
-        self.on_driver(send_script(conn, script, cmd))
-            .await
+        let replicas = self.inner.replicas;
+        let timeout = self.inner.timeout;
+        let task = self.inner.driver.run(within_failure(
+            timeout,
+            send_script(conn, script, cmd, replicas),
+        ));
+        task.await
+            .unwrap_or(Err(Failure::Abandoned))
             .map_err(|f| self.failure(action, f))
     }
 
     /// [`invoke`](Self::invoke) from a lane's task (already where its I/O
     /// runs), the failure kept whole to be described once per request.
     async fn invoke_raw(&self, call: ScriptCall) -> Result<Value, Failure> {
-        let request = send_script(self.inner.conn.clone(), call.script, call.cmd);
-        within(self.inner.timeout, request).await
+        let request = send_script(
+            self.inner.conn.clone(),
+            call.script,
+            call.cmd,
+            self.inner.replicas,
+        );
+        within_failure(self.inner.timeout, request).await
     }
 
     async fn query(&self, action: Action<'_>, cmd: &Cmd) -> Result<Value, StoreError> {
@@ -1217,32 +1326,78 @@ impl RedisStore {
                 .map(|pair| (pair[0].to_ascii_lowercase(), pair[1].clone()))
                 .collect::<Vec<_>>()
         };
+        Ok(self
+            .on_every_primary(&cmd)
+            .await?
+            .into_iter()
+            .map(|(node, reply)| (node, pairs(reply)))
+            .collect())
+    }
+
+    /// `cmd`'s reply from the server, or from every primary of a cluster,
+    /// each with the address of the server that gave it.
+    async fn on_every_primary(&self, cmd: &Cmd) -> Result<Vec<(String, Value)>, StoreError> {
         match &self.inner.conn {
             Conn::Single(_) => {
-                let reply = self.query(Action::Connect, &cmd).await?;
-                Ok(vec![(self.inner.target.clone(), pairs(reply))])
+                let reply = self.query(Action::Connect, cmd).await?;
+                Ok(vec![(self.inner.target.clone(), reply)])
             }
             Conn::Cluster(c) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                let mut c = c.clone();
+                let (mut c, cmd) = (c.clone(), cmd.clone());
                 let reply = self
                     .on_driver(async move { c.route_command(&cmd, routing).await })
                     .await
                     .map_err(|f| self.failure(Action::Connect, f))?;
                 // One reply per master, keyed by its address.
                 let Value::Map(nodes) = reply else {
-                    return Ok(vec![(self.inner.target.clone(), pairs(reply))]);
+                    return Ok(vec![(self.inner.target.clone(), reply)]);
                 };
                 Ok(nodes
                     .into_iter()
                     .map(|(node, reply)| {
                         let mut name = Vec::new();
                         flatten(node, &mut name);
-                        (name.concat(), pairs(reply))
+                        (name.concat(), reply)
                     })
                     .collect())
             }
         }
+    }
+
+    /// The servers that have fewer connected replicas than the store waits
+    /// for, as a message; `None` when none has (or the store waits for none).
+    async fn replicas_problem(&self) -> Result<Option<String>, StoreError> {
+        let Some(replicas) = self.inner.replicas else {
+            return Ok(None);
+        };
+        let mut cmd = ::redis::cmd("INFO");
+        cmd.arg("replication");
+        let mut short = Vec::new();
+        for (node, reply) in self.on_every_primary(&cmd).await? {
+            let mut text = Vec::new();
+            flatten(reply, &mut text);
+            let connected = text
+                .concat()
+                .lines()
+                .find_map(|l| l.strip_prefix("connected_slaves:"))
+                .and_then(|n| n.trim().parse::<u32>().ok());
+            match connected {
+                Some(n) if n >= replicas.count => {}
+                Some(n) => short.push(format!("redis at {node} has {n} connected replica(s)")),
+                None => short.push(format!(
+                    "redis at {node}: its replicas could not be read (INFO replication)"
+                )),
+            }
+        }
+        Ok((!short.is_empty()).then(|| {
+            format!(
+                "{}; the store waits for {} on every write (`wait_for_replicas`), so writes \
+                 fail until enough are connected",
+                short.join("; "),
+                replicas.count
+            )
+        }))
     }
 
     /// What in the servers' settings can lose or evict tempox's records, as
@@ -1547,27 +1702,56 @@ async fn within<T>(
     timeout: Duration,
     request: impl Future<Output = Result<T, RedisError>>,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(timeout, request).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Failure::Redis(Arc::new(e))),
-        Err(_) => Err(Failure::Timeout),
-    }
+    within_failure(timeout, async { request.await.map_err(Failure::from) }).await
+}
+
+/// [`within`] for a request that fails with a [`Failure`] of its own.
+async fn within_failure<T>(
+    timeout: Duration,
+    request: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .unwrap_or(Err(Failure::Timeout))
 }
 
 /// Sends a script call (EVALSHA), loading the script and sending the call
-/// again when the server does not know it (e.g. after a restart).
+/// again when the server does not know it (e.g. after a restart). With
+/// `replicas`, a script whose writes must reach them is followed on the same
+/// connection by `WAIT`, and fails unless enough replicas acknowledged.
 async fn send_script(
     mut conn: Conn,
     script: &'static ::redis::Script,
     cmd: Cmd,
-) -> Result<Value, RedisError> {
-    match cmd.query_async::<Value>(&mut conn).await {
+    replicas: Option<Replicas>,
+) -> Result<Value, Failure> {
+    let Some(replicas) = replicas.filter(|_| scripts().waits_for_replicas(script)) else {
+        return match cmd.query_async::<Value>(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                script.load_async(&mut conn).await?;
+                Ok(cmd.query_async::<Value>(&mut conn).await?)
+            }
+            reply => Ok(reply?),
+        };
+    };
+    // Sent together, so WAIT follows the script on the connection that
+    // wrote (on a Cluster, the pipeline goes to the node of the script's keys).
+    let mut pipe = Pipeline::with_capacity(2);
+    pipe.add_command(cmd)
+        .cmd("WAIT")
+        .arg(replicas.count)
+        .arg(u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX));
+    let (reply, acknowledged) = match pipe.query_async::<(Value, i64)>(&mut conn).await {
         Err(e) if e.kind() == ErrorKind::NoScriptError => {
             script.load_async(&mut conn).await?;
-            cmd.query_async::<Value>(&mut conn).await
+            pipe.query_async::<(Value, i64)>(&mut conn).await?
         }
-        reply => reply,
+        reply => reply?,
+    };
+    if acknowledged < i64::from(replicas.count) {
+        return Err(Failure::Unreplicated { acknowledged });
     }
+    Ok(reply)
 }
 
 /// What to check when connecting to a TLS server failed with `err`, for the

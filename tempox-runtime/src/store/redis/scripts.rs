@@ -27,6 +27,16 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
+    /// Whether what `script` writes must reach the replicas before the
+    /// caller learns it was done: claims, outcomes and lease renewals. (A
+    /// removal of an expired record or a layout record that a failover loses
+    /// is made again.)
+    pub(super) fn waits_for_replicas(&self, script: &Script) -> bool {
+        [&self.ops, &self.renew]
+            .into_iter()
+            .any(|s| std::ptr::eq(s, script))
+    }
+
     /// Every script, to load them all at once.
     pub(super) fn all(&self) -> [&Script; 8] {
         [
