@@ -3,6 +3,7 @@
 //! acknowledges fails with an error that says so, and a failover to the
 //! replica keeps every outcome that was reported.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tempox::store::{RedisStore, Store};
 use tempox::{Key, RecordId, Runtime, StoreErrorKind};
 
 use crate::faults::FaultError;
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 
 /// A primary and its replica, synced.
 async fn primary_and_replica() -> (RedisServer, RedisServer) {
@@ -164,4 +165,96 @@ async fn a_failover_to_the_replica_keeps_every_reported_outcome() {
     }
     assert_eq!(RUNS.load(SeqCst), CALLS, "a reported outcome ran again");
     drop(primary);
+}
+
+/// On a Redis Cluster a write waits for the replica of the master that owns
+/// its slot: every claim is on a replica when it returns, and with one
+/// replica gone exactly the claims of its master's slots fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_each_write_waits_for_the_replica_of_its_slot() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start_with_replicas)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::cluster_builder(&urls)
+        .response_timeout(Duration::from_secs(3))
+        .wait_for_replicas(1, Duration::from_millis(500))
+        .require_durability(true)
+        .connect()
+        .await
+        .unwrap();
+    let keys_on = |node: &RedisServer| -> HashSet<String> {
+        node.cli(&["KEYS", "*"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let mut claimed = Vec::new();
+    for i in 0..48 {
+        let req = crate::faults::claim_request(&format!("spread-{i}"));
+        assert!(matches!(
+            store.claim(&req).await.unwrap(),
+            Claimed::Acquired { .. }
+        ));
+        claimed.push(store.record_key(&req.id));
+    }
+    let on_replicas: HashSet<String> = cluster.replicas().into_iter().flat_map(keys_on).collect();
+    for key in &claimed {
+        assert!(on_replicas.contains(key), "{key} is on no replica");
+    }
+
+    // One replica goes: the claims of its master's slots fail, the rest are
+    // done.
+    let victim = cluster
+        .nodes()
+        .iter()
+        .position(|n| n.cli(&["INFO", "replication"]).contains("role:slave"))
+        .unwrap();
+    let info = cluster.nodes()[victim].cli(&["INFO", "replication"]);
+    let master_port: u16 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("master_port:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill(victim);
+        cluster
+    })
+    .await
+    .unwrap();
+    let (mut failed, mut done) = (HashSet::new(), HashSet::new());
+    for i in 0..48 {
+        let req = crate::faults::claim_request(&format!("after-{i}"));
+        let key = store.record_key(&req.id);
+        match store.claim(&req).await {
+            Ok(Claimed::Acquired { .. }) => done.insert(key),
+            Ok(other) => panic!("{key}: {other:?}"),
+            Err(e) => {
+                assert_eq!(e.kind(), StoreErrorKind::Timeout, "{e}");
+                assert!(e.to_string().contains("0 of the 1 replica(s)"), "{e}");
+                failed.insert(key)
+            }
+        };
+    }
+    let master = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == master_port)
+        .unwrap();
+    let on_master: HashSet<String> = keys_on(master)
+        .into_iter()
+        .filter(|k| k.contains("after-"))
+        .collect();
+    assert!(
+        !failed.is_empty() && !done.is_empty(),
+        "{failed:?} {done:?}"
+    );
+    assert_eq!(
+        failed, on_master,
+        "the failed claims are those of the master without a replica"
+    );
 }

@@ -182,10 +182,7 @@ impl RedisServer {
     }
 
     /// Waits (bounded) until this replica follows its primary: its link is
-    /// up, and a key written on the primary reaches it. (After a full sync
-    /// the primary streams writes only once the replica's first
-    /// acknowledgement came in, up to a second later: until then a `WAIT`
-    /// would wait.)
+    /// up, and a key written on the primary reaches it.
     pub fn wait_synced(&self) {
         let primary = self.replica_of.expect("a replica");
         let deadline = Instant::now() + READY_WITHIN;
@@ -388,8 +385,13 @@ impl RedisServer {
             "yes",
             "--appendfsync",
             "always",
-            // A replica's first sync starts at once (the default waits 5 s
-            // for more replicas to share it).
+            // A replica's first sync goes through a file and starts at once:
+            // a replica that took it is online straight away (after a
+            // diskless sync the primary streams writes only once the
+            // replica's first acknowledgement came in, up to a second later;
+            // and it waits 5 s for more replicas to share a sync).
+            "--repl-diskless-sync",
+            "no",
             "--repl-diskless-sync-delay",
             "0",
             "--dir",
@@ -522,8 +524,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three Redis Cluster masters (no replicas) on free loopback ports, joined
-/// with `redis-cli --cluster create`.
+/// Three Redis Cluster masters on free loopback ports (with or without a
+/// replica each), joined with `redis-cli --cluster create`.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
@@ -541,6 +543,43 @@ impl RedisCluster {
     /// with `tls`'s certificates.
     pub fn start_tls(tls: Tls) -> RedisCluster {
         Self::start_with(false, Some(tls))
+    }
+
+    /// Starts three masters and a replica of each, and waits until every
+    /// master streams its writes to its replica.
+    pub fn start_with_replicas() -> RedisCluster {
+        let cluster = Self::start_nodes(false, None, 1);
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let infos: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| n.cli(&["INFO", "replication"]))
+                .collect();
+            let masters = infos.iter().filter(|i| i.contains("role:master"));
+            let ready = masters.clone().count() == 3
+                && masters
+                    .into_iter()
+                    .all(|i| i.contains("connected_slaves:1") && i.contains("state=online"));
+            if ready {
+                return cluster;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's replicas did not come online within {READY_WITHIN:?}:\n{}\n{}",
+                infos.join("\n"),
+                cluster.logs()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The nodes that are replicas.
+    pub fn replicas(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| n.cli(&["INFO", "replication"]).contains("role:slave"))
+            .collect()
     }
 
     /// One cluster for the whole test binary, started on first use and stopped
@@ -565,7 +604,12 @@ impl RedisCluster {
     }
 
     fn start_with(remove_at_exit: bool, tls: Option<Tls>) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_nodes(remove_at_exit, tls, 0)
+    }
+
+    /// Three masters with `replicas` replicas each.
+    fn start_nodes(remove_at_exit: bool, tls: Option<Tls>, replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| RedisServer::start_with(true, remove_at_exit, tls.clone(), false))
             .collect();
         let cluster = RedisCluster { nodes };
@@ -580,7 +624,7 @@ impl RedisCluster {
         let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .args(cluster.nodes[0].tls_cli_args())
             .stdin(Stdio::null())
             .stderr(log.try_clone().expect("cluster-create.log"))
