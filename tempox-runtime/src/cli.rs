@@ -59,6 +59,11 @@ struct Cli {
     /// the error says which when it differs).
     #[arg(long, global = true, value_name = "N")]
     buckets: Option<u16>,
+    /// Report a change (`retry`, `resolve`) done only once N replicas of the
+    /// Redis server hold it, waiting at most 1 s
+    /// (`RedisStoreBuilder::wait_for_replicas`).
+    #[arg(long, global = true, value_name = "N")]
+    wait_replicas: Option<u32>,
     /// A PEM file of the certificate authorities to trust for `rediss://`
     /// servers, instead of the system's.
     #[cfg(feature = "redis-tls")]
@@ -329,6 +334,7 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Fail
         (cli.cluster, "--cluster"),
         (cli.prefix.is_some(), "--prefix"),
         (cli.buckets.is_some(), "--buckets"),
+        (cli.wait_replicas.is_some(), "--wait-replicas"),
         #[cfg(feature = "redis-tls")]
         (cli.tls_ca.is_some(), "--tls-ca"),
         #[cfg(feature = "redis-tls")]
@@ -361,6 +367,9 @@ async fn open_redis(
     }
     if let Some(buckets) = cli.buckets {
         builder = builder.buckets(buckets);
+    }
+    if let Some(replicas) = cli.wait_replicas {
+        builder = builder.wait_for_replicas(replicas, std::time::Duration::from_secs(1));
     }
     #[cfg(feature = "redis-tls")]
     {

@@ -399,6 +399,68 @@ async fn reads_and_repairs_a_redis_store() {
     repairs(&url);
 }
 
+/// With `--wait-replicas`, a repair is reported done only once a replica
+/// holds it: without one it fails and says so; with one it is done and on the
+/// replica. A count of 0 or the option on a SQLite file are bad arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_wait_for_replicas_when_asked() {
+    use support::redis::RedisServer;
+    use tempox::store::RedisStore;
+    let primary = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = primary.url();
+    let store = RedisStore::connect(&url).await.unwrap();
+    seed(&store).await;
+
+    let err = fails(
+        &[
+            "--store",
+            &url,
+            "--wait-replicas",
+            "1",
+            "retry",
+            "shop.refund/ch-9",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("but 0 of the 1 replica(s) it must wait for"),
+        "{err}"
+    );
+    assert!(err.contains("`--wait-replicas`"), "{err}");
+
+    let (_primary, replica) = tokio::task::spawn_blocking(move || {
+        let replica = RedisServer::start_replica_of(&primary);
+        (primary, replica)
+    })
+    .await
+    .unwrap();
+    let resolved = ok(&[
+        "--store",
+        &url,
+        "--wait-replicas",
+        "1",
+        "resolve",
+        "shop.charge/o-2",
+        "--note",
+        "checked with the provider",
+    ]);
+    assert!(resolved.contains("status       resolved"), "{resolved}");
+    let key = store.record_key(&id("shop.charge", "o-2"));
+    assert_eq!(replica.cli(&["HGET", &key, "status"]).trim(), "resolved");
+
+    let err = fails(&["--store", &url, "--wait-replicas", "0", "stats"], 2);
+    assert!(err.contains("0 replicas"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_store(dir.path()).await;
+    let err = fails(&["--store", &db, "--wait-replicas", "1", "stats"], 2);
+    assert!(
+        err.contains("`--wait-replicas` is for Redis stores"),
+        "{err}"
+    );
+}
+
 /// A `rediss://` server is read through TLS: its authority given with
 /// `--tls-ca`, a client certificate with `--tls-cert` and `--tls-key` when
 /// the server asks for one; files that cannot be read are bad arguments.

@@ -421,6 +421,8 @@ const ROOTS: &str = "`tls_root_certificates` (`--tls-ca` on the command line)";
 const IDENTITY: &str =
     "`tls_client_certificate` (`--tls-cert` and `--tls-key` on the command line)";
 
+const WAIT_FOR_REPLICAS: &str = "`wait_for_replicas` (`--wait-replicas` on the command line)";
+
 /// The error of a builder `setting` (as messages name it) that cannot work.
 fn invalid_setting(setting: &str, message: String) -> StoreError {
     StoreError::new(
@@ -841,21 +843,21 @@ impl RedisStoreBuilder {
         }
         if let Some(Replicas { count, timeout }) = self.replicas {
             if count == 0 {
-                return invalid(
-                    "wait_for_replicas",
+                return Err(invalid_setting(
+                    WAIT_FOR_REPLICAS,
                     "0 replicas: a write needs at least one replica to wait for".into(),
-                );
+                ));
             }
             if timeout.is_zero() || timeout >= self.response_timeout {
-                return invalid(
-                    "wait_for_replicas",
+                return Err(invalid_setting(
+                    WAIT_FOR_REPLICAS,
                     format!(
                         "its timeout ({}) must be longer than zero and shorter than the \
                          response timeout ({}), which bounds the whole call",
                         Human(timeout),
                         Human(self.response_timeout)
                     ),
-                );
+                ));
             }
         }
         #[cfg(feature = "redis-tls")]
@@ -1115,7 +1117,7 @@ impl RedisStore {
                         "redis at {target} applied the write, but {acknowledged} of the {count} \
                          replica(s) it must wait for acknowledged it within {} ({action}): a \
                          failover now could lose it; check that the replicas are connected and \
-                         keeping up (INFO replication)",
+                         keeping up (INFO replication), or wait for fewer with {WAIT_FOR_REPLICAS}",
                         Human(within)
                     ),
                 )
@@ -1392,7 +1394,7 @@ impl RedisStore {
         }
         Ok((!short.is_empty()).then(|| {
             format!(
-                "{}; the store waits for {} on every write (`wait_for_replicas`), so writes \
+                "{}; the store waits for {} on every write ({WAIT_FOR_REPLICAS}), so writes \
                  fail until enough are connected",
                 short.join("; "),
                 replicas.count
