@@ -33,6 +33,11 @@
 //!   call that write one small key each, the most any design with two
 //!   writing round trips per fresh call can do on this server and disk.
 //!
+//! Then, as information, what waiting for a replica costs: a primary and its
+//! replica (both `appendfsync always`), fresh calls at concurrency 1 and 64
+//! and replays at 64 through a store with `wait_for_replicas(1, 1 s)`, each
+//! next to the same calls through one that does not wait, on the same primary.
+//!
 //! With the feature `redis-tls`: fresh and replayed calls at concurrency 64
 //! on a server that speaks only TLS, each next to the same calls on a plain
 //! server, as information (what TLS costs).
@@ -388,6 +393,7 @@ mod redis_rows {
                 powertools_rows(&server, &label, python, fresh64, seconds).await;
             }
         }
+        replica_rows(seconds).await;
         #[cfg(feature = "redis-tls")]
         tls_rows(seconds).await;
     }
@@ -417,41 +423,95 @@ mod redis_rows {
             }
         };
         let (on_plain, on_tls) = (runtime(&plain).await, runtime(&tls).await);
-        let fresh = |rt: Runtime| async move {
-            drive(&rt, 64, seconds, |t, i| call(i * 1024 + t, "payload")).await
-        };
-        let (p, t) = (fresh(on_plain.clone()).await, fresh(on_tls.clone()).await);
-        row_note(
+        paired(
             "redis/tls",
-            "fresh",
-            64,
-            t,
-            p,
-            None,
             "TLS against plain text, same settings",
+            on_plain,
+            on_tls,
+            &[64],
+            seconds,
+        )
+        .await;
+    }
+
+    /// What waiting for a replica costs: a primary and its replica (both
+    /// `appendfsync always`); fresh calls at concurrency 1 and 64 and
+    /// replays at 64 through a store that waits for the replica
+    /// (`wait_for_replicas(1, 1 s)`), each next to the same calls through one
+    /// that does not, on the same primary.
+    async fn replica_rows(seconds: f64) {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        println!(
+            "# a replica on 127.0.0.1:{} of the primary on 127.0.0.1:{}, both appendfsync always",
+            replica.port(),
+            primary.port()
         );
-        let replay = |rt: Runtime| async move {
-            rt.scope(async {
-                for k in 0..KEYS {
-                    call(REPLAYED + k, "payload").await.unwrap();
-                }
-            })
-            .await;
-            drive(&rt, 64, seconds, |t, i| {
-                call(REPLAYED + (t * 7 + i) % KEYS, "payload")
+        let runtime = |wait: bool| {
+            let builder = RedisStore::builder(&primary.url());
+            let builder = if wait {
+                builder.wait_for_replicas(1, Duration::from_secs(1))
+            } else {
+                builder
+            };
+            async move {
+                let store = builder.connect().await.unwrap();
+                Runtime::builder().store(store).build().unwrap()
+            }
+        };
+        let (alone, waiting) = (runtime(false).await, runtime(true).await);
+        paired(
+            "redis/replica",
+            "waiting for 1 replica against not waiting, same primary",
+            alone,
+            waiting,
+            &[1, 64],
+            seconds,
+        )
+        .await;
+    }
+
+    /// Fresh calls at each of `concurrency` and replays at 64 through `tried`,
+    /// each next to the same calls through `base` run just before, as rows
+    /// labelled `label` with `note`. The two use keys of their own, so they
+    /// may share a server.
+    async fn paired(
+        label: &str,
+        note: &str,
+        base: Runtime,
+        tried: Runtime,
+        concurrency: &[u64],
+        seconds: f64,
+    ) {
+        // Keys of the second runtime start here.
+        const SECOND: u64 = 1 << 40;
+        let fresh = |rt: Runtime, c: u64, from: u64| async move {
+            drive(&rt, c, seconds, move |t, i| {
+                call(from + i * 1024 + t, "payload")
             })
             .await
         };
-        let (p, t) = (replay(on_plain).await, replay(on_tls).await);
-        row_note(
-            "redis/tls",
-            "replay",
-            64,
-            t,
-            p,
-            None,
-            "TLS against plain text, same settings",
-        );
+        for &c in concurrency {
+            // Each concurrency its own keys too (a call's are below 2^37).
+            let b = fresh(base.clone(), c, c << 32).await;
+            let t = fresh(tried.clone(), c, SECOND + (c << 32)).await;
+            row_note(label, "fresh", c, t, b, None, note);
+        }
+        let replay = |rt: Runtime, from: u64| async move {
+            rt.scope(async {
+                for k in 0..KEYS {
+                    call(from + k, "payload").await.unwrap();
+                }
+            })
+            .await;
+            drive(&rt, 64, seconds, move |t, i| {
+                call(from + (t * 7 + i) % KEYS, "payload")
+            })
+            .await
+        };
+        let b = replay(base, REPLAYED).await;
+        let t = replay(tried, REPLAYED + SECOND).await;
+        row_note(label, "replay", 64, t, b, None, note);
     }
 
     /// The baseline's Python: a virtual environment under `target/` with the

@@ -16,6 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -181,6 +182,11 @@ pub struct RedisStore {
 
 struct Inner {
     conn: Conn,
+    /// A second connection to a single server, for the writes that wait for
+    /// replicas: they take turns with `conn`.
+    second: Option<Conn>,
+    /// Whose turn it is.
+    turn: AtomicUsize,
     /// Where the store connects, for messages (addresses only, no credentials).
     target: String,
     prefix: String,
@@ -698,6 +704,7 @@ impl RedisStoreBuilder {
         let (connection_timeout, response_timeout) =
             (self.connection_timeout, self.response_timeout);
         let (require_durability, create) = (self.require_durability, self.create);
+        let waits = self.replicas.is_some();
         #[cfg(feature = "redis-tls")]
         let tls = {
             // For a TLS server: ring, unless the application installed its
@@ -727,7 +734,10 @@ impl RedisStoreBuilder {
                     None => builder,
                 };
                 let client = builder.build()?;
-                client.get_async_connection().await.map(Conn::Cluster)
+                client
+                    .get_async_connection()
+                    .await
+                    .map(|c| (Conn::Cluster(c), None))
             } else {
                 let url = urls.first().map_or("", String::as_str);
                 #[cfg(feature = "redis-tls")]
@@ -743,9 +753,17 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(0)
                     .set_connection_timeout(connection_timeout)
                     .set_response_timeout(response_timeout);
-                ConnectionManager::new_with_config(client, config)
-                    .await
-                    .map(Conn::Single)
+                let conn = ConnectionManager::new_with_config(client.clone(), config.clone());
+                let conn = Conn::Single(conn.await?);
+                // A client waiting in `WAIT` holds up what its connection sent
+                // after: with a second one, the next call runs meanwhile.
+                let second = if waits {
+                    let second = ConnectionManager::new_with_config(client, config).await?;
+                    Some(Conn::Single(second))
+                } else {
+                    None
+                };
+                Ok((conn, second))
             }
         };
         let connecting = async {
@@ -755,8 +773,8 @@ impl RedisStoreBuilder {
                 driver.run(make).await
             }
         };
-        let conn = match tokio::time::timeout(deadline, connecting).await {
-            Ok(Some(Ok(conn))) => conn,
+        let (conn, second) = match tokio::time::timeout(deadline, connecting).await {
+            Ok(Some(Ok(conns))) => conns,
             Ok(Some(Err(e))) => {
                 return Err(redis_error_message(&target, Action::Connect, &e).with_backend(e));
             }
@@ -779,6 +797,8 @@ impl RedisStoreBuilder {
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
+                second,
+                turn: AtomicUsize::new(0),
                 target,
                 keys: (0..self.buckets)
                     .map(|b| Keys::new(&self.prefix, b))
@@ -1183,7 +1203,7 @@ impl RedisStore {
     /// Invokes a script (EVALSHA, loading the script and sending the call
     /// again when the server does not know it, e.g. after a restart).
     async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
-        let (conn, script, cmd) = (self.inner.conn.clone(), call.script, call.cmd.clone());
+        let (conn, script, cmd) = (self.writer(call.script), call.script, call.cmd.clone());
         let replicas = self.inner.replicas;
         let timeout = self.inner.timeout;
         let task = self.inner.driver.run(within_failure(
@@ -1195,11 +1215,25 @@ impl RedisStore {
             .map_err(|f| self.failure(action, f))
     }
 
+    /// The connection to send `script` on: with a second connection, the
+    /// scripts that wait for replicas take turns between the two.
+    fn writer(&self, script: &::redis::Script) -> Conn {
+        match &self.inner.second {
+            Some(second)
+                if scripts().waits_for_replicas(script)
+                    && self.inner.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1 =>
+            {
+                second.clone()
+            }
+            _ => self.inner.conn.clone(),
+        }
+    }
+
     /// [`invoke`](Self::invoke) from a lane's task (already where its I/O
     /// runs), the failure kept whole to be described once per request.
     async fn invoke_raw(&self, call: ScriptCall) -> Result<Value, Failure> {
         let request = send_script(
-            self.inner.conn.clone(),
+            self.writer(call.script),
             call.script,
             call.cmd,
             self.inner.replicas,
