@@ -576,10 +576,11 @@ impl RedisStoreBuilder {
     /// fewer replicas answer every call fails after `timeout`: the store stops
     /// rather than reports what a failover could lose.
     ///
-    /// Two limits: `WAIT` covers this store's own writes, so a replay that
-    /// reads an outcome another process wrote moments ago may return it
-    /// before a replica has it; and it waits for the replicas to receive the
-    /// write, not to write it to their disks.
+    /// Two limits: `WAIT` covers the writes a call made itself, so a replay
+    /// that reads an outcome another call (or process) wrote moments ago may
+    /// return it before a replica has it, while that other call still waits;
+    /// and it waits for the replicas to apply the write, not to write it to
+    /// their disks.
     ///
     /// On Redis Cluster it waits for the replicas of the node that owns the
     /// record's slot.
