@@ -1,4 +1,4 @@
-//! HTTP: a tower [`Layer`](tower_layer::Layer) that makes requests carrying an `Idempotency-Key`
+//! HTTP: a tower [`Layer`] that makes requests carrying an `Idempotency-Key`
 //! header safe to retry (feature `http`).
 //!
 //! It follows the IETF draft *The Idempotency-Key HTTP Header Field*. A request

@@ -1139,8 +1139,12 @@ async fn connect_reports_unreachable_servers_and_bad_settings() {
             "0 replicas",
         ),
         (
+            RedisStore::builder(&url).wait_for_replicas(1, Duration::from_micros(500)),
+            "its timeout (500µs) must be at least 1ms",
+        ),
+        (
             RedisStore::builder(&url).wait_for_replicas(1, Duration::from_secs(5)),
-            "its timeout (5s) must be longer than zero and shorter than the response timeout (5s)",
+            "its timeout (5s) must be at least 1ms and shorter than the response timeout (5s)",
         ),
     ] {
         let err = builder.connect().await.unwrap_err();

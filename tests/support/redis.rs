@@ -181,6 +181,53 @@ impl RedisServer {
         replica
     }
 
+    /// Waits (bounded) until every replica of this primary has acknowledged
+    /// all it was sent (replicas report their offset at least once a second).
+    pub fn wait_acknowledged(&self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let info = self.cli(&["INFO", "replication"]);
+            let field = |line: &str, name: &str| {
+                line.split([',', ':'])
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            let sent = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .map(|v| v.trim().to_owned());
+            let replicas: Vec<Option<String>> = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state="))
+                .map(|l| field(l, "offset="))
+                .collect();
+            if !replicas.is_empty() && replicas.iter().all(|o| *o == sent) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replicas of {} did not acknowledge within {READY_WITHIN:?}:\n{info}",
+                self.url()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server's process (SIGSTOP) without closing anything: it
+    /// answers nothing and acknowledges nothing until the returned guard is
+    /// dropped (SIGCONT).
+    pub fn pause(&self) -> Paused {
+        let info = self.cli(&["INFO", "server"]);
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no process_id in INFO server:\n{info}"))
+            .to_owned();
+        signal("STOP", &pid);
+        Paused { pid }
+    }
+
     /// Waits (bounded) until this replica follows its primary: its link is
     /// up, and a key written on the primary reaches it.
     pub fn wait_synced(&self) {
@@ -516,6 +563,26 @@ impl RedisServer {
             .output()
             .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"PONG"))
     }
+}
+
+/// A server stopped by [`RedisServer::pause`]; it runs again when this is
+/// dropped.
+pub struct Paused {
+    pid: String,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("CONT", &self.pid);
+    }
+}
+
+fn signal(signal: &str, pid: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 impl Drop for RedisServer {

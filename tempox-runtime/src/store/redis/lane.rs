@@ -75,6 +75,9 @@ pub(super) enum Failure {
     Unreplicated {
         /// How many did.
         acknowledged: i64,
+        /// What the server answered (for one request of a group call, its
+        /// own item): a claim it took is given back.
+        reply: Value,
     },
     /// The call was never sent or its answer never came back: the runtime
     /// sending it stopped (shut down, or the store was being dropped).
@@ -285,6 +288,18 @@ fn answer(jobs: Vec<Job>, result: Result<Value, Failure>) {
         Ok(other) => {
             for job in jobs {
                 let _ = job.reply.send(Err(Failure::Reply(other.clone())));
+            }
+        }
+        Err(Failure::Unreplicated {
+            acknowledged,
+            reply: Value::Array(items),
+        }) if items.len() == jobs.len() => {
+            for (job, item) in jobs.into_iter().zip(items) {
+                let failure = Failure::Unreplicated {
+                    acknowledged,
+                    reply: item,
+                };
+                let _ = job.reply.send(Err(failure));
             }
         }
         Err(failure) => {

@@ -128,12 +128,7 @@ const MAX_BATCH: usize = 100_000;
 /// appendfsync always
 /// ```
 ///
-/// With replicas, a failover keeps only what reached the replica it promotes:
-/// Redis replicates asynchronously, so a primary that dies can take with it
-/// outcomes it had already acknowledged, and their keys would run again.
-/// [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas) closes that
-/// gap: every claim, outcome and lease renewal is reported done only once
-/// that many replicas hold it (Redis `WAIT`). They also need a `maxmemory-policy` that never evicts a record: an
+/// They also need a `maxmemory-policy` that never evicts a record: an
 /// evicted record's key would run again. `noeviction`, the default, is right
 /// (a full server refuses writes, and calls fail with a store error), and so
 /// is any `volatile-*` policy (tempox's keys have no expiry); `allkeys-*` is
@@ -141,6 +136,17 @@ const MAX_BATCH: usize = 100_000;
 /// warning when one is off, or when `CONFIG` is disabled and it cannot tell;
 /// with [`require_durability(true)`](RedisStoreBuilder::require_durability)
 /// it refuses to connect instead.
+///
+/// With replicas, a failover keeps only what reached the replica it
+/// promotes: Redis replicates asynchronously, so a primary that dies can take
+/// with it outcomes it had already acknowledged, and their keys would run
+/// again. [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas)
+/// narrows that gap to what its docs list: every claim, outcome and lease
+/// renewal is reported done only once that many replicas hold it (Redis
+/// `WAIT`), and the store checks at connect that the primaries have them.
+/// The store follows a failover only where the address it was given does (a
+/// Redis Cluster, or a name that moves to the new primary, as managed
+/// services give); it does not ask Redis Sentinel.
 ///
 /// # Keys
 ///
@@ -182,11 +188,11 @@ pub struct RedisStore {
 
 struct Inner {
     conn: Conn,
-    /// A second connection to a single server, for the writes that wait for
-    /// replicas: they take turns with `conn`.
-    second: Option<Conn>,
-    /// Whose turn it is.
-    turn: AtomicUsize,
+    /// With [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas),
+    /// the connections of the writes that wait (none otherwise): a client in
+    /// `WAIT` holds up whatever its connection sent after, so reads keep
+    /// `conn` to themselves, and each write takes the least busy of these.
+    writers: Vec<Writer>,
     /// Where the store connects, for messages (addresses only, no credentials).
     target: String,
     prefix: String,
@@ -268,6 +274,31 @@ impl Driver {
             Some(own) => own.spawn(future).await.ok(),
             None => Some(future.await),
         }
+    }
+}
+
+/// How many connections (to a single server, or to a cluster) carry the
+/// writes that wait for replicas: one per call a lane keeps in flight.
+const WRITERS: usize = 2;
+
+/// A connection for the writes that wait for replicas, and how many it
+/// carries now.
+struct Writer {
+    conn: Conn,
+    busy: AtomicUsize,
+}
+
+/// A write's hold on its [`Writer`], given back when dropped.
+struct Busy {
+    store: RedisStore,
+    writer: usize,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.store.inner.writers[self.writer]
+            .busy
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -561,26 +592,37 @@ impl RedisStoreBuilder {
     }
 
     /// Makes every write wait until `count` replicas of the server that took
-    /// it have it too (Redis `WAIT`), for at most `timeout`, which must be
-    /// shorter than the [response timeout](Self::response_timeout). Off by
-    /// default.
+    /// it have it too (Redis `WAIT`), for at most `timeout`, which must be at
+    /// least 1 ms and shorter than the [response
+    /// timeout](Self::response_timeout). Off by default.
     ///
     /// Redis replicates asynchronously: a primary that fails over can take
     /// with it writes it acknowledged and its replicas never received, and a
     /// completed record lost that way lets its key run again. With this
-    /// setting a claim or an outcome is only reported done once `count`
-    /// replicas hold it, so a failover to one of them keeps it. When fewer
-    /// acknowledge within `timeout`, the call fails with a
-    /// [`Timeout`](StoreErrorKind::Timeout) error that says so (the primary
-    /// did apply the write). Every state change pays the wait, and while
-    /// fewer replicas answer every call fails after `timeout`: the store stops
-    /// rather than reports what a failover could lose.
+    /// setting a claim, an outcome or a lease renewal is only reported done
+    /// once `count` replicas hold it. A failover keeps it if the replica it
+    /// promotes is one of them: with `count` equal to the number of replicas
+    /// that can be promoted, any of them will do (Sentinel and Cluster
+    /// prefer the replica that received the most, which usually is one).
     ///
-    /// Two limits: `WAIT` covers the writes a call made itself, so a replay
-    /// that reads an outcome another call (or process) wrote moments ago may
-    /// return it before a replica has it, while that other call still waits;
-    /// and it waits for the replicas to apply the write, not to write it to
-    /// their disks.
+    /// When fewer acknowledge within `timeout`, the call fails with a
+    /// [`Timeout`](StoreErrorKind::Timeout) error that says so. The primary
+    /// did apply its writes: a claim taken that way is given back at once
+    /// (released, so a retry takes the key), but an outcome stays recorded on
+    /// the primary. While fewer replicas answer, every state change fails
+    /// after `timeout` or later: the waits of one connection follow each
+    /// other (writes use two connections of their own, per node on a
+    /// Cluster, so reads are not held up), and what queues behind them may
+    /// reach the response timeout instead. The store stops rather than
+    /// report what a failover could lose. A server that is to refuse writes
+    /// it cannot replicate before applying them has `min-replicas-to-write`.
+    ///
+    /// Limits:
+    /// - A replay that reads an outcome another call (or process) wrote
+    ///   moments ago may return it before a replica has it, while that other
+    ///   call still waits (on Redis before 7.2 it waits for it too).
+    /// - It waits for the replicas to apply the write, not to write it to
+    ///   their disks.
     ///
     /// On Redis Cluster it waits for the replicas of the node that owns the
     /// record's slot.
@@ -735,10 +777,12 @@ impl RedisStoreBuilder {
                     None => builder,
                 };
                 let client = builder.build()?;
-                client
-                    .get_async_connection()
-                    .await
-                    .map(|c| (Conn::Cluster(c), None))
+                let conn = Conn::Cluster(client.get_async_connection().await?);
+                let mut writers = Vec::new();
+                for _ in 0..if waits { WRITERS } else { 0 } {
+                    writers.push(Conn::Cluster(client.get_async_connection().await?));
+                }
+                Ok((conn, writers))
             } else {
                 let url = urls.first().map_or("", String::as_str);
                 #[cfg(feature = "redis-tls")]
@@ -754,17 +798,13 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(0)
                     .set_connection_timeout(connection_timeout)
                     .set_response_timeout(response_timeout);
-                let conn = ConnectionManager::new_with_config(client.clone(), config.clone());
-                let conn = Conn::Single(conn.await?);
-                // A client waiting in `WAIT` holds up what its connection sent
-                // after: with a second one, the next call runs meanwhile.
-                let second = if waits {
-                    let second = ConnectionManager::new_with_config(client, config).await?;
-                    Some(Conn::Single(second))
-                } else {
-                    None
-                };
-                Ok((conn, second))
+                let connect = || ConnectionManager::new_with_config(client.clone(), config.clone());
+                let conn = Conn::Single(connect().await?);
+                let mut writers = Vec::new();
+                for _ in 0..if waits { WRITERS } else { 0 } {
+                    writers.push(Conn::Single(connect().await?));
+                }
+                Ok((conn, writers))
             }
         };
         let connecting = async {
@@ -774,7 +814,7 @@ impl RedisStoreBuilder {
                 driver.run(make).await
             }
         };
-        let (conn, second) = match tokio::time::timeout(deadline, connecting).await {
+        let (conn, writers) = match tokio::time::timeout(deadline, connecting).await {
             Ok(Some(Ok(conns))) => conns,
             Ok(Some(Err(e))) => {
                 return Err(redis_error_message(&target, Action::Connect, &e).with_backend(e));
@@ -798,8 +838,13 @@ impl RedisStoreBuilder {
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
-                second,
-                turn: AtomicUsize::new(0),
+                writers: writers
+                    .into_iter()
+                    .map(|conn| Writer {
+                        conn,
+                        busy: AtomicUsize::new(0),
+                    })
+                    .collect(),
                 target,
                 keys: (0..self.buckets)
                     .map(|b| Keys::new(&self.prefix, b))
@@ -869,14 +914,14 @@ impl RedisStoreBuilder {
                     "0 replicas: a write needs at least one replica to wait for".into(),
                 ));
             }
-            if timeout.is_zero() || timeout >= self.response_timeout {
+            // `WAIT n 0` would wait for ever.
+            if timeout < Duration::from_millis(1) || timeout >= self.response_timeout {
                 return Err(invalid_setting(
                     WAIT_FOR_REPLICAS,
                     format!(
-                        "its timeout ({}) must be longer than zero and shorter than the \
-                         response timeout ({}), which bounds the whole call",
-                        Human(timeout),
-                        Human(self.response_timeout)
+                        "its timeout ({timeout:?}) must be at least 1ms and shorter than the \
+                         response timeout ({:?}), which bounds the whole call",
+                        self.response_timeout
                     ),
                 ));
             }
@@ -1016,6 +1061,45 @@ impl RedisStore {
         args
     }
 
+    /// The claim script's answer to `req`.
+    fn claimed(req: &ClaimRequest, reply: Value) -> Result<Claimed, StoreError> {
+        let what = "the claim script";
+        let mut items = codec::array(what, reply)?.into_iter();
+        let outcome = match items.next() {
+            Some(v) => codec::text(what, v)?,
+            None => return Err(codec::unexpected(what, &Value::Nil)),
+        };
+        if outcome == "fresh" {
+            // No record was there: the script wrote plan_claim's new record
+            // at the server's clock, which is all the reply carries.
+            let now = match items.next() {
+                Some(v) => Timestamp::from_millis(codec::number(what, v)?),
+                None => return Err(codec::unexpected(what, &Value::Nil)),
+            };
+            return Ok(plan_claim(None, req, now));
+        }
+        let (Some(previous), Some(record)) = (items.next(), items.next()) else {
+            return Err(codec::unexpected(what, &Value::Nil));
+        };
+        let previous = codec::text(what, previous)?;
+        let record = codec::record(what, record)?;
+        match outcome.as_str() {
+            "acquired" => {
+                let previous = if previous.is_empty() {
+                    None
+                } else {
+                    Some(previous.parse::<Status>().map_err(|_| {
+                        codec::unexpected(what, &Value::SimpleString(previous.clone()))
+                    })?)
+                };
+                Ok(Claimed::Acquired { record, previous })
+            }
+            "existing" => Ok(Claimed::Existing(record)),
+            "marked_unknown" => Ok(Claimed::MarkedUnknown(record)),
+            _ => Err(codec::unexpected(what, &Value::SimpleString(outcome))),
+        }
+    }
+
     /// The arguments of the transition script for `t` (its share of `ARGV`);
     /// `quiet` asks for no record back when applied.
     fn transition_args(t: &Transition, quiet: bool) -> Cmd {
@@ -1081,13 +1165,23 @@ impl RedisStore {
         id: &RecordId,
         args: Cmd,
     ) -> Result<Value, StoreError> {
-        let bucket = self.bucket_of(id);
-        let key = self.keys(bucket).record(id);
-        let reply = lane::send(self, bucket, key, args)
+        let reply = self
+            .send_one_raw(id, args)
             .await
             .map_err(|f| self.failure(action, f))?;
-        // {'error', message}: the server refused a command of this request
-        // (the others in its call went on).
+        self.refused(action, reply)
+    }
+
+    /// [`send_one`](Self::send_one), the failure kept whole.
+    async fn send_one_raw(&self, id: &RecordId, args: Cmd) -> Result<Value, Failure> {
+        let bucket = self.bucket_of(id);
+        let key = self.keys(bucket).record(id);
+        lane::send(self, bucket, key, args).await
+    }
+
+    /// `reply`, unless it is `{'error', message}`: the server refused a
+    /// command of this request (the others in its call went on).
+    fn refused(&self, action: Action<'_>, reply: Value) -> Result<Value, StoreError> {
         if let Value::Array(items) = &reply
             && let [Value::BulkString(outcome), message] = items.as_slice()
             && outcome.as_slice() == b"error"
@@ -1106,6 +1200,42 @@ impl RedisStore {
             ));
         }
         Ok(reply)
+    }
+
+    /// Gives back the claim of `req` that `reply` says was taken, after no
+    /// replica acknowledged it: the caller learns the claim failed and runs
+    /// nothing, so its retries must find the key free, not held until the
+    /// lease runs out (or, for a non-idempotent call, parked as outcome
+    /// unknown). Sent without waiting for replicas: the primary applies it,
+    /// and a primary lost before replicating either leaves no record at all.
+    async fn give_back(&self, req: &ClaimRequest, reply: Value) {
+        let Ok(Claimed::Acquired { record, .. }) = Self::claimed(req, reply) else {
+            return;
+        };
+        let mut t = Transition::new(
+            req.id.clone(),
+            Status::Pending,
+            record.token,
+            Status::Released,
+        );
+        t.error = Some("released: no replica acknowledged the claim in time".into());
+        t.retention = Some(crate::runtime::DEFAULT_RETENTION);
+        let args = Self::transition_args(&t, true);
+        let bucket = self.bucket_of(&req.id);
+        let key = self.keys(bucket).record(&req.id);
+        let call = self.group_call([(bucket, key.as_str(), &args)]);
+        let request = send_script(self.inner.conn.clone(), call.script, call.cmd, None);
+        let given = self
+            .inner
+            .driver
+            .run(within_failure(self.inner.timeout, request))
+            .await;
+        if !matches!(given, Some(Ok(_))) {
+            tracing::warn!(
+                id = %req.id,
+                "could not give back a claim no replica acknowledged; it is held until its lease runs out"
+            );
+        }
     }
 
     /// A lane's failure as the error of one request in it.
@@ -1127,7 +1257,7 @@ impl RedisStore {
             Failure::Reply(value) => {
                 codec::unexpected(&format!("the operations script ({action})"), &value)
             }
-            Failure::Unreplicated { acknowledged } => {
+            Failure::Unreplicated { acknowledged, .. } => {
                 let (count, within) = self
                     .inner
                     .replicas
@@ -1135,9 +1265,9 @@ impl RedisStore {
                 StoreError::new(
                     StoreErrorKind::Timeout,
                     format!(
-                        "redis at {target} applied the write, but {acknowledged} of the {count} \
-                         replica(s) it must wait for acknowledged it within {} ({action}): a \
-                         failover now could lose it; check that the replicas are connected and \
+                        "redis at {target} applied the call's writes, if any, but {acknowledged} \
+                         of the {count} replica(s) it must wait for acknowledged them within {} \
+                         ({action}): a failover now could lose them; check that the replicas are connected and \
                          keeping up (INFO replication), or wait for fewer with {WAIT_FOR_REPLICAS}",
                         Human(within)
                     ),
@@ -1204,41 +1334,49 @@ impl RedisStore {
     /// Invokes a script (EVALSHA, loading the script and sending the call
     /// again when the server does not know it, e.g. after a restart).
     async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
-        let (conn, script, cmd) = (self.writer(call.script), call.script, call.cmd.clone());
+        let (conn, busy) = self.writer(call.script);
+        let (script, cmd) = (call.script, call.cmd.clone());
         let replicas = self.inner.replicas;
-        let timeout = self.inner.timeout;
-        let task = self.inner.driver.run(within_failure(
-            timeout,
-            send_script(conn, script, cmd, replicas),
-        ));
+        let request = async move {
+            let reply = send_script(conn, script, cmd, replicas).await;
+            drop(busy);
+            reply
+        };
+        let task = self
+            .inner
+            .driver
+            .run(within_failure(self.inner.timeout, request));
         task.await
             .unwrap_or(Err(Failure::Abandoned))
             .map_err(|f| self.failure(action, f))
     }
 
-    /// The connection to send `script` on: with a second connection, the
-    /// scripts that wait for replicas take turns between the two.
-    fn writer(&self, script: &::redis::Script) -> Conn {
-        match &self.inner.second {
-            Some(second)
-                if scripts().waits_for_replicas(script)
-                    && self.inner.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1 =>
-            {
-                second.clone()
-            }
-            _ => self.inner.conn.clone(),
+    /// The connection to send `script` on: for a script that waits for
+    /// replicas, the least busy writer (held until the hold is dropped);
+    /// else, or when there are none, the store's connection.
+    fn writer(&self, script: &::redis::Script) -> (Conn, Option<Busy>) {
+        let writers = &self.inner.writers;
+        if writers.is_empty() || !scripts().waits_for_replicas(script) {
+            return (self.inner.conn.clone(), None);
         }
+        let (i, writer) = writers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.busy.load(Ordering::Relaxed))
+            .unwrap_or((0, &writers[0]));
+        writer.busy.fetch_add(1, Ordering::Relaxed);
+        let busy = Busy {
+            store: self.clone(),
+            writer: i,
+        };
+        (writer.conn.clone(), Some(busy))
     }
 
     /// [`invoke`](Self::invoke) from a lane's task (already where its I/O
     /// runs), the failure kept whole to be described once per request.
     async fn invoke_raw(&self, call: ScriptCall) -> Result<Value, Failure> {
-        let request = send_script(
-            self.writer(call.script),
-            call.script,
-            call.cmd,
-            self.inner.replicas,
-        );
+        let (conn, _busy) = self.writer(call.script);
+        let request = send_script(conn, call.script, call.cmd, self.inner.replicas);
         within_failure(self.inner.timeout, request).await
     }
 
@@ -1414,17 +1552,22 @@ impl RedisStore {
         for (node, reply) in self.on_every_primary(&cmd).await? {
             let mut text = Vec::new();
             flatten(reply, &mut text);
-            let connected = text
-                .concat()
+            let text = text.concat();
+            if !text.contains("role:master") {
+                short.push(format!(
+                    "redis at {node} is not a primary, or its replicas could not be read (INFO \
+                     replication)"
+                ));
+                continue;
+            }
+            // `slave<i>:ip=...,state=online,...`: a replica that still syncs
+            // acknowledges nothing yet.
+            let online = text
                 .lines()
-                .find_map(|l| l.strip_prefix("connected_slaves:"))
-                .and_then(|n| n.trim().parse::<u32>().ok());
-            match connected {
-                Some(n) if n >= replicas.count => {}
-                Some(n) => short.push(format!("redis at {node} has {n} connected replica(s)")),
-                None => short.push(format!(
-                    "redis at {node}: its replicas could not be read (INFO replication)"
-                )),
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count();
+            if online < usize::try_from(replicas.count).unwrap_or(usize::MAX) {
+                short.push(format!("redis at {node} has {online} replica(s) online"));
             }
         }
         Ok((!short.is_empty()).then(|| {
@@ -1777,7 +1920,8 @@ async fn send_script(
     pipe.add_command(cmd)
         .cmd("WAIT")
         .arg(replicas.count)
-        .arg(u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX));
+        // At least 1 ms: `WAIT n 0` waits for ever.
+        .arg(u64::try_from(replicas.timeout.as_millis()).map_or(u64::MAX, |ms| ms.max(1)));
     let (reply, acknowledged) = match pipe.query_async::<(Value, i64)>(&mut conn).await {
         Err(e) if e.kind() == ErrorKind::NoScriptError => {
             script.load_async(&mut conn).await?;
@@ -1786,7 +1930,10 @@ async fn send_script(
         reply => reply?,
     };
     if acknowledged < i64::from(replicas.count) {
-        return Err(Failure::Unreplicated { acknowledged });
+        return Err(Failure::Unreplicated {
+            acknowledged,
+            reply,
+        });
     }
     Ok(reply)
 }
@@ -1994,43 +2141,23 @@ async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
 #[async_trait]
 impl Store for RedisStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
-        let args = Self::claim_args(req);
-        let reply = self.send_one(Action::Claim(&req.id), &req.id, args).await?;
-        let what = "the claim script";
-        let mut items = codec::array(what, reply)?.into_iter();
-        let outcome = match items.next() {
-            Some(v) => codec::text(what, v)?,
-            None => return Err(codec::unexpected(what, &Value::Nil)),
-        };
-        if outcome == "fresh" {
-            // No record was there: the script wrote plan_claim's new record
-            // at the server's clock, which is all the reply carries.
-            let now = match items.next() {
-                Some(v) => Timestamp::from_millis(codec::number(what, v)?),
-                None => return Err(codec::unexpected(what, &Value::Nil)),
-            };
-            return Ok(plan_claim(None, req, now));
-        }
-        let (Some(previous), Some(record)) = (items.next(), items.next()) else {
-            return Err(codec::unexpected(what, &Value::Nil));
-        };
-        let previous = codec::text(what, previous)?;
-        let record = codec::record(what, record)?;
-        match outcome.as_str() {
-            "acquired" => {
-                let previous = if previous.is_empty() {
-                    None
-                } else {
-                    Some(previous.parse::<Status>().map_err(|_| {
-                        codec::unexpected(what, &Value::SimpleString(previous.clone()))
-                    })?)
+        let action = Action::Claim(&req.id);
+        let reply = match self.send_one_raw(&req.id, Self::claim_args(req)).await {
+            Ok(reply) => self.refused(action, reply)?,
+            Err(Failure::Unreplicated {
+                acknowledged,
+                reply,
+            }) => {
+                self.give_back(req, reply).await;
+                let failure = Failure::Unreplicated {
+                    acknowledged,
+                    reply: Value::Nil,
                 };
-                Ok(Claimed::Acquired { record, previous })
+                return Err(self.failure(action, failure));
             }
-            "existing" => Ok(Claimed::Existing(record)),
-            "marked_unknown" => Ok(Claimed::MarkedUnknown(record)),
-            _ => Err(codec::unexpected(what, &Value::SimpleString(outcome))),
-        }
+            Err(failure) => return Err(self.failure(action, failure)),
+        };
+        Self::claimed(req, reply)
     }
 
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
