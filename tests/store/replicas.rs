@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempox::record::Claimed;
 use tempox::store::{RedisStore, Store};
@@ -46,7 +46,7 @@ async fn claimed_on_replica(store: &RedisStore, replica: &RedisServer, key: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_done_only_once_a_replica_holds_them() {
     let (primary, replica) = primary_and_replica().await;
-    let store = waiting_store(&primary, Duration::from_millis(300))
+    let store = waiting_store(&primary, Duration::from_secs(1))
         .require_durability(true)
         .connect()
         .await
@@ -62,7 +62,27 @@ async fn writes_are_done_only_once_a_replica_holds_them() {
     primary.wait_acknowledged();
     let paused = replica.pause();
     let lone = crate::faults::claim_request("unreplicated");
-    let err = store.claim(&lone).await.unwrap_err();
+    let claim = tokio::spawn({
+        let (store, lone) = (store.clone(), lone.clone());
+        async move { store.claim(&lone).await }
+    });
+    // While it waits (its client blocked in WAIT), reads go through.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let blocked = |list: String| {
+        list.lines()
+            .any(|l| l.contains(" flags=b ") && l.contains(" cmd=wait "))
+    };
+    while !blocked(primary.cli(&["CLIENT", "LIST"])) {
+        assert!(Instant::now() < deadline && !claim.is_finished());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = store.get(&lone.id).await.unwrap();
+    assert_eq!(seen.map(|r| r.status), Some(tempox::Status::Pending));
+    assert!(
+        blocked(primary.cli(&["CLIENT", "LIST"])),
+        "a read waited behind the claim's WAIT"
+    );
+    let err = claim.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
     let text = err.to_string();
     let applied = format!(
@@ -71,7 +91,7 @@ async fn writes_are_done_only_once_a_replica_holds_them() {
     );
     for part in [
         applied.as_str(),
-        "but 0 of the 1 replica(s) it must wait for acknowledged them within 300ms",
+        "but 0 of the 1 replica(s) it must wait for acknowledged them within 1s",
         "claiming `faults.claim/unreplicated`",
         "INFO replication",
     ] {
