@@ -25,9 +25,11 @@ async fn primary_and_replica() -> (RedisServer, RedisServer) {
     .unwrap()
 }
 
+/// A store that waits `within` for one replica, and gives a call room for
+/// a wait queued behind another.
 fn waiting_store(primary: &RedisServer, within: Duration) -> tempox::store::RedisStoreBuilder {
     RedisStore::builder(&primary.url())
-        .response_timeout(Duration::from_secs(3))
+        .response_timeout((within * 3).max(Duration::from_secs(3)))
         .wait_for_replicas(1, within)
 }
 
@@ -46,7 +48,7 @@ async fn claimed_on_replica(store: &RedisStore, replica: &RedisServer, key: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_done_only_once_a_replica_holds_them() {
     let (primary, replica) = primary_and_replica().await;
-    let store = waiting_store(&primary, Duration::from_secs(1))
+    let store = waiting_store(&primary, Duration::from_secs(2))
         .require_durability(true)
         .connect()
         .await
@@ -54,67 +56,92 @@ async fn writes_are_done_only_once_a_replica_holds_them() {
 
     // Reported done: the replica has it the moment the call returns.
     claimed_on_replica(&store, &replica, "replicated").await;
+    // A claim whose lease runs out, to be taken over.
+    let mut expired = crate::faults::claim_request("expired");
+    expired.lease = Duration::from_millis(50);
+    let Claimed::Acquired { record, .. } = store.claim(&expired).await.unwrap() else {
+        panic!("not acquired");
+    };
+    let lease_until = record.lease_until.unwrap();
+    while store.now().await.unwrap() <= lease_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // The replica stops acknowledging (still connected) once it has
-    // acknowledged all it had: a claim fails, and says why and what to
-    // check; the primary took it and gave it back, so a retry can have the
-    // key at once.
+    // acknowledged all it had: claims fail, and say why and what to check.
+    // The primary applied them and gives them back: a new key is released,
+    // so a retry can have it at once; a takeover goes back to pending and
+    // expired, so the next caller still takes it over (and a non-idempotent
+    // one probes).
     primary.wait_acknowledged();
     let paused = replica.pause();
     let lone = crate::faults::claim_request("unreplicated");
-    let claim = tokio::spawn({
-        let (store, lone) = (store.clone(), lone.clone());
-        async move { store.claim(&lone).await }
-    });
-    // While it waits (its client blocked in WAIT), reads go through.
+    let claims: Vec<_> = [lone.clone(), expired.clone()]
+        .into_iter()
+        .map(|req| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(&req).await })
+        })
+        .collect();
+    // While they wait (a client blocked in WAIT), reads go through.
     let deadline = Instant::now() + Duration::from_secs(5);
     let blocked = |list: String| {
         list.lines()
             .any(|l| l.contains(" flags=b ") && l.contains(" cmd=wait "))
     };
     while !blocked(primary.cli(&["CLIENT", "LIST"])) {
-        assert!(Instant::now() < deadline && !claim.is_finished());
+        assert!(Instant::now() < deadline && !claims[0].is_finished());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seen = store.get(&lone.id).await.unwrap();
-    assert_eq!(seen.map(|r| r.status), Some(tempox::Status::Pending));
+    assert!(seen.is_some());
     assert!(
         blocked(primary.cli(&["CLIENT", "LIST"])),
-        "a read waited behind the claim's WAIT"
+        "a read waited behind a claim's WAIT"
     );
-    let err = claim.await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
-    let text = err.to_string();
+    let mut errors = Vec::new();
+    for claim in claims {
+        errors.push(claim.await.unwrap().unwrap_err());
+    }
     let applied = format!(
         "redis at 127.0.0.1:{} applied the call's writes, if any",
         primary.port()
     );
-    for part in [
-        applied.as_str(),
-        "but 0 of the 1 replica(s) it must wait for acknowledged them within 1s",
-        "claiming `faults.claim/unreplicated`",
-        "INFO replication",
-    ] {
-        assert!(text.contains(part), "{text}");
+    for (err, key) in errors.iter().zip(["unreplicated", "expired"]) {
+        assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+        let text = err.to_string();
+        let claiming = format!("claiming `faults.claim/{key}`");
+        for part in [
+            applied.as_str(),
+            "but 0 of the 1 replica(s) it must wait for acknowledged them within 2s",
+            claiming.as_str(),
+            "INFO replication",
+        ] {
+            assert!(text.contains(part), "{text}");
+        }
     }
     let lone_key = store.record_key(&lone.id);
     assert_eq!(
         primary.cli(&["HGET", &lone_key, "status"]).trim(),
         "released"
     );
+    let expired_key = store.record_key(&expired.id);
+    let fields = primary.cli(&["HMGET", &expired_key, "status", "lease_until", "attempts"]);
+    assert_eq!(fields.lines().collect::<Vec<_>>(), ["pending", "", "2"]);
 
-    // Acknowledging again: the retry takes the released key, and is done.
+    // Acknowledging again: the retries take the keys, and are done.
     drop(paused);
-    match store.claim(&lone).await.unwrap() {
-        Claimed::Acquired { previous, .. } => {
-            assert_eq!(previous, Some(tempox::Status::Released));
+    for (req, before) in [
+        (&lone, tempox::Status::Released),
+        (&expired, tempox::Status::Pending),
+    ] {
+        match store.claim(req).await.unwrap() {
+            Claimed::Acquired { previous, .. } => assert_eq!(previous, Some(before)),
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
+        let key = store.record_key(&req.id);
+        assert_eq!(replica.cli(&["HGET", &key, "status"]).trim(), "pending");
     }
-    assert_eq!(
-        replica.cli(&["HGET", &lone_key, "status"]).trim(),
-        "pending"
-    );
 
     // A store that requires durability is refused while the primary has no
     // replica, and says which server lacks it.
@@ -151,12 +178,20 @@ async fn pay(id: u32) -> Result<u32, FaultError> {
 async fn a_failover_to_the_replica_keeps_every_reported_outcome() {
     const CALLS: u32 = 200;
     let (mut primary, mut replica) = primary_and_replica().await;
-    let store = waiting_store(&primary, Duration::from_millis(300))
-        .connect()
-        .await
-        .unwrap();
-    let rt = Runtime::builder().store(store).build().unwrap();
-    let burst = |calls: std::ops::Range<u32>| {
+    // Calls that must be done wait long enough for a slow disk; those made
+    // without a replica fail after a short wait.
+    let runtime = |within| {
+        let connect = waiting_store(&primary, within).connect();
+        async move {
+            Runtime::builder()
+                .store(connect.await.unwrap())
+                .build()
+                .unwrap()
+        }
+    };
+    let patient = runtime(Duration::from_secs(2)).await;
+    let hasty = runtime(Duration::from_millis(300)).await;
+    let burst = |rt: &Runtime, calls: std::ops::Range<u32>| {
         let tasks: Vec<_> = calls
             .map(|i| {
                 let rt = rt.clone();
@@ -178,7 +213,7 @@ async fn a_failover_to_the_replica_keeps_every_reported_outcome() {
             returned
         }
     };
-    let mut returned = burst(0..CALLS / 2).await;
+    let mut returned = burst(&patient, 0..CALLS / 2).await;
     assert_eq!(returned.len(), usize::try_from(CALLS / 2).unwrap());
     replica = tokio::task::spawn_blocking(move || {
         replica.kill();
@@ -186,7 +221,7 @@ async fn a_failover_to_the_replica_keeps_every_reported_outcome() {
     })
     .await
     .unwrap();
-    returned.extend(burst(CALLS / 2..CALLS).await);
+    returned.extend(burst(&hasty, CALLS / 2..CALLS).await);
 
     // Failover: the primary is gone without a chance to send anything more,
     // and the replica comes back with what it had.
@@ -226,13 +261,17 @@ async fn on_a_cluster_each_write_waits_for_the_replica_of_its_slot() {
         .unwrap();
     let urls = cluster.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let store = RedisStore::cluster_builder(&urls)
-        .response_timeout(Duration::from_secs(3))
-        .wait_for_replicas(1, Duration::from_millis(100))
-        .require_durability(true)
-        .connect()
-        .await
-        .unwrap();
+    // Claims that must be done wait long enough for a slow disk; those made
+    // without a replica fail after a short wait.
+    let connect = |within| {
+        RedisStore::cluster_builder(&urls)
+            .response_timeout(Duration::from_secs(5))
+            .wait_for_replicas(1, within)
+            .require_durability(true)
+            .connect()
+    };
+    let store = connect(Duration::from_secs(2)).await.unwrap();
+    let hasty = connect(Duration::from_millis(100)).await.unwrap();
     let keys_on = |node: &RedisServer| -> HashSet<String> {
         node.cli(&["KEYS", "*"])
             .lines()
@@ -279,7 +318,7 @@ async fn on_a_cluster_each_write_waits_for_the_replica_of_its_slot() {
     for i in 0..24 {
         let req = crate::faults::claim_request(&format!("after-{i}"));
         let key = store.record_key(&req.id);
-        match store.claim(&req).await {
+        match hasty.claim(&req).await {
             Ok(Claimed::Acquired { .. }) => done.insert(key),
             Ok(other) => panic!("{key}: {other:?}"),
             Err(e) => {

@@ -256,7 +256,14 @@ impl RedisServer {
                         false
                     }
                 });
-                if reached {
+                // A replica with AOF rewrites it after a sync; until that is
+                // done what it applies is not yet in its files.
+                let rewritten = || {
+                    let persistence = self.cli(&["INFO", "persistence"]);
+                    persistence.contains("aof_rewrite_in_progress:0")
+                        && persistence.contains("aof_rewrite_scheduled:0")
+                };
+                if reached && rewritten() {
                     on_primary(&["DEL", "tempox-fixture-sync"]);
                     return;
                 }

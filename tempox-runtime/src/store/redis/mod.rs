@@ -607,9 +607,13 @@ impl RedisStoreBuilder {
     ///
     /// When fewer acknowledge within `timeout`, the call fails with a
     /// [`Timeout`](StoreErrorKind::Timeout) error that says so. The primary
-    /// did apply its writes: a claim taken that way is given back at once
-    /// (released, so a retry takes the key), but an outcome stays recorded on
-    /// the primary. While fewer replicas answer, every state change fails
+    /// did apply its writes. A claim taken that way is given back at once: a
+    /// key that was free is released, so a retry takes it; a takeover of an
+    /// expired claim goes back to pending and expired, so the next caller
+    /// still probes or takes it over. (A caller that gave up before the
+    /// answer came, its response timeout spent, gets nothing back: its claim
+    /// is held until its lease runs out.) An outcome stays recorded on the
+    /// primary. While fewer replicas answer, every state change fails
     /// after `timeout` or later: the waits of one connection follow each
     /// other (writes use two connections of their own, per node on a
     /// Cluster, so reads are not held up), and what queues behind them may
@@ -1203,39 +1207,63 @@ impl RedisStore {
     }
 
     /// Gives back the claim of `req` that `reply` says was taken, after no
-    /// replica acknowledged it: the caller learns the claim failed and runs
-    /// nothing, so its retries must find the key free, not held until the
-    /// lease runs out (or, for a non-idempotent call, parked as outcome
-    /// unknown). Sent without waiting for replicas: the primary applies it,
-    /// and a primary lost before replicating either leaves no record at all.
+    /// replica acknowledged it in time: its caller learns the claim failed
+    /// and runs nothing, so retries should not find the key held until the
+    /// lease runs out (nor, for a non-idempotent call, park it as outcome
+    /// unknown). A claim of a key that was free (new, released, or past its
+    /// retention) is released; a takeover of an expired claim, whose earlier
+    /// holder may have had its effect, goes back to what it was, pending and
+    /// expired, so the next caller or a reconciler still probes or recovers
+    /// it. Fenced by the claim's token; sent without waiting for replicas,
+    /// from a task of its own (so it is made even if the caller goes away).
+    /// A replica that got the claim but not this stays with the claim: after
+    /// a failover the key is held until its lease runs out, as after any
+    /// lost write.
     async fn give_back(&self, req: &ClaimRequest, reply: Value) {
-        let Ok(Claimed::Acquired { record, .. }) = Self::claimed(req, reply) else {
+        let Ok(Claimed::Acquired { record, previous }) = Self::claimed(req, reply) else {
             return;
         };
         let mut t = Transition::new(
             req.id.clone(),
             Status::Pending,
             record.token,
-            Status::Released,
+            Status::Pending,
         );
-        t.error = Some("released: no replica acknowledged the claim in time".into());
-        t.retention = Some(crate::runtime::DEFAULT_RETENTION);
+        if previous == Some(Status::Pending) {
+            t.lease = LeaseChange::Clear;
+        } else {
+            t.to = Status::Released;
+            t.error = Some("released: no replica acknowledged the claim in time".into());
+            t.retention = Some(crate::runtime::DEFAULT_RETENTION);
+        }
         let args = Self::transition_args(&t, true);
         let bucket = self.bucket_of(&req.id);
         let key = self.keys(bucket).record(&req.id);
         let call = self.group_call([(bucket, key.as_str(), &args)]);
         let request = send_script(self.inner.conn.clone(), call.script, call.cmd, None);
-        let given = self
-            .inner
-            .driver
-            .run(within_failure(self.inner.timeout, request))
-            .await;
-        if !matches!(given, Some(Ok(_))) {
-            tracing::warn!(
-                id = %req.id,
-                "could not give back a claim no replica acknowledged; it is held until its lease runs out"
+        let (timeout, id) = (self.inner.timeout, req.id.clone());
+        let task = self.inner.driver.spawn(async move {
+            let reply = within_failure(timeout, request).await;
+            // One reply per request; a quiet transition that applied is
+            // {'applied'}.
+            let applied = matches!(
+                &reply,
+                Ok(Value::Array(items)) if matches!(
+                    items.first(),
+                    Some(Value::Array(item)) if matches!(
+                        item.first(),
+                        Some(Value::BulkString(b)) if b.as_slice() == b"applied"
+                    )
+                )
             );
-        }
+            if !applied {
+                tracing::warn!(
+                    %id,
+                    "could not give back a claim no replica acknowledged; it is held until its lease runs out"
+                );
+            }
+        });
+        let _ = task.await;
     }
 
     /// A lane's failure as the error of one request in it.
