@@ -162,6 +162,43 @@ async fn writes_are_done_only_once_a_replica_holds_them() {
     );
 }
 
+/// A claim queued behind another call's wait can outlast its caller's
+/// response timeout: when its own call comes back unacknowledged, nobody
+/// waits for it, and the store gives it back all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_caller_gave_up_is_given_back_too() {
+    let (primary, replica) = primary_and_replica().await;
+    let store = RedisStore::builder(&primary.url())
+        .response_timeout(Duration::from_millis(1500))
+        .wait_for_replicas(1, Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    primary.wait_acknowledged();
+    let paused = replica.pause();
+    let (first, queued) = (
+        crate::faults::claim_request("first"),
+        crate::faults::claim_request("queued"),
+    );
+    let (a, b) = tokio::join!(store.claim(&first), store.claim(&queued));
+    let (a, b) = (a.unwrap_err(), b.unwrap_err());
+    assert!(a.to_string().contains("acknowledged them within 1s"), "{a}");
+    assert!(
+        b.to_string().contains("did not answer within 1500ms"),
+        "{b}"
+    );
+    let key = store.record_key(&queued.id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while primary.cli(&["HGET", &key, "status"]).trim() != "released" {
+        assert!(
+            Instant::now() < deadline,
+            "the queued claim was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(paused);
+}
+
 static RUNS: AtomicU32 = AtomicU32::new(0);
 
 #[tempox::idempotent(key = id, name = "replicas.pay")]

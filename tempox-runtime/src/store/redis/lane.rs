@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 
 use super::RedisStore;
 use super::scripts::ScriptCall;
+use crate::record::RecordId;
 
 /// The most requests one script call carries. The server does nothing else
 /// while a script runs: 128 claims and transitions take about 1.3 ms on the
@@ -98,6 +99,20 @@ pub(super) struct Job {
     pub(super) record_key: String,
     pub(super) args: Cmd,
     reply: oneshot::Sender<Result<Value, Failure>>,
+}
+
+impl Job {
+    /// The record a claim is for; `None` for a transition.
+    fn claimed_id(&self) -> Option<RecordId> {
+        let mut args = self.args.args_iter().filter_map(|arg| match arg {
+            Arg::Simple(bytes) => Some(bytes),
+            Arg::Cursor => None,
+        });
+        if args.next()? != b"claim" {
+            return None;
+        }
+        RecordId::parse(std::str::from_utf8(args.next()?).ok()?).ok()
+    }
 }
 
 #[derive(Default)]
@@ -259,7 +274,7 @@ async fn drive(mut slot: Slot, mut jobs: Vec<Job>) {
             .map(|j| (j.bucket, j.record_key.as_str(), &j.args));
         let call = slot.store.group_call(requests);
         let result = slot.store.invoke_raw(call).await;
-        answer(jobs, result);
+        answer(&slot.store, jobs, result);
         // Let the callers just answered run first: most send their next
         // request at once, and it can go in the next call.
         tokio::task::yield_now().await;
@@ -277,7 +292,7 @@ async fn drive(mut slot: Slot, mut jobs: Vec<Job>) {
 }
 
 /// Hands each job its item of the reply.
-fn answer(jobs: Vec<Job>, result: Result<Value, Failure>) {
+fn answer(store: &RedisStore, jobs: Vec<Job>, result: Result<Value, Failure>) {
     match result {
         Ok(Value::Array(items)) if items.len() == jobs.len() => {
             for (job, item) in jobs.into_iter().zip(items) {
@@ -299,7 +314,14 @@ fn answer(jobs: Vec<Job>, result: Result<Value, Failure>) {
                     acknowledged,
                     reply: item,
                 };
-                let _ = job.reply.send(Err(failure));
+                // A caller still waiting gives its claim back itself; for
+                // one that gave up, the lane does.
+                let claimed = job.claimed_id();
+                if let Err(Err(Failure::Unreplicated { reply, .. })) = job.reply.send(Err(failure))
+                    && let Some(id) = claimed
+                {
+                    let _ = store.give_back(id, &reply);
+                }
             }
         }
         Err(failure) => {

@@ -33,7 +33,7 @@ use super::{Query, Store};
 use crate::error::{Human, StoreError, StoreErrorKind};
 use crate::record::{
     AttemptsChange, ClaimRequest, Claimed, LeaseChange, OnExpired, Record, RecordId, Status,
-    Timestamp, Transition, Transitioned, plan_claim, plan_transition,
+    Timestamp, Transition, Transitioned, next_token, plan_claim, plan_transition,
 };
 
 /// The version of the key layout and record encoding described on
@@ -610,10 +610,9 @@ impl RedisStoreBuilder {
     /// did apply its writes. A claim taken that way is given back at once: a
     /// key that was free is released, so a retry takes it; a takeover of an
     /// expired claim goes back to pending and expired, so the next caller
-    /// still probes or takes it over. (A caller that gave up before the
-    /// answer came, its response timeout spent, gets nothing back: its claim
-    /// is held until its lease runs out.) An outcome stays recorded on the
-    /// primary. While fewer replicas answer, every state change fails
+    /// still probes or takes it over (also when the caller gave up waiting,
+    /// its response timeout spent, before the answer came). An outcome stays
+    /// recorded on the primary. While fewer replicas answer, every state change fails
     /// after `timeout` or later: the waits of one connection follow each
     /// other (writes use two connections of their own, per node on a
     /// Cluster, so reads are not held up), and what queues behind them may
@@ -1206,29 +1205,27 @@ impl RedisStore {
         Ok(reply)
     }
 
-    /// Gives back the claim of `req` that `reply` says was taken, after no
-    /// replica acknowledged it in time: its caller learns the claim failed
-    /// and runs nothing, so retries should not find the key held until the
-    /// lease runs out (nor, for a non-idempotent call, park it as outcome
+    /// Gives back the claim of `id` that `reply` (its claim script's
+    /// answer) says was taken, after no replica acknowledged it in time: its
+    /// caller learns the claim failed (or has stopped waiting) and runs
+    /// nothing, so retries should not find the key held until the lease
+    /// runs out (nor, for a non-idempotent call, park it as outcome
     /// unknown). A claim of a key that was free (new, released, or past its
     /// retention) is released; a takeover of an expired claim, whose earlier
     /// holder may have had its effect, goes back to what it was, pending and
     /// expired, so the next caller or a reconciler still probes or recovers
     /// it. Fenced by the claim's token; sent without waiting for replicas,
-    /// from a task of its own (so it is made even if the caller goes away).
-    /// A replica that got the claim but not this stays with the claim: after
-    /// a failover the key is held until its lease runs out, as after any
-    /// lost write.
-    async fn give_back(&self, req: &ClaimRequest, reply: Value) {
-        let Ok(Claimed::Acquired { record, previous }) = Self::claimed(req, reply) else {
-            return;
-        };
-        let mut t = Transition::new(
-            req.id.clone(),
-            Status::Pending,
-            record.token,
-            Status::Pending,
-        );
+    /// from a task of its own (made even if the caller goes away), whose
+    /// handle is returned; `None` when nothing was taken. A replica that got
+    /// the claim but not this stays with the claim: after a failover the key
+    /// is held until its lease runs out, as after any lost write.
+    pub(super) fn give_back(
+        &self,
+        id: RecordId,
+        reply: &Value,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (token, previous) = Self::taken(reply)?;
+        let mut t = Transition::new(id, Status::Pending, token, Status::Pending);
         if previous == Some(Status::Pending) {
             t.lease = LeaseChange::Clear;
         } else {
@@ -1237,12 +1234,12 @@ impl RedisStore {
             t.retention = Some(crate::runtime::DEFAULT_RETENTION);
         }
         let args = Self::transition_args(&t, true);
-        let bucket = self.bucket_of(&req.id);
-        let key = self.keys(bucket).record(&req.id);
+        let bucket = self.bucket_of(&t.id);
+        let key = self.keys(bucket).record(&t.id);
         let call = self.group_call([(bucket, key.as_str(), &args)]);
         let request = send_script(self.inner.conn.clone(), call.script, call.cmd, None);
-        let (timeout, id) = (self.inner.timeout, req.id.clone());
-        let task = self.inner.driver.spawn(async move {
+        let timeout = self.inner.timeout;
+        Some(self.inner.driver.spawn(async move {
             let reply = within_failure(timeout, request).await;
             // One reply per request; a quiet transition that applied is
             // {'applied'}.
@@ -1258,12 +1255,34 @@ impl RedisStore {
             );
             if !applied {
                 tracing::warn!(
-                    %id,
+                    id = %t.id,
                     "could not give back a claim no replica acknowledged; it is held until its lease runs out"
                 );
             }
-        });
-        let _ = task.await;
+        }))
+    }
+
+    /// The token of the claim a claim script's `reply` says it took, and the
+    /// status the record had before; `None` when it took none.
+    fn taken(reply: &Value) -> Option<(u64, Option<Status>)> {
+        let Value::Array(items) = reply else {
+            return None;
+        };
+        let what = "the claim script";
+        let outcome = codec::text(what, items.first()?.clone()).ok()?;
+        match outcome.as_str() {
+            // A new record, written at the server's clock.
+            "fresh" => {
+                let now = codec::number(what, items.get(1)?.clone()).ok()?;
+                Some((next_token(None, Timestamp::from_millis(now)), None))
+            }
+            "acquired" => {
+                let previous = codec::text(what, items.get(1)?.clone()).ok()?;
+                let record = codec::record(what, items.get(2)?.clone()).ok()?;
+                Some((record.token, previous.parse::<Status>().ok()))
+            }
+            _ => None,
+        }
     }
 
     /// A lane's failure as the error of one request in it.
@@ -2176,7 +2195,9 @@ impl Store for RedisStore {
                 acknowledged,
                 reply,
             }) => {
-                self.give_back(req, reply).await;
+                if let Some(given) = self.give_back(req.id.clone(), &reply) {
+                    let _ = given.await;
+                }
                 let failure = Failure::Unreplicated {
                     acknowledged,
                     reply: Value::Nil,
