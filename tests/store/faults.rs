@@ -756,6 +756,14 @@ async fn corrupt_records_name_the_record_and_the_field() {
     assert!(err.to_string().contains("field `token`"), "{err}");
 }
 
+/// How many script calls (`EVALSHA`) `server` has run.
+fn script_calls(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
+    line.and_then(|l| l.split([':', ',']).find_map(|kv| kv.strip_prefix("calls=")))
+        .map_or(0, |n| n.parse::<u64>().unwrap())
+}
+
 /// Claims and transitions sent while others are in flight share one script
 /// call; a record the server refuses to work on (here a key of another type
 /// where a record should be) fails its own request with the server's error and
@@ -766,12 +774,7 @@ async fn a_refused_record_fails_alone_among_the_requests_sent_with_it() {
     let bad = claim_request("wrong-type");
     let bad_key = store.record_key(&bad.id);
     server.cli(&["SET", &bad_key, "not a record"]);
-    let script_calls = || {
-        let stats = server.cli(&["INFO", "commandstats"]);
-        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
-        line.and_then(|l| l.split([':', ',']).find_map(|kv| kv.strip_prefix("calls=")))
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
+    let script_calls = || script_calls(&server);
     let calls_before = script_calls();
     for round in 0..5 {
         // The refused request in the middle: the first one is sent alone,
@@ -804,6 +807,49 @@ async fn a_refused_record_fails_alone_among_the_requests_sent_with_it() {
     // 205 requests went in far fewer calls: the refused one shared its calls.
     let calls = script_calls() - calls_before;
     assert!(calls < 50, "{calls} script calls for 205 claims");
+}
+
+/// Lease renewals made together share script calls too, each answered as if
+/// alone: the holder's lease is extended, a renewal with a stale token is
+/// fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_made_together_share_script_calls() {
+    let (server, store) = server_and_store().await;
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let req = claim_request(&format!("renewed-{i}"));
+        match store.claim(&req).await.unwrap() {
+            Claimed::Acquired { record, .. } => held.push(record),
+            other => panic!("{other:?}"),
+        }
+    }
+    let script_calls = || script_calls(&server);
+    let before = script_calls();
+    let lease = Duration::from_secs(60);
+    for _ in 0..5 {
+        let renewals = futures_join_all(held.iter().enumerate().map(|(i, r)| {
+            // Every tenth with a token that is not the holder's.
+            let token = if i % 10 == 0 { r.token - 1 } else { r.token };
+            store.renew(&r.id, Status::Pending, token, lease)
+        }))
+        .await;
+        for (i, (r, renewed)) in held.iter().zip(renewals).enumerate() {
+            let renewed = renewed.unwrap();
+            if i % 10 == 0 {
+                assert_eq!(renewed, None, "{}", r.id);
+            } else {
+                let until = renewed.unwrap();
+                assert!(until > r.lease_until.unwrap(), "{}", r.id);
+            }
+        }
+    }
+    let calls = script_calls() - before;
+    assert!(calls < 50, "{calls} script calls for 200 renewals");
+    let fenced = store.get(&held[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        fenced.lease_until, held[0].lease_until,
+        "a fenced renewal wrote"
+    );
 }
 
 /// A server turned into a read-only replica (as after a failover) makes

@@ -1,13 +1,13 @@
-//! Group sending of claims and transitions: the requests that wait while a
-//! script is in flight go together in its next call.
+//! Group sending of claims, transitions and lease renewals: the requests
+//! that wait while a script is in flight go together in its next call.
 //!
 //! Redis runs a script's commands for little, but every call of a script has
 //! a fixed cost on the server (reading the call, setting up Lua, the reply, the
 //! `MULTI`/`EXEC` around its effects in the append-only file). Under
 //! concurrency that fixed cost (and, with `appendfsync always`, the fsync
 //! after each round of the server's event loop) is what limits a single
-//! server, so the claims and transitions that arrive while a call is in
-//! flight share the next one. A request sent while no call is in flight goes
+//! server, so the state changes that arrive while a call is in flight share
+//! the next one. A request sent while no call is in flight goes
 //! at once, alone. While one is in flight, the requests that arrive wait for
 //! it (at most its round trip), unless [`SECOND_CALL_AT`] of them are
 //! waiting: then they go as a second call, so the server has work while the

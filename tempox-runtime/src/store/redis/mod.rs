@@ -82,8 +82,8 @@ const MAX_BATCH: usize = 100_000;
 ///   trip. The scripts mirror [`plan_claim`](crate::record::plan_claim) and
 ///   [`plan_transition`](crate::record::plan_transition); their table of legal
 ///   transitions is generated from [`TRANSITIONS`](crate::record::TRANSITIONS).
-/// - Claims and transitions made while one is in flight are sent together:
-///   the store keeps at most two calls of its operations script in flight (per
+/// - Claims, transitions and lease renewals made while one is in flight are
+///   sent together: the store keeps at most two calls of its operations script in flight (per
 ///   bucket on Redis Cluster, where a script may touch one slot only), and
 ///   whatever queued meanwhile goes in the next call, which runs each request
 ///   in order exactly as if it had been sent alone. A lone call is sent at once,
@@ -200,7 +200,7 @@ struct Inner {
     timeout: Duration,
     /// The keys of every bucket, by bucket.
     keys: Vec<Keys>,
-    /// Where claims and transitions wait to be sent together.
+    /// Where claims, transitions and lease renewals wait to be sent together.
     lanes: Lanes,
     /// The store's own runtime, for callers on a single-threaded one.
     driver: Driver,
@@ -2231,17 +2231,27 @@ impl Store for RedisStore {
         token: u64,
         lease: Duration,
     ) -> Result<Option<Timestamp>, StoreError> {
-        let keys = self.keys(self.bucket_of(id));
-        let mut inv = ScriptCall::new(&scripts().renew, &[&keys.record(id), &keys.due]);
-        inv.arg(id.as_str())
+        let mut args = Cmd::with_capacity(5, 64 + id.as_str().len());
+        args.arg("renew")
+            .arg(id.as_str())
             .arg(status.as_str())
             .arg(token)
             .arg(millis(lease));
-        match self.invoke(Action::Renew(id), &inv).await? {
-            Value::Nil => Ok(None),
-            until => {
-                codec::number("the renew script", until).map(|ms| Some(Timestamp::from_millis(ms)))
+        let reply = self.send_one(Action::Renew(id), id, args).await?;
+        let what = "the renewal of a lease";
+        let mut items = codec::array(what, reply)?.into_iter();
+        match (
+            items.next().map(|v| codec::text(what, v)).transpose()?,
+            items.next(),
+        ) {
+            (Some(o), None) if o == "fenced" => Ok(None),
+            (Some(o), Some(until)) if o == "renewed" => {
+                codec::number(what, until).map(|ms| Some(Timestamp::from_millis(ms)))
             }
+            (o, _) => Err(codec::unexpected(
+                what,
+                &Value::SimpleString(o.unwrap_or_default()),
+            )),
         }
     }
 

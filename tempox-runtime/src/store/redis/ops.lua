@@ -1,10 +1,12 @@
--- The state changes sent together (see lane.rs): claims and transitions of
--- any number of records, run in order, each exactly as if it had been sent
--- alone (a later one sees what an earlier one wrote).
+-- The state changes sent together (see lane.rs): claims, transitions and
+-- lease renewals of any number of records, run in order, each exactly as if
+-- it had been sent alone (a later one sees what an earlier one wrote).
 -- KEYS: 4 per operation: its record, then due, exp and wf of its bucket
--- ARGV: per operation: 'claim' or 'transition', the prefix of its bucket's
---       status sets, then its 8 (claim) or 18 (transition) arguments
--- Returns one reply per operation, as claim() or transition() answers, or
+-- ARGV: per operation: 'claim', 'transition' or 'renew', the prefix of its
+--       bucket's status sets, then its 8 (claim), 18 (transition) or 4
+--       (renew) arguments
+-- Returns one reply per operation, as claim(), transition() or renew()
+-- answers, or
 -- {'error', message} for one whose record or arguments a command refused
 -- (e.g. a damaged record): the others are not held back by it. An error of
 -- the server's state fails the whole call.
@@ -25,6 +27,9 @@ for i = 1, #KEYS / 4 do
   elseif ARGV[a + 1] == 'transition' then
     ok, reply = pcall(transition, K, a + 2)
     a = a + 20
+  elseif ARGV[a + 1] == 'renew' then
+    ok, reply = pcall(renew, K, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+    a = a + 6
   else
     return redis.error_reply('tempox: unknown operation ' .. tostring(ARGV[a + 1]))
   end

@@ -15,9 +15,9 @@ use crate::record::{
 
 /// Every script a [`RedisStore`](super::RedisStore) runs.
 pub(super) struct Scripts {
-    /// Claims and transitions, any number in one call (`ops.lua`).
+    /// Claims, transitions and lease renewals, any number in one call
+    /// (`ops.lua`).
     pub(super) ops: Script,
-    pub(super) renew: Script,
     pub(super) due_scan: Script,
     pub(super) due_fetch: Script,
     pub(super) expire_count: Script,
@@ -28,20 +28,17 @@ pub(super) struct Scripts {
 
 impl Scripts {
     /// Whether what `script` writes must reach the replicas before the
-    /// caller learns it was done: claims, outcomes and lease renewals. (A
-    /// removal of an expired record or a layout record that a failover loses
-    /// is made again.)
+    /// caller learns it was done: claims, outcomes and lease renewals, all
+    /// sent by `ops`. (A removal of an expired record or a layout record that
+    /// a failover loses is made again.)
     pub(super) fn waits_for_replicas(&self, script: &Script) -> bool {
-        [&self.ops, &self.renew]
-            .into_iter()
-            .any(|s| std::ptr::eq(s, script))
+        std::ptr::eq(&self.ops, script)
     }
 
     /// Every script, to load them all at once.
-    pub(super) fn all(&self) -> [&Script; 8] {
+    pub(super) fn all(&self) -> [&Script; 7] {
         [
             &self.ops,
-            &self.renew,
             &self.due_scan,
             &self.due_fetch,
             &self.expire_count,
@@ -87,12 +84,12 @@ pub(super) fn scripts() -> &'static Scripts {
         let build = |body: &str| Script::new(&format!("{common}\n{body}"));
         Scripts {
             ops: build(&format!(
-                "-- The server's clock, read once per call.\nlocal now = now_ms()\n{}\n{}\n{}",
+                "-- The server's clock, read once per call.\nlocal now = now_ms()\n{}\n{}\n{}\n{}",
                 include_str!("claim.lua"),
                 include_str!("transition.lua"),
+                include_str!("renew.lua"),
                 include_str!("ops.lua")
             )),
-            renew: build(include_str!("renew.lua")),
             due_scan: build(include_str!("due_scan.lua")),
             due_fetch: build(include_str!("due_fetch.lua")),
             expire_count: build(include_str!("expire_count.lua")),
