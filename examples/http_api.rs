@@ -12,6 +12,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -130,14 +131,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let runtime = Runtime::builder().store(store.clone()).build()?;
 
     let shop = Shop::default();
+    // Keys per account: the client's account header (in a real API, what
+    // its authentication established).
+    let layer = IdempotencyLayer::new(runtime).key_scope(|request| {
+        let account = request.headers.get("x-account")?;
+        account.to_str().ok().map(str::to_owned)
+    });
+    // Handlers whose client went away, to wait for before the process ends.
+    let handlers = layer.handlers();
     let app = Router::new()
         .route("/payments", post(pay))
-        // Keys per account: the client's account header (in a real API, what
-        // its authentication established).
-        .route_layer(IdempotencyLayer::new(runtime).key_scope(|request| {
-            let account = request.headers.get("x-account")?;
-            account.to_str().ok().map(str::to_owned)
-        }))
+        .route_layer(layer)
         .with_state(shop.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -187,6 +191,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let _ = stop.send(());
     server.await??;
+    // The server waited for the requests still connected; a handler whose
+    // client went away may still run. Its outcome is recorded once it ends.
+    if tokio::time::timeout(Duration::from_secs(30), handlers.finished())
+        .await
+        .is_err()
+    {
+        println!("{} handlers still running at exit", handlers.running());
+    }
 
     let query = Query {
         op: Some(tempox::http::OPERATION.into()),

@@ -36,8 +36,9 @@
 //! stop it, and its outcome is recorded for the retry. Two things follow:
 //! layers outside this one that limit concurrency or shed load count the
 //! request as done when its client hangs up, though its handler still runs;
-//! and a graceful shutdown does not wait for such handlers, so one cut off by
-//! the end of the process is as if the process died. If the process dies while
+//! and a graceful shutdown of the server does not wait for such handlers:
+//! wait for [`IdempotencyLayer::handlers`] to finish before the process
+//! ends, or one cut off by its end is as if the process died. If the process dies while
 //! a handler runs, retries get `409` until the lease runs out, then run it
 //! again, so a handler whose effects must not repeat calls `#[non_idempotent]`
 //! functions, which keep records of their own. The same holds when the store
@@ -138,6 +139,7 @@ pub struct IdempotencyLayer {
 #[derive(Clone, Debug)]
 struct Config {
     runtime: Runtime,
+    handlers: Handlers,
     methods: Vec<Method>,
     required: bool,
     max_request: usize,
@@ -173,6 +175,7 @@ impl IdempotencyLayer {
         IdempotencyLayer {
             config: Config {
                 runtime,
+                handlers: Handlers::default(),
                 methods: vec![Method::POST, Method::PATCH],
                 required: true,
                 max_request: Self::DEFAULT_MAX_REQUEST_BODY,
@@ -181,6 +184,28 @@ impl IdempotencyLayer {
                 record_if: Self::records_by_default,
             },
         }
+    }
+
+    /// The handlers this layer's services run in tasks of their own, to
+    /// wait for on shutdown: a graceful shutdown of the server waits for the
+    /// requests whose clients are still there, not for handlers whose client
+    /// went away, and a handler cut off by the end of the process leaves its
+    /// key held until the lease runs out.
+    ///
+    /// ```no_run
+    /// # extern crate tempox_runtime as tempox;
+    /// # async fn run(runtime: tempox::Runtime) {
+    /// use std::time::Duration;
+    /// use tempox::http::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::new(runtime);
+    /// let handlers = layer.handlers();
+    /// // ... serve with `layer`, then shut the server down gracefully ...
+    /// let _ = tokio::time::timeout(Duration::from_secs(30), handlers.finished()).await;
+    /// # }
+    /// ```
+    pub fn handlers(&self) -> Handlers {
+        self.config.handlers.clone()
     }
 
     /// The methods guarded; requests of other methods are passed on untouched.
@@ -295,6 +320,66 @@ impl<S> Layer<S> for IdempotencyLayer {
         Idempotency {
             inner,
             config: Arc::new(self.config.clone()),
+        }
+    }
+}
+
+/// The handlers an [`IdempotencyLayer`]'s services are running
+/// ([`IdempotencyLayer::handlers`]); clones count the same handlers.
+#[derive(Clone, Debug, Default)]
+pub struct Handlers(Arc<Running>);
+
+#[derive(Debug, Default)]
+struct Running {
+    count: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+impl Handlers {
+    /// How many are running now.
+    pub fn running(&self) -> usize {
+        self.0.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once none is running (at once if none is). A request that
+    /// arrives meanwhile starts another, which this waits for too.
+    pub async fn finished(&self) {
+        loop {
+            let none = self.0.none.notified();
+            tokio::pin!(none);
+            // Registered before the count is read: a handler that ends in
+            // between still wakes this.
+            none.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            none.await;
+        }
+    }
+
+    /// `handler`, counted while it runs (until it ends or is dropped).
+    fn track<F: Future>(&self, handler: F) -> impl Future<Output = F::Output> + use<F> {
+        struct Counted(Handlers);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                let running = &(self.0).0;
+                if running
+                    .count
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                    == 1
+                {
+                    running.none.notify_waiters();
+                }
+            }
+        }
+        self.0
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let counted = Counted(self.clone());
+        async move {
+            let answer = handler.await;
+            drop(counted);
+            answer
         }
     }
 }
@@ -461,7 +546,7 @@ where
     // its retry then gets the response instead of waiting for the lease and
     // running the handler a second time.
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => match runtime.spawn(run).await {
+        Ok(runtime) => match runtime.spawn(config.handlers.track(run)).await {
             Ok(answer) => answer,
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),

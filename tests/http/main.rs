@@ -820,6 +820,47 @@ async fn a_client_that_goes_away_still_gets_its_outcome_recorded() {
     assert_eq!(handler.runs(), 1);
 }
 
+/// A handler whose client went away still runs; the layer's `handlers()`
+/// counts it and says when it finished, its outcome recorded by then, so a
+/// server shutting down can wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_whose_client_went_away_can_be_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(runtime.clone());
+    let handlers = layer.handlers();
+    let service = guarded(&layer, &handler);
+    // None running: finished at once.
+    handlers.finished().await;
+    let (has_started, go) = handler.wait_then(StatusCode::CREATED);
+
+    let client = tokio::spawn({
+        let service = service.clone();
+        async move { post(&service, "stopping", "{}").await }
+    });
+    has_started.await.unwrap();
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
+    assert_eq!(handlers.running(), 1);
+    let waiting = tokio::spawn({
+        let handlers = handlers.clone();
+        async move { handlers.finished().await }
+    });
+    // Not finished while the handler runs.
+    let early = tokio::time::timeout(Duration::from_millis(100), handlers.finished()).await;
+    assert!(early.is_err() && !waiting.is_finished());
+
+    go.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handlers.running(), 0);
+    let record = runtime.store().get(&http_id("stopping")).await.unwrap();
+    assert_eq!(record.map(|r| r.status), Some(Status::Completed));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handlers_answer_survives_a_failed_record_write() {
     let dir = tempfile::tempdir().unwrap();
