@@ -102,7 +102,7 @@ pub(super) struct Job {
 }
 
 impl Job {
-    /// The record a claim is for; `None` for a transition.
+    /// The record a claim is for; `None` for a transition or a renewal.
     fn claimed_id(&self) -> Option<RecordId> {
         let mut args = self.args.args_iter().filter_map(|arg| match arg {
             Arg::Simple(bytes) => Some(bytes),

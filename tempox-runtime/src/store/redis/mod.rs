@@ -83,10 +83,10 @@ const MAX_BATCH: usize = 100_000;
 ///   [`plan_transition`](crate::record::plan_transition); their table of legal
 ///   transitions is generated from [`TRANSITIONS`](crate::record::TRANSITIONS).
 /// - Claims, transitions and lease renewals made while one is in flight are
-///   sent together: the store keeps at most two calls of its operations script in flight (per
-///   bucket on Redis Cluster, where a script may touch one slot only), and
-///   whatever queued meanwhile goes in the next call, which runs each request
-///   in order exactly as if it had been sent alone. A lone call is sent at once,
+///   sent together: the store keeps at most two calls of its operations
+///   script in flight (per bucket on Redis Cluster, where a script may touch
+///   one slot only), and whatever queued meanwhile goes in the next call,
+///   which runs each request in order exactly as if it had been sent alone. A lone call is sent at once,
 ///   so nothing waits for company; under load the server runs one script and,
 ///   with `appendfsync always`, one fsync for many calls instead of one each.
 ///   A request the server refuses (say a damaged record) fails alone: the
@@ -2239,6 +2239,7 @@ impl Store for RedisStore {
             .arg(millis(lease));
         let reply = self.send_one(Action::Renew(id), id, args).await?;
         let what = "the renewal of a lease";
+        let unexpected = codec::unexpected(what, &reply);
         let mut items = codec::array(what, reply)?.into_iter();
         match (
             items.next().map(|v| codec::text(what, v)).transpose()?,
@@ -2248,10 +2249,7 @@ impl Store for RedisStore {
             (Some(o), Some(until)) if o == "renewed" => {
                 codec::number(what, until).map(|ms| Some(Timestamp::from_millis(ms)))
             }
-            (o, _) => Err(codec::unexpected(
-                what,
-                &Value::SimpleString(o.unwrap_or_default()),
-            )),
+            _ => Err(unexpected),
         }
     }
 
