@@ -38,9 +38,9 @@
 //! request as done when its client hangs up, though its handler still runs;
 //! and a graceful shutdown of the server does not wait for such handlers:
 //! wait for [`IdempotencyLayer::handlers`] to finish before the process
-//! ends, or one cut off by its end is as if the process died. If the process dies while
-//! a handler runs, retries get `409` until the lease runs out, then run it
-//! again, so a handler whose effects must not repeat calls `#[non_idempotent]`
+//! ends, or one cut off by its end is as if the process died. If the process
+//! dies while a handler runs, retries get `409` until the lease runs out, then
+//! run it again, so a handler whose effects must not repeat calls `#[non_idempotent]`
 //! functions, which keep records of their own. The same holds when the store
 //! fails after the handler ran: the client gets the handler's answer, but its
 //! record is not written, so retries get `409` until the lease runs out and
@@ -76,6 +76,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -331,14 +332,14 @@ pub struct Handlers(Arc<Running>);
 
 #[derive(Debug, Default)]
 struct Running {
-    count: std::sync::atomic::AtomicUsize,
+    count: AtomicUsize,
     none: tokio::sync::Notify,
 }
 
 impl Handlers {
     /// How many are running now.
     pub fn running(&self) -> usize {
-        self.0.count.load(std::sync::atomic::Ordering::Acquire)
+        self.0.count.load(Ordering::Acquire)
     }
 
     /// Resolves once none is running (at once if none is). A request that
@@ -363,18 +364,12 @@ impl Handlers {
         impl Drop for Counted {
             fn drop(&mut self) {
                 let running = &(self.0).0;
-                if running
-                    .count
-                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-                    == 1
-                {
+                if running.count.fetch_sub(1, Ordering::AcqRel) == 1 {
                     running.none.notify_waiters();
                 }
             }
         }
-        self.0
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.count.fetch_add(1, Ordering::AcqRel);
         let counted = Counted(self.clone());
         async move {
             let answer = handler.await;

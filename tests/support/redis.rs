@@ -233,13 +233,10 @@ impl RedisServer {
     pub fn wait_synced(&self) {
         let primary = self.replica_of.expect("a replica");
         let deadline = Instant::now() + READY_WITHIN;
-        let mut probe = 0u32;
         loop {
             let info = self.cli(&["INFO", "replication"]);
             if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1")
             {
-                probe += 1;
-                let value = probe.to_string();
                 let on_primary = |args: &[&str]| {
                     stdout_of(
                         Command::new("timeout")
@@ -248,14 +245,9 @@ impl RedisServer {
                         &format!("redis-cli {args:?} on the primary"),
                     )
                 };
-                on_primary(&["SET", "tempox-fixture-sync", &value]);
-                let reached = (0..20).any(|_| {
-                    let seen = self.cli(&["GET", "tempox-fixture-sync"]);
-                    seen.trim() == value || {
-                        sleep(Duration::from_millis(10));
-                        false
-                    }
-                });
+                // Written again on every round until the replica has it.
+                on_primary(&["SET", "tempox-fixture-sync", "1"]);
+                let reached = self.cli(&["GET", "tempox-fixture-sync"]).trim() == "1";
                 // A replica with AOF rewrites it after a sync; until that is
                 // done what it applies is not yet in its files.
                 let rewritten = || {
@@ -610,13 +602,13 @@ impl RedisCluster {
     ///
     /// Panics, with the logs, if the cluster does not form.
     pub fn start() -> RedisCluster {
-        Self::start_with(false, None)
+        Self::start_nodes(false, None, 0)
     }
 
     /// Starts three nodes that speak only TLS, clients and cluster bus alike,
     /// with `tls`'s certificates.
     pub fn start_tls(tls: Tls) -> RedisCluster {
-        Self::start_with(false, Some(tls))
+        Self::start_nodes(false, Some(tls), 0)
     }
 
     /// Starts three masters and a replica of each, and waits until every
@@ -661,7 +653,7 @@ impl RedisCluster {
     /// tests that use distinct keys, e.g. through a key prefix each.
     pub fn shared() -> &'static RedisCluster {
         static SHARED: OnceLock<RedisCluster> = OnceLock::new();
-        SHARED.get_or_init(|| Self::start_with(true, None))
+        SHARED.get_or_init(|| Self::start_nodes(true, None, 0))
     }
 
     /// Like [`shared`](Self::shared), a cluster that speaks only TLS (see
@@ -669,16 +661,12 @@ impl RedisCluster {
     /// its certificates are in `tls()`.
     pub fn shared_tls() -> &'static RedisCluster {
         static SHARED: OnceLock<RedisCluster> = OnceLock::new();
-        SHARED.get_or_init(|| Self::start_with(true, Some(Tls::new(true))))
+        SHARED.get_or_init(|| Self::start_nodes(true, Some(Tls::new(true)), 0))
     }
 
     /// The certificates of a cluster that speaks TLS.
     pub fn tls(&self) -> Option<&Tls> {
         self.nodes.first().and_then(RedisServer::tls)
-    }
-
-    fn start_with(remove_at_exit: bool, tls: Option<Tls>) -> RedisCluster {
-        Self::start_nodes(remove_at_exit, tls, 0)
     }
 
     /// Three masters with `replicas` replicas each.

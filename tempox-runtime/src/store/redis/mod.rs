@@ -86,9 +86,10 @@ const MAX_BATCH: usize = 100_000;
 ///   sent together: the store keeps at most two calls of its operations
 ///   script in flight (per bucket on Redis Cluster, where a script may touch
 ///   one slot only), and whatever queued meanwhile goes in the next call,
-///   which runs each request in order exactly as if it had been sent alone. A lone call is sent at once,
-///   so nothing waits for company; under load the server runs one script and,
-///   with `appendfsync always`, one fsync for many calls instead of one each.
+///   which runs each request in order exactly as if it had been sent alone.
+///   A lone call is sent at once, so nothing waits for company; under load
+///   the server runs one script and, with `appendfsync always`, one fsync
+///   for many calls instead of one each.
 ///   A request the server refuses (say a damaged record) fails alone: the
 ///   others in its call are not held back.
 /// - A lease is a field compared with the server's `TIME`, never a key expiry:
@@ -612,8 +613,8 @@ impl RedisStoreBuilder {
     /// expired claim goes back to pending and expired, so the next caller
     /// still probes or takes it over (also when the caller gave up waiting,
     /// its response timeout spent, before the answer came). An outcome stays
-    /// recorded on the primary. While fewer replicas answer, every state change fails
-    /// after `timeout` or later: the waits of one connection follow each
+    /// recorded on the primary. While fewer replicas answer, every state
+    /// change fails after `timeout` or later: the waits of one connection follow each
     /// other (writes use two connections of their own, per node on a
     /// Cluster, so reads are not held up), and what queues behind them may
     /// reach the response timeout instead. The store stops rather than
@@ -1314,8 +1315,9 @@ impl RedisStore {
                     format!(
                         "redis at {target} applied the call's writes, if any, but {acknowledged} \
                          of the {count} replica(s) it must wait for acknowledged them within {} \
-                         ({action}): a failover now could lose them; check that the replicas are connected and \
-                         keeping up (INFO replication), or wait for fewer with {WAIT_FOR_REPLICAS}",
+                         ({action}): a failover now could lose them; check that the replicas are \
+                         connected and keeping up (INFO replication), or wait for fewer with \
+                         {WAIT_FOR_REPLICAS}",
                         Human(within)
                     ),
                 )
@@ -1381,18 +1383,15 @@ impl RedisStore {
     /// Invokes a script (EVALSHA, loading the script and sending the call
     /// again when the server does not know it, e.g. after a restart).
     async fn invoke(&self, action: Action<'_>, call: &ScriptCall) -> Result<Value, StoreError> {
-        let (conn, busy) = self.writer(call.script);
-        let (script, cmd) = (call.script, call.cmd.clone());
-        let replicas = self.inner.replicas;
-        let request = async move {
-            let reply = send_script(conn, script, cmd, replicas).await;
-            drop(busy);
-            reply
+        let store = self.clone();
+        let call = ScriptCall {
+            script: call.script,
+            cmd: call.cmd.clone(),
         };
         let task = self
             .inner
             .driver
-            .run(within_failure(self.inner.timeout, request));
+            .run(async move { store.invoke_raw(call).await });
         task.await
             .unwrap_or(Err(Failure::Abandoned))
             .map_err(|f| self.failure(action, f))
@@ -1587,8 +1586,9 @@ impl RedisStore {
         }
     }
 
-    /// The servers that have fewer connected replicas than the store waits
-    /// for, as a message; `None` when none has (or the store waits for none).
+    /// The servers that have fewer replicas online than the store waits for
+    /// (or are no primary), as a message; `None` when none has (or the store
+    /// waits for none).
     async fn replicas_problem(&self) -> Result<Option<String>, StoreError> {
         let Some(replicas) = self.inner.replicas else {
             return Ok(None);
