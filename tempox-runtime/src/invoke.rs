@@ -17,12 +17,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::catalog::BoxFuture;
 use crate::error::{Error, StoreError};
 use crate::key::{Fingerprint, Key, KeyError};
 use crate::operation::{InFlight, Keying, Operation, OperationError, Output};
 use crate::record::{
-    Blob, ClaimRequest, Claimed, Kind, LeaseChange, OnExpired, Record, RecordId, Status, Timestamp,
-    Transition,
+    AttemptsChange, Blob, ClaimRequest, Claimed, Kind, LeaseChange, OnExpired, Record, RecordId,
+    Status, Timestamp, Transition,
 };
 use crate::runtime::{Runtime, bump};
 
@@ -114,7 +115,10 @@ pub async fn begin<Op: Operation>(call: Result<Prepared, Error>) -> Begin<Op> {
     };
     match result {
         Ok(begin) => begin,
-        Err(e) => Begin::Done(Err(Op::Error::from_tempox(e))),
+        Err(e) => {
+            crate::workflow::note_in_doubt(&e);
+            Begin::Done(Err(Op::Error::from_tempox(e)))
+        }
     }
 }
 
@@ -359,6 +363,9 @@ pub(crate) struct Held {
     pub(crate) token: u64,
     /// The lease's length as written (`None`: the runtime's).
     lease: Option<Duration>,
+    /// Whether the record is a step of a workflow (its retention starts with
+    /// the workflow's).
+    pub(crate) step: bool,
 }
 
 impl Held {
@@ -366,6 +373,7 @@ impl Held {
     pub(crate) fn of(record: Record) -> Self {
         let lease = Self::lease_of(&record);
         Held {
+            step: record.workflow.is_some(),
             id: record.id,
             status: record.status,
             token: record.token,
@@ -380,6 +388,7 @@ impl Held {
             status: record.status,
             token: record.token,
             lease: Self::lease_of(record),
+            step: record.workflow.is_some(),
         }
     }
 
@@ -407,13 +416,21 @@ pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Held, fut: F) -> F
 async fn renew_while<F: Future>(rt: &Runtime, held: &Held, mut fut: Pin<&mut F>) -> F::Output {
     let lease = held.lease.unwrap_or(rt.inner.config.lease);
     let every = (lease / 3).max(Duration::from_millis(3));
+    // A renewal in flight is polled beside the body, never in its way: a
+    // store that is slow to answer must not stall the body (nor the next
+    // renewal's timer, which starts once this one is answered).
+    let mut renewal: Option<BoxFuture<'_, Result<Option<Timestamp>, StoreError>>> = None;
     let mut renewing = true;
+    let tick = tokio::time::sleep(every);
+    tokio::pin!(tick);
     loop {
         tokio::select! {
             biased;
             out = fut.as_mut() => return out,
-            () = tokio::time::sleep(every), if renewing => {
-                match rt.store().renew(&held.id, held.status, held.token, lease).await {
+            answer = poll_renewal(&mut renewal), if renewal.is_some() => {
+                renewal = None;
+                tick.as_mut().reset(Instant::now() + every);
+                match answer {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         renewing = false;
@@ -422,7 +439,20 @@ async fn renew_while<F: Future>(rt: &Runtime, held: &Held, mut fut: Pin<&mut F>)
                     Err(e) => tracing::warn!(id = %held.id, error = %e, "lease renewal failed; will try again"),
                 }
             }
+            () = tick.as_mut(), if renewing && renewal.is_none() => {
+                renewal = Some(rt.store().renew(&held.id, held.status, held.token, lease));
+            }
         }
+    }
+}
+
+/// The answer of the renewal in `slot` (which holds one).
+async fn poll_renewal<'a>(
+    slot: &mut Option<BoxFuture<'a, Result<Option<Timestamp>, StoreError>>>,
+) -> Result<Option<Timestamp>, StoreError> {
+    match slot {
+        Some(renewal) => renewal.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -519,9 +549,9 @@ impl<Op: Operation> Guard<Op> {
                 // happened, and it is not started now.
                 Some(workflow) => {
                     let r = &self.held;
+                    // A step: its retention starts with its workflow's.
                     let mut t =
                         Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
-                    t.retention = Some(self.rt.inner.config.retention);
                     t.error = Some("not started: the workflow is being rolled back".into());
                     let released = self.rt.write(&t).await;
                     Err(Err(self.error(match released {
@@ -549,11 +579,18 @@ impl<Op: Operation> Guard<Op> {
     ) -> Result<Op::Output, Op::Error> {
         let r = &self.held;
         let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Completed);
-        t.retention = Some(
-            Op::OPTIONS
-                .retention
-                .unwrap_or(self.rt.inner.config.retention),
-        );
+        let retention = Op::OPTIONS
+            .retention
+            .unwrap_or(self.rt.inner.config.retention);
+        // A step's retention starts when its workflow's does (invariant 9);
+        // a workflow's, once its steps' has (a follow-up, due in case this
+        // process dies first).
+        let follow_up = Op::KIND == Kind::Workflow && !r.step;
+        if follow_up {
+            t.retry_after = Some(crate::recovery::follow_up_after(&self.rt));
+        } else if !r.step {
+            t.retention = Some(retention);
+        }
         let output = match result {
             Ok(output) => match to_json(|buf| output.encode(buf)) {
                 Ok(bytes) => {
@@ -598,26 +635,52 @@ impl<Op: Operation> Guard<Op> {
                 } else {
                     t.to = Status::Released;
                 }
+                if t.to == Status::Released {
+                    // An outcome was recorded: a crash of a later run starts
+                    // the count of recoveries again.
+                    t.attempts = AttemptsChange::Set(0);
+                }
                 Err(e)
             }
         };
         if !t.to.is_final() {
             t.retention = None;
+            t.retry_after = None;
         }
         match self.rt.write(&t).await {
+            Ok(()) if follow_up && t.to.is_final() => {
+                let written = self.rt.store().get(&r.id).await;
+                match written {
+                    Ok(Some(wf)) if wf.token == r.token => {
+                        if let Err(e) = self.rt.start_retention(&wf, retention).await {
+                            tracing::warn!(parent: &self.span, error = %e, "could not start the retention of the steps; the reconciler will");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(parent: &self.span, error = %e, "could not start the retention of the steps; the reconciler will");
+                    }
+                }
+                output
+            }
             Ok(()) => output,
             Err(Error::Store { source }) => {
                 // Invariant 4: the record stays pending; the lease hands it on.
                 if let Err(e) = &output {
                     tracing::warn!(parent: &self.span, error = %e, "the body's error could not be recorded");
                 }
-                Err(self.error(Error::OutcomeNotRecorded {
+                let e = Error::OutcomeNotRecorded {
                     op: Op::NAME.to_owned(),
                     key: r.id.key().to_owned(),
                     source,
-                }))
+                };
+                crate::workflow::note_in_doubt(&e);
+                Err(self.error(e))
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => {
+                crate::workflow::note_in_doubt(&e);
+                Err(self.error(e))
+            }
         }
     }
 

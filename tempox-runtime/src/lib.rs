@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod operation;
 pub mod reconcile;
 pub mod record;
+mod recovery;
 mod runtime;
 pub mod store;
 pub mod workflow;

@@ -7,18 +7,20 @@
 //! claims its record first, so any number of reconcilers, in any number of
 //! processes, can share a store: each record is handled by one of them.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::Recover;
 use crate::error::Error;
 use crate::mirror::{MirrorReport, MirrorStats};
 use crate::record::{Kind, LeaseChange, Record, RecordId, Status, Timestamp, Transition};
-use crate::runtime::{Backoff, Runtime, bump};
+use crate::recovery::Settled;
+use crate::runtime::{Backoff, MAX_DURATION, Runtime};
+use crate::workflow::Recovered;
 
 /// Called once for each record that enters a dead-letter status.
 pub type AlertHook = Arc<dyn Fn(&Record) + Send + Sync>;
@@ -56,6 +58,8 @@ pub struct Reconciler {
     max_attempts: u32,
     backoff: Backoff,
     alert: Option<AlertHook>,
+    /// Operation names of foreign records already warned about.
+    warned: Arc<Mutex<HashSet<String>>>,
 }
 
 impl fmt::Debug for Reconciler {
@@ -94,8 +98,16 @@ pub struct PassReport {
     pub alerted: Vec<RecordId>,
     /// Records past retention that were removed.
     pub expired: usize,
-    /// Due records another reconciler handled first.
+    /// Due records another reconciler (or a live holder) handled first.
     pub skipped: usize,
+    /// Records that could not be settled yet, looked at again later with a
+    /// backoff of their own (a workflow waiting for a step another holder
+    /// still runs, a step waiting for its workflow, a rollback still
+    /// stopped), so they never stand in the way of the others.
+    pub rescheduled: Vec<RecordId>,
+    /// Due records of operations this process does not link: another
+    /// service's, left to its own reconcilers and rescheduled (invariant 11).
+    pub foreign: usize,
     /// Records whose handling failed (store errors, probes that failed); due
     /// again later.
     pub errors: Vec<(RecordId, String)>,
@@ -128,7 +140,12 @@ enum Outcome {
     Parked(Box<Record>),
     Alerted,
     Skipped,
+    Rescheduled,
+    Foreign,
 }
+
+/// The longest a record that cannot be settled yet waits for its next look.
+const RESCHEDULE_CAP: Duration = Duration::from_secs(300);
 
 impl Runtime {
     /// A reconciler for this runtime's store, with the runtime's lease, backoff
@@ -142,6 +159,7 @@ impl Runtime {
             max_attempts: self.inner.config.compensation_attempts,
             backoff: self.inner.config.retry_backoff,
             alert: None,
+            warned: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -179,10 +197,11 @@ impl Reconciler {
         self
     }
 
-    /// Exponential backoff between runs of a failing compensation, per record.
+    /// Exponential backoff between runs of a failing compensation, per record
+    /// (each at most a century).
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff.base = base;
-        self.backoff.cap = cap.max(base);
+        self.backoff.base = base.min(MAX_DURATION);
+        self.backoff.cap = cap.max(base).min(MAX_DURATION);
         self
     }
 
@@ -252,6 +271,8 @@ impl Reconciler {
                 }
                 Ok(Outcome::Alerted) => report.alerted.push(id),
                 Ok(Outcome::Skipped) => report.skipped += 1,
+                Ok(Outcome::Rescheduled) => report.rescheduled.push(id),
+                Ok(Outcome::Foreign) => report.foreign += 1,
                 Err(e) => report.errors.push((id, e.to_string())),
             }
         }
@@ -278,12 +299,20 @@ impl Reconciler {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
-                if let Err(e) = self.run_once().await {
-                    tracing::warn!(error = %e, "reconciliation pass failed");
+                // Each pass in a task of its own: a pass that panics (a
+                // hook of the user's, say) is logged, and the next one runs.
+                let this = self.clone();
+                let pass = AbortOnDrop(tokio::spawn(async move { this.run_once().await }));
+                match pass.join().await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "reconciliation pass failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reconciliation pass panicked; the next one runs after the interval")
+                    }
                 }
                 let jitter = self.interval.mul_f64(fastrand::f64() / 10.0);
                 tokio::select! {
-                    () = tokio::time::sleep(self.interval + jitter) => {}
+                    () = tokio::time::sleep(self.interval.saturating_add(jitter)) => {}
                     changed = stopped.changed() => {
                         if changed.is_err() || *stopped.borrow() {
                             return;
@@ -296,123 +325,121 @@ impl Reconciler {
     }
 
     async fn handle(&self, r: Record, now: Timestamp) -> Result<Outcome, Error> {
-        match r.status {
-            Status::Pending if !r.lease_expired(now) => Ok(Outcome::Skipped),
-            Status::Pending if r.kind == Kind::Workflow => self.recover(&r).await,
-            Status::Pending if self.step_of_live_workflow(&r).await? => {
-                // Its workflow settles it when it is recovered.
-                Ok(Outcome::Skipped)
+        if !self.links(&r) {
+            return self.foreign(&r, now).await;
+        }
+        let outcome = match r.status {
+            s if s.is_dead_letter() => self.acknowledge(r.clone()).await,
+            s if s.is_active() && !r.lease_expired(now) => Ok(Outcome::Skipped),
+            _ if r.kind == Kind::Workflow => self.recover(&r).await,
+            Status::Pending => self.settle(&r, now).await,
+            Status::Compensating => self.compensate(r.clone(), now).await,
+            // A final record still due that is not a workflow: nothing is
+            // left to follow up.
+            s if s.is_final() => {
+                let mut t = Transition::new(r.id.clone(), s, r.token, s);
+                t.retention = r.expires_at.map(|at| {
+                    Duration::from_millis(at.as_millis().saturating_sub(now.as_millis()))
+                });
+                match self.rt.write(&t).await {
+                    Ok(()) | Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
+                    Err(e) => Err(e),
+                }
             }
-            Status::Pending if r.kind == Kind::Idempotent => self.release(&r).await,
-            Status::Pending => self.probe_or_park(&r).await,
-            Status::RollingBack if r.lease_expired(now) => self.recover(&r).await,
-            Status::Compensating if r.lease_expired(now) => self.compensate(r, now).await,
-            Status::CompensationFailed | Status::OutcomeUnknown => self.acknowledge(r).await,
             _ => Ok(Outcome::Skipped),
+        };
+        if outcome.is_err() {
+            // Invariant 10: a record that failed is looked at again after a
+            // backoff of its own, not first thing in every pass.
+            if let Err(e) = self.rt.reschedule(&r, self.delay(&r, now)).await {
+                tracing::debug!(id = %r.id, error = %e, "could not reschedule");
+            }
+        }
+        outcome
+    }
+
+    /// Whether this process links `r`'s operation (and so may act on it).
+    fn links(&self, r: &Record) -> bool {
+        let catalog = self.rt.catalog();
+        match r.kind {
+            Kind::Workflow => catalog.workflow(r.op()).is_some(),
+            _ => catalog.get(r.op()).is_some(),
         }
     }
 
+    /// Another service's record: left to its own processes, looked at again
+    /// later, and named in one warning per operation (invariant 11).
+    async fn foreign(&self, r: &Record, now: Timestamp) -> Result<Outcome, Error> {
+        let first = self
+            .warned
+            .lock()
+            .map(|mut warned| warned.insert(r.op().to_owned()))
+            .unwrap_or(false);
+        if first {
+            tracing::warn!(
+                op = r.op(),
+                "due records of an operation this process does not link; left to the processes that link it"
+            );
+        }
+        self.rt.reschedule(r, self.delay(r, now)).await?;
+        Ok(Outcome::Foreign)
+    }
+
+    /// How long a record this pass could not settle waits: twice as long as
+    /// it has been waiting since it last changed, within the backoff's base
+    /// and five minutes, drawn at random in its upper half so that many such
+    /// records spread apart.
+    fn delay(&self, r: &Record, now: Timestamp) -> Duration {
+        let waited =
+            Duration::from_millis(now.as_millis().saturating_sub(r.updated_at.as_millis()));
+        let ceiling = waited
+            .saturating_mul(2)
+            .clamp(self.backoff.base.min(RESCHEDULE_CAP), RESCHEDULE_CAP);
+        ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
     async fn recover(&self, r: &Record) -> Result<Outcome, Error> {
-        let recover = self.rt.catalog().workflow(r.op()).map(|w| w.recover);
-        let after = match self.rt.recover_workflow(&r.id).await {
-            Ok(after) => after,
+        let recovered = match self.rt.recover(&r.id).await {
+            Ok((recovered, _)) => recovered,
             Err(Error::Fenced { .. } | Error::WrongStatus { .. } | Error::InFlight { .. }) => {
                 return Ok(Outcome::Skipped);
             }
             Err(e) => return Err(e),
         };
-        Ok(match after.status {
-            Status::Pending | Status::RollingBack => Outcome::Skipped,
-            Status::Completed if recover == Some(Recover::Resume) => Outcome::Resumed,
-            _ => Outcome::RolledBack,
+        Ok(match recovered {
+            Recovered::Resumed => Outcome::Resumed,
+            Recovered::RolledBack => Outcome::RolledBack,
+            Recovered::Parked(parked) => Outcome::Parked(parked),
+            Recovered::Rescheduled => Outcome::Rescheduled,
+            Recovered::Other => Outcome::Skipped,
         })
     }
 
-    /// Whether `r` is a step of a workflow that is still running or recoverable:
-    /// then the workflow, not the step, is recovered.
-    async fn step_of_live_workflow(&self, r: &Record) -> Result<bool, Error> {
-        let Some(workflow) = &r.workflow else {
-            return Ok(false);
-        };
-        Ok(self
-            .rt
-            .store()
-            .get(workflow)
-            .await?
-            .is_some_and(|w| w.status.is_active() || w.status == Status::PartiallyRolledBack))
-    }
-
-    /// An idempotent call whose holder vanished: released, so the next call with
-    /// its key runs it again (the reconciler has no arguments to run it with).
-    async fn release(&self, r: &Record) -> Result<Outcome, Error> {
-        let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
-        t.error = Some("its holder vanished; the next call with the key runs it again".into());
-        t.retention = Some(self.rt.inner.config.retention);
-        match self.rt.apply(&t).await {
-            Ok(_) => Ok(Outcome::Released),
-            Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
-            Err(e) => Err(e),
+    /// A call whose holder vanished. A step of a workflow that is still
+    /// pending is left to the workflow (its next run claims the step) and
+    /// looked at again later; any other is settled here: released,
+    /// probed, or parked.
+    async fn settle(&self, r: &Record, now: Timestamp) -> Result<Outcome, Error> {
+        if let Some(workflow) = &r.workflow
+            && self
+                .rt
+                .store()
+                .get(workflow)
+                .await?
+                .is_some_and(|w| w.status == Status::Pending)
+        {
+            self.rt.reschedule(r, self.delay(r, now)).await?;
+            return Ok(Outcome::Rescheduled);
         }
-    }
-
-    /// A non-idempotent call whose holder vanished: its probe says whether the
-    /// effect happened; without one it is parked as `OutcomeUnknown`.
-    async fn probe_or_park(&self, r: &Record) -> Result<Outcome, Error> {
-        let rt = &self.rt;
-        let probe = rt.catalog().get(r.op()).and_then(|e| e.probe);
-        let Some(probe) = probe else {
-            let mut t = Transition::new(
-                r.id.clone(),
-                Status::Pending,
-                r.token,
-                Status::OutcomeUnknown,
-            );
-            t.error = Some(
-                "its holder vanished before the outcome was recorded, and it has no probe".into(),
-            );
-            return match rt.apply(&t).await {
-                Ok(parked) => {
-                    bump(&rt.inner.counters.dead_letters);
-                    Ok(Outcome::Parked(Box::new(parked)))
-                }
-                Err(Error::Fenced { .. }) => Ok(Outcome::Skipped),
-                Err(e) => Err(e),
-            };
+        let outcome = match self.rt.settle_crashed(r).await? {
+            Settled::Released => Outcome::Released,
+            Settled::Probed => Outcome::Probed,
+            Settled::Parked(parked) => Outcome::Parked(parked),
+            Settled::Lost => return Ok(Outcome::Skipped),
         };
-        // Take the record over first: one reconciler probes.
-        let mut claim = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Pending);
-        claim.lease = LeaseChange::Acquire(rt.inner.config.lease);
-        let held = match rt.apply(&claim).await {
-            Ok(held) => held,
-            Err(Error::Fenced { .. }) => return Ok(Outcome::Skipped),
-            Err(e) => return Err(e),
-        };
-        let lease = crate::invoke::Held::from_ref(&held);
-        let found =
-            crate::invoke::heartbeat(rt, &lease, rt.scope(probe(held.input.to_vec()))).await;
-        let mut t = Transition::new(
-            held.id.clone(),
-            Status::Pending,
-            held.token,
-            Status::Completed,
-        );
-        t.retention = Some(rt.inner.config.retention);
-        match found {
-            Ok(Some(output)) => t.output = Some(output.into()),
-            Ok(None) => {
-                t.to = Status::Released;
-                t.error =
-                    Some("the probe found no effect; the next call with the key runs it".into());
-            }
-            Err(message) => {
-                return Err(Error::Compensation {
-                    op: r.op().to_owned(),
-                    compensation: "probe".into(),
-                    message,
-                });
-            }
-        }
-        rt.apply(&t).await.map(|_| Outcome::Probed)
+        // A rollback that stopped at this step may go on.
+        self.rt.nudge_workflow_of(r).await?;
+        Ok(outcome)
     }
 
     /// Compensates the record as listed, at the pass's clock: its claim is a
@@ -470,6 +497,22 @@ impl Reconciler {
                 Ok(Outcome::Alerted)
             }
         }
+    }
+}
+
+/// A task that is aborted when this is dropped: a pass stops with the
+/// reconciler running it (as a crash would stop both).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

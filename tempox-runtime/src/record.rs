@@ -226,6 +226,9 @@ statuses! {
     CompensationFailed = "compensation_failed",
     /// Dead letter: a non-idempotent effect may or may not have happened.
     OutcomeUnknown = "outcome_unknown",
+    /// Dead letter: the call (or workflow) was recovered as often as the
+    /// runtime allows and its holder died every time (a crash loop).
+    RecoveryFailed = "recovery_failed",
     /// An operator closed the record by hand.
     Resolved = "resolved",
     /// A workflow is undoing its completed steps.
@@ -238,8 +241,11 @@ statuses! {
 
 impl Status {
     /// Dead letters: parked for an operator, never removed by retention.
-    pub const DEAD_LETTERS: &'static [Status] =
-        &[Status::CompensationFailed, Status::OutcomeUnknown];
+    pub const DEAD_LETTERS: &'static [Status] = &[
+        Status::CompensationFailed,
+        Status::OutcomeUnknown,
+        Status::RecoveryFailed,
+    ];
 
     /// Whether nothing automatic will ever change this record again, so retention
     /// may remove it.
@@ -257,7 +263,10 @@ impl Status {
 
     /// Whether this status parks the record for an operator.
     pub const fn is_dead_letter(self) -> bool {
-        matches!(self, Status::CompensationFailed | Status::OutcomeUnknown)
+        matches!(
+            self,
+            Status::CompensationFailed | Status::OutcomeUnknown | Status::RecoveryFailed
+        )
     }
 
     /// Whether a record in this status holds a lease while someone works on it.
@@ -314,10 +323,18 @@ pub const TRANSITIONS: &[(Status, Status)] = {
         // of several reconcilers exactly one wins).
         (CompensationFailed, CompensationFailed),
         (OutcomeUnknown, OutcomeUnknown),
+        (RecoveryFailed, RecoveryFailed),
+        // A crash loop: recovered as often as allowed, parked (invariant 10).
+        (Pending, RecoveryFailed),
         // Operator actions on dead letters.
         (CompensationFailed, Compensating),
         (CompensationFailed, Resolved),
         (OutcomeUnknown, Resolved),
+        (RecoveryFailed, Resolved),
+        // Operator retry of a crash loop: run again (a workflow, recovered
+        // by the reconciler) or free the key (the next call runs it).
+        (RecoveryFailed, Pending),
+        (RecoveryFailed, Released),
         // A probe (reconciler or operator retry) learned what happened.
         (OutcomeUnknown, Completed),
         (OutcomeUnknown, Released),
@@ -331,6 +348,16 @@ pub const TRANSITIONS: &[(Status, Status)] = {
         (RollingBack, PartiallyRolledBack),
         (PartiallyRolledBack, RollingBack),
         (PartiallyRolledBack, Resolved),
+        // A stopped rollback looked at again later (rescheduled).
+        (PartiallyRolledBack, PartiallyRolledBack),
+        // A final record keeps its status while its retention starts (the
+        // steps of a workflow that just ended) or its follow-up is done.
+        (Completed, Completed),
+        (Failed, Failed),
+        (Released, Released),
+        (Compensated, Compensated),
+        (Resolved, Resolved),
+        (RolledBack, RolledBack),
     ]
 };
 
@@ -594,10 +621,13 @@ pub struct Transition {
     pub error: Option<String>,
     /// Lease and token handling.
     pub lease: LeaseChange,
-    /// Without a lease: when the reconciler should look again (backoff). On a
-    /// dead letter's own status (`from == to`), a millisecond or more: its
-    /// alert is claimed and due again after this unless acknowledged (the same
-    /// transition without it).
+    /// When the reconciler should look at the record again (backoff); below
+    /// a millisecond it counts as none. For an active `to` it overrides the
+    /// end of the lease (a record rescheduled while nobody holds it). On a
+    /// dead letter's own status (`from == to`) its alert is claimed and due
+    /// again after this unless acknowledged (the same transition without
+    /// it). On any other status it keeps the record due: a stopped rollback
+    /// to look at again, or a final workflow with a follow-up left.
     pub retry_after: Option<Duration>,
     /// For a final `to`: how long to retain the record.
     pub retention: Option<Duration>,
@@ -605,6 +635,11 @@ pub struct Transition {
     pub attempts: AttemptsChange,
     /// A note to append (operator actions).
     pub note: Option<String>,
+    /// Applied only if the record's lease has run out on the store's clock
+    /// at the moment it is written (a record without a lease counts as run
+    /// out): how a takeover makes sure that a holder who renewed late, after
+    /// the caller read the record, keeps its claim (invariant 12).
+    pub if_lease_expired: bool,
 }
 
 impl Transition {
@@ -622,6 +657,7 @@ impl Transition {
             retention: None,
             attempts: AttemptsChange::Keep,
             note: None,
+            if_lease_expired: false,
         }
     }
 }
@@ -725,7 +761,7 @@ pub fn plan_transition(
     let Some(current) = existing else {
         return Ok(Transitioned::Conflict(None));
     };
-    if !holds(current, t) {
+    if !holds(current, t, now) {
         return Ok(Transitioned::Conflict(Some(current.clone())));
     }
     let mut r = current.clone();
@@ -746,9 +782,12 @@ pub(crate) fn check_legal(t: &Transition) -> Result<(), StoreError> {
 }
 
 /// Invariant 3 (fencing): only the holder of the current token in the expected
-/// status may write.
-pub(crate) fn holds(current: &Record, t: &Transition) -> bool {
-    current.status == t.from && current.token == t.token
+/// status may write; and a takeover only while the lease has run out at `now`
+/// (invariant 12).
+pub(crate) fn holds(current: &Record, t: &Transition, now: Timestamp) -> bool {
+    current.status == t.from
+        && current.token == t.token
+        && (!t.if_lease_expired || current.lease_until.is_none_or(|until| until <= now))
 }
 
 /// Writes `t` into `r`, which passed [`check_legal`] and [`holds`]: the rest of
@@ -806,21 +845,25 @@ pub(crate) fn schedule(
         LeaseChange::Acquire(lease) => (next_token(Some(token), now), Some(now.plus(lease))),
     };
     let lease_until = if t.to.is_active() { lease_until } else { None };
+    // A `retry_after` under a millisecond is none: the stores count in them.
+    let again = t
+        .retry_after
+        .filter(|d| d.as_millis() > 0)
+        .map(|d| now.plus(d));
     let due_at = if t.to.is_active() {
-        lease_until.or_else(|| Some(now.plus(t.retry_after.unwrap_or_default())))
+        // Looked at again after `retry_after` (a reconciler rescheduling a
+        // record it could not settle yet), else when the lease runs out.
+        again.or(lease_until).or(Some(now))
     } else if t.to.is_dead_letter() && t.from != t.to {
         // Entering a dead letter: due at once, so a reconciler raises its alert.
         Some(now)
-    } else if t.to.is_dead_letter() {
-        // A dead letter's own status (`from == to`): with a `retry_after` of a
-        // millisecond or more its alert is claimed and due again after it
-        // unless acknowledged; without, the alert is acknowledged.
-        t.retry_after
-            .filter(|d| d.as_millis() > 0)
-            .map(|d| now.plus(d))
     } else {
-        // Final.
-        None
+        // A dead letter's own status (`from == to`): with a `retry_after` its
+        // alert is claimed and due again after it unless acknowledged;
+        // without, the alert is acknowledged. A stopped rollback is looked at
+        // again after it; a final record with one has a follow-up left (a
+        // workflow whose steps' retention is yet to start).
+        again
     };
     let expires_at = if t.to.is_final() {
         t.retention.map(|d| now.plus(d))

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::catalog::{Catalog, Compensation};
 use crate::error::{Error, Human, StoreError};
 use crate::record::{
-    AttemptsChange, LeaseChange, Record, RecordId, Status, Transition, Transitioned,
+    AttemptsChange, Kind, LeaseChange, Record, RecordId, Status, Transition, Transitioned,
 };
 use crate::store::{Query, Store};
 
@@ -64,7 +64,12 @@ pub(crate) struct Config {
     pub(crate) in_flight_wait: Duration,
     pub(crate) retry_backoff: Backoff,
     pub(crate) compensation_attempts: u32,
+    pub(crate) recovery_attempts: u32,
 }
+
+/// The longest duration a setting may have: a century. Every store can hold
+/// a time this far ahead of now, and the time arithmetic never overflows.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Counts of what the runtime did since it was built; see [`Runtime::counters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,12 +235,22 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How many times a call or workflow whose holder died is run again
+    /// before the reconciler parks it as `RecoveryFailed` instead (a body that
+    /// crashes its process every time would otherwise be run for ever).
+    /// Default 5: parked when found crashed after its sixth run.
+    pub fn recovery_attempts(mut self, attempts: u32) -> Self {
+        self.config.recovery_attempts = attempts;
+        self
+    }
+
     /// Validates the settings and loads the catalog.
     ///
     /// # Errors
     /// - [`Error::Config`] naming the setting: no `store`; a `lease` under 10 ms;
     ///   a zero `retention`; a backoff whose cap is below its base; zero
-    ///   `compensation_attempts`.
+    ///   `compensation_attempts`; a duration over a century (no store could
+    ///   hold the time it ends at).
     /// - [`Error::DuplicateOperation`] when two operations share a name.
     pub fn build(self) -> Result<Runtime, Error> {
         let config = self.config;
@@ -246,6 +261,23 @@ impl RuntimeBuilder {
                 "no store was set; call `.store(..)` with e.g. `MemoryStore::new()`".into(),
             );
         };
+        for (setting, d) in [
+            ("lease", config.lease),
+            ("retention", config.retention),
+            ("in_flight_wait", config.in_flight_wait),
+            ("retry_backoff", config.retry_backoff.cap),
+        ] {
+            if d > MAX_DURATION {
+                return bad(
+                    setting,
+                    format!(
+                        "{} is too long; at most {} (a century)",
+                        Human(d),
+                        Human(MAX_DURATION)
+                    ),
+                );
+            }
+        }
         if config.lease < Duration::from_millis(10) {
             return bad(
                 "lease",
@@ -302,6 +334,7 @@ impl Runtime {
                     jitter: true,
                 },
                 compensation_attempts: 5,
+                recovery_attempts: 5,
             },
         }
     }
@@ -406,36 +439,49 @@ impl Runtime {
         }
     }
 
-    /// Operator: sends a `CompensationFailed` record back to be compensated, with
-    /// its attempts reset. The note is kept on the record.
+    /// Operator: tries a dead letter again, with its attempts reset, and
+    /// keeps a note on the record:
+    /// - `CompensationFailed`: compensated again (by the reconciler, or by a
+    ///   rollback waiting on it);
+    /// - `RecoveryFailed`: a workflow is run again (recovered by the
+    ///   reconciler); a call's key is freed, so its next call runs it.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::WrongStatus`] if it is not
-    /// `CompensationFailed`, [`Error::Store`].
+    /// [`Error::NotFound`], [`Error::WrongStatus`] for any other status,
+    /// [`Error::Store`].
     pub async fn retry(&self, id: &RecordId) -> Result<Record, Error> {
         let r = self.expect_record(id).await?;
-        if r.status != Status::CompensationFailed {
-            return Err(Error::WrongStatus {
-                action: "retry",
-                id: id.to_string(),
-                status: r.status,
-            });
-        }
-        let mut t = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
+        let to = match (r.status, r.kind) {
+            (Status::CompensationFailed, _) => Status::Compensating,
+            (Status::RecoveryFailed, Kind::Workflow) => Status::Pending,
+            (Status::RecoveryFailed, _) => Status::Released,
+            _ => {
+                return Err(Error::WrongStatus {
+                    action: "retry",
+                    id: id.to_string(),
+                    status: r.status,
+                });
+            }
+        };
+        let mut t = Transition::new(id.clone(), r.status, r.token, to);
         t.attempts = AttemptsChange::Set(0);
         t.note = Some(format!("{}: operator retry", self.now().await?));
+        if to.is_final() {
+            return self.apply_final(t, &r).await;
+        }
         self.apply(&t).await
     }
 
     /// Operator: closes a dead letter (or a stalled rollback) as `Resolved`, keeping
-    /// `note` on the record.
+    /// `note` on the record. A step resolved this way no longer stops its
+    /// workflow's rollback, which then goes on by itself.
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::WrongStatus`] unless the record is a dead
     /// letter or `PartiallyRolledBack`, [`Error::Store`].
     pub async fn resolve(&self, id: &RecordId, note: &str) -> Result<Record, Error> {
         let r = self.expect_record(id).await?;
-        if !crate::record::is_legal(r.status, Status::Resolved) {
+        if !crate::record::is_legal(r.status, Status::Resolved) || r.status == Status::Resolved {
             return Err(Error::WrongStatus {
                 action: "resolve",
                 id: id.to_string(),
@@ -444,8 +490,20 @@ impl Runtime {
         }
         let mut t = Transition::new(id.clone(), r.status, r.token, Status::Resolved);
         t.note = Some(format!("{}: resolved: {note}", self.now().await?));
-        t.retention = Some(self.inner.config.retention);
-        self.apply(&t).await
+        let resolved = self.apply_final(t, &r).await?;
+        if r.kind == Kind::Workflow && r.workflow.is_none() {
+            // Its steps' retention starts with its own.
+            if let Err(e) = self
+                .start_retention(&resolved, self.inner.config.retention)
+                .await
+            {
+                tracing::warn!(%id, error = %e, "could not start the retention of the steps");
+            }
+        }
+        if let Err(e) = self.nudge_workflow_of(&resolved).await {
+            tracing::warn!(%id, error = %e, "could not reschedule the workflow; its rollback goes on at its next look");
+        }
+        Ok(resolved)
     }
 
     /// Compensates a completed call from its record alone, through the catalog:
@@ -507,8 +565,20 @@ impl Runtime {
                 .await
                 .map(|record| (record, None));
         }
+        if entry.is_none() {
+            // Invariant 11: another service's record; its own processes
+            // compensate it. Running nothing is not a failed attempt.
+            return Err(Error::Config {
+                setting: "operation",
+                message: format!(
+                    "no operation named `{}` is linked into this program, so it cannot compensate `{id}`",
+                    r.op()
+                ),
+            });
+        }
         let mut claim = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
         claim.lease = LeaseChange::Acquire(self.inner.config.lease);
+        claim.if_lease_expired = true;
         claim.attempts = if r.status == Status::Completed {
             AttemptsChange::Set(1)
         } else {
@@ -537,6 +607,11 @@ impl Runtime {
         let record = self
             .finish_compensation(&held, outcome.clone(), policy)
             .await?;
+        if record.status == Status::Compensated
+            && let Err(e) = self.nudge_workflow_of(&record).await
+        {
+            tracing::warn!(%id, error = %e, "could not reschedule the workflow; its rollback goes on at its next look");
+        }
         let failed = outcome.err().map(|message| Error::Compensation {
             op: r.op().to_owned(),
             compensation: compensation.to_owned(),
@@ -561,7 +636,7 @@ impl Runtime {
         match outcome {
             Ok(()) => {
                 bump(&c.compensations);
-                t.retention = Some(self.inner.config.retention);
+                return self.apply_final(t, held).await;
             }
             Err(message) => {
                 bump(&c.compensation_failures);

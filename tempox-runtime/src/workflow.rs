@@ -12,13 +12,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::time::Duration;
+
 use crate::catalog::{Compensation, Recover};
 use crate::error::Error;
 use crate::invoke::{Guard, Held, heartbeat};
 use crate::key::Fingerprint;
 use crate::operation::{Operation, OperationError};
-use crate::record::{ClaimRequest, Kind, LeaseChange, Record, RecordId, Status, Transition};
-use crate::runtime::Runtime;
+use crate::record::{
+    ClaimRequest, Kind, LeaseChange, Record, RecordId, Status, Timestamp, Transition,
+};
+use crate::recovery::Settled;
+use crate::runtime::{Backoff, Runtime};
 use crate::store::Query;
 
 tokio::task_local! {
@@ -45,6 +50,11 @@ pub(crate) struct Context {
     next_step: AtomicU32,
     /// Steps recorded by earlier runs: step number → (operation, fingerprint).
     recorded: HashMap<u32, (String, Fingerprint)>,
+    /// Why a step could neither run nor replay for a reason of time or of the
+    /// store rather than of its body (a holder still running it, an outcome
+    /// that could not be written): the workflow is then not rolled back, and
+    /// is run again later.
+    in_doubt: std::sync::Mutex<Option<String>>,
 }
 
 impl Context {
@@ -59,7 +69,41 @@ impl Context {
             rolling_back,
             next_step: AtomicU32::new(1),
             recorded,
+            in_doubt: std::sync::Mutex::new(None),
         })
+    }
+
+    fn mark_in_doubt(&self, why: String) {
+        let mut in_doubt = self
+            .in_doubt
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        in_doubt.get_or_insert(why);
+    }
+
+    fn in_doubt(&self) -> Option<String> {
+        self.in_doubt
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Notes, in the running workflow, a step's failure that says nothing about
+/// the step's body: another holder still runs it (`InFlight`), its outcome
+/// could not be written or was fenced, or the store failed. Rolling the
+/// workflow back then would act on a step whose outcome is not known yet
+/// (invariant 12), so the workflow is left to be run again instead.
+pub(crate) fn note_in_doubt(e: &Error) {
+    let in_doubt = matches!(
+        e,
+        Error::InFlight { .. }
+            | Error::OutcomeNotRecorded { .. }
+            | Error::Fenced { .. }
+            | Error::Store { .. }
+    );
+    if in_doubt {
+        let _ = WORKFLOW.try_with(|ctx| ctx.mark_in_doubt(e.to_string()));
     }
 }
 
@@ -147,7 +191,7 @@ impl<Op: Workflow> Guard<Op> {
             Ok(ctx) => Arc::new(ctx),
             Err(e) => return Err(Op::Error::from_tempox(e)),
         };
-        let result = heartbeat(&rt, &self.held, WORKFLOW.scope(ctx, body)).await;
+        let result = heartbeat(&rt, &self.held, WORKFLOW.scope(ctx.clone(), body)).await;
         let error = match result {
             Ok(output) if !rolling_back => return self.finish(Ok(output)).await,
             Ok(_) => Op::Error::from_tempox(Error::RollbackRequested {
@@ -155,6 +199,10 @@ impl<Op: Workflow> Guard<Op> {
             }),
             Err(e) => e,
         };
+        if let Some(why) = ctx.in_doubt() {
+            self.defer(&why).await;
+            return Err(error);
+        }
         let wf = &self.held;
         let mut start = Transition::new(
             wf.id.clone(),
@@ -189,6 +237,43 @@ impl<Op: Workflow> Guard<Op> {
     }
 }
 
+impl<Op: Workflow> Guard<Op> {
+    /// Leaves the workflow to be run again later instead of rolling it back:
+    /// a step's outcome is in doubt (`why`). Its lease ends now and it is due
+    /// after a backoff; the reconciler resumes it once the step is settled.
+    async fn defer(&self, why: &str) {
+        let wf = &self.held;
+        tracing::info!(id = %wf.id, reason = why, "a step is in doubt; the workflow is run again later, not rolled back");
+        let mut t = Transition::new(wf.id.clone(), Status::Pending, wf.token, Status::Pending);
+        t.lease = LeaseChange::Clear;
+        t.error = Some(format!("run again later: {why}"));
+        t.retry_after = Some(self.rt.inner.config.retry_backoff.delay(2));
+        if let Err(e) = self.rt.write(&t).await {
+            tracing::warn!(id = %wf.id, error = %e, "could not end the lease; it runs out on its own");
+        }
+        // A workflow that is a step of another is in doubt for it too.
+        note_in_doubt(&Error::InFlight {
+            op: wf.id.op().to_owned(),
+            key: wf.id.key().to_owned(),
+        });
+    }
+}
+
+/// What [`Runtime::recover`] did.
+#[derive(Debug)]
+pub(crate) enum Recovered {
+    /// Run again to its end.
+    Resumed,
+    /// Rolled back (to its end, or to where a step stopped it).
+    RolledBack,
+    /// Parked as `RecoveryFailed`: the record as written.
+    Parked(Box<Record>),
+    /// Left for later: a step is still held, or the rollback is still stopped.
+    Rescheduled,
+    /// Anything else (its follow-up done, or another holder got there first).
+    Other,
+}
+
 /// What undoing one step came to.
 enum Undone {
     /// Compensated (or rolled back, for a nested workflow).
@@ -201,23 +286,42 @@ enum Undone {
 
 /// Rolls back the completed steps of a workflow held in `RollingBack`: newest
 /// completion first, each through the catalog (the path the reconciler uses
-/// too), then records `RolledBack`, or `PartiallyRolledBack` when a
-/// compensation is dead-lettered (the rollback stops there unless `strict` is
-/// off). Invariant 6.
+/// too), then records `RolledBack`, or `PartiallyRolledBack` when a step
+/// stands in the way: a compensation dead-lettered, an outcome unknown, or a
+/// step still held by another (the rollback stops there unless `strict` is
+/// off, and goes on by itself once that changes). Steps whose holder died are
+/// settled first. Invariant 6.
 pub(crate) async fn roll_back(rt: &Runtime, wf: Record, strict: bool) -> Result<Record, Error> {
     let work = async {
         let mut steps = steps(rt, &wf.id).await?;
-        // A step whose outcome is unknown (or that never recorded one) may have
-        // taken effect and cannot be compensated: the rollback is not complete.
-        let mut parked = steps
-            .iter()
-            .any(|s| matches!(s.status, Status::OutcomeUnknown | Status::Pending));
+        let now = rt.store().now().await?;
+        let mut settled_any = false;
+        for step in &steps {
+            if step.status == Status::Pending
+                && step.kind != Kind::Workflow
+                && step.lease_expired(now)
+            {
+                rt.settle_crashed(step).await?;
+                settled_any = true;
+            }
+        }
+        if settled_any {
+            steps = self::steps(rt, &wf.id).await?;
+        }
+        // A step whose outcome is unknown, or that is still held, may have
+        // taken effect and cannot be compensated yet: the rollback is not
+        // complete.
+        let mut parked = steps.iter().any(blocks);
         // Steps already being compensated (a rollback taken over or resumed) come
         // first; then completed steps, newest completion first.
         steps.retain(|s| {
             matches!(
                 s.status,
-                Status::Completed | Status::Compensating | Status::CompensationFailed
+                Status::Completed
+                    | Status::Compensating
+                    | Status::CompensationFailed
+                    | Status::RollingBack
+                    | Status::PartiallyRolledBack
             )
         });
         steps.sort_by(|a, b| {
@@ -252,37 +356,83 @@ pub(crate) async fn roll_back(rt: &Runtime, wf: Record, strict: bool) -> Result<
         Status::RolledBack,
     );
     if parked {
+        // Looked at again later: the rollback goes on once nothing blocks it.
         t.to = Status::PartiallyRolledBack;
-    } else {
-        t.retention = Some(rt.inner.config.retention);
+        t.retry_after = Some(rt.inner.config.retry_backoff.cap);
+        return rt.apply(&t).await;
     }
-    rt.apply(&t).await
+    if wf.workflow.is_some() {
+        // A step of another: its retention starts with its parent's.
+        return rt.apply(&t).await;
+    }
+    t.retry_after = Some(crate::recovery::follow_up_after(rt));
+    let done = rt.apply(&t).await?;
+    let retention = rt.inner.config.retention;
+    match rt.start_retention(&done, retention).await {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            tracing::warn!(id = %done.id, error = %e, "could not start the retention of the steps; the reconciler will");
+            Ok(done)
+        }
+    }
+}
+
+/// Whether a step keeps its workflow's rollback from completing: its outcome
+/// is unknown, it is parked, or it is still held (running, being compensated
+/// by another, or a nested rollback in progress or stopped).
+fn blocks(step: &Record) -> bool {
+    step.status.is_dead_letter()
+        || matches!(step.status, Status::Pending | Status::PartiallyRolledBack)
 }
 
 /// Undoes one step, retrying its compensation with backoff until it succeeds or
-/// is dead-lettered.
+/// is dead-lettered. Every status is handled, and each wait grows.
 async fn undo(rt: &Runtime, mut step: Record, strict: bool) -> Result<Undone, Error> {
     let compensation = rt.catalog().get(step.op()).map(|e| e.compensation);
     if matches!(compensation, Some(Compensation::None | Compensation::Noop)) {
         return Ok(Undone::Skipped);
     }
-    if step.kind == Kind::Workflow {
-        let inner = Box::pin(roll_back_completed(rt, &step, strict)).await?;
-        return Ok(if inner.status == Status::RolledBack {
-            Undone::Done
-        } else {
-            Undone::Parked
-        });
-    }
+    let pause = Backoff {
+        jitter: false,
+        ..rt.inner.config.retry_backoff
+    };
+    let mut waits = 0u32;
     loop {
         match step.status {
-            Status::Compensated => return Ok(Undone::Done),
-            Status::CompensationFailed => return Ok(Undone::Parked),
-            _ => {}
+            Status::Compensated | Status::Resolved | Status::RolledBack => return Ok(Undone::Done),
+            // Nothing took effect.
+            Status::Released | Status::Failed => return Ok(Undone::Skipped),
+            Status::CompensationFailed
+            | Status::OutcomeUnknown
+            | Status::RecoveryFailed
+            | Status::Pending
+            | Status::PartiallyRolledBack => return Ok(Undone::Parked),
+            Status::Completed if step.kind == Kind::Workflow => {
+                let inner = Box::pin(roll_back_completed(rt, &step, strict)).await?;
+                return Ok(if inner.status == Status::RolledBack {
+                    Undone::Done
+                } else {
+                    Undone::Parked
+                });
+            }
+            Status::Completed | Status::Compensating | Status::RollingBack => {}
         }
-        match Box::pin(rt.compensate(&step.id)).await {
-            Ok(done) if done.status == Status::Compensated => return Ok(Undone::Done),
-            Ok(_)
+        let attempt = if step.kind == Kind::Workflow {
+            // A nested rollback another runtime holds: its lease decides.
+            match Box::pin(rt.recover_workflow(&step.id)).await {
+                Ok(inner) if inner.status == Status::RolledBack => return Ok(Undone::Done),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            match Box::pin(rt.compensate(&step.id)).await {
+                Ok(done) if done.status == Status::Compensated => return Ok(Undone::Done),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        match attempt {
+            Ok(())
             | Err(Error::Compensation { .. } | Error::Fenced { .. } | Error::WrongStatus { .. }) => {
             }
             Err(e) => return Err(e),
@@ -294,9 +444,11 @@ async fn undo(rt: &Runtime, mut step: Record, strict: bool) -> Result<Undone, Er
             .ok_or_else(|| Error::NotFound {
                 id: step.id.to_string(),
             })?;
-        if step.status == Status::Compensating {
-            // Failed and scheduled, or another holder is on it: wait, then again.
-            tokio::time::sleep(rt.inner.config.retry_backoff.delay(step.attempts.max(1))).await;
+        if matches!(step.status, Status::Compensating | Status::RollingBack) {
+            // Failed and scheduled, or another holder is on it: wait, longer
+            // each time, then again.
+            waits = waits.saturating_add(1);
+            tokio::time::sleep(pause.delay(waits).max(Duration::from_millis(1))).await;
         }
     }
 }
@@ -313,24 +465,69 @@ pub(crate) async fn roll_back_completed(
     roll_back(rt, held, strict).await
 }
 
+/// When a workflow whose rollback stopped may go on: `None` when no step
+/// blocks it, else how long to wait (the end of a blocking step's lease, or
+/// a backoff for a parked one).
+async fn blocked(rt: &Runtime, wf: &Record, now: Timestamp) -> Result<Option<Duration>, Error> {
+    let mut wait: Option<Duration> = None;
+    for step in steps(rt, &wf.id).await? {
+        let step_wait =
+            if step.status.is_dead_letter() || step.status == Status::PartiallyRolledBack {
+                rt.inner.config.retry_backoff.cap
+            } else if step.status.is_active() && !step.lease_expired(now) {
+                let until = step.lease_until.map_or(0, |u| u.as_millis());
+                Duration::from_millis(until.saturating_sub(now.as_millis()))
+            } else {
+                continue;
+            };
+        wait = Some(wait.map_or(step_wait, |w| w.min(step_wait)));
+    }
+    Ok(wait)
+}
+
+/// The earliest end of a lease that a step of `wf` still holds at `now`.
+async fn live_step(rt: &Runtime, wf: &Record, now: Timestamp) -> Result<Option<Duration>, Error> {
+    let mut wait: Option<Duration> = None;
+    for step in steps(rt, &wf.id).await? {
+        if step.status.is_active()
+            && !step.lease_expired(now)
+            && let Some(until) = step.lease_until
+        {
+            let d = Duration::from_millis(until.as_millis().saturating_sub(now.as_millis()));
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        }
+    }
+    Ok(wait)
+}
+
 impl Runtime {
     /// Recovers a workflow whose process died, from its record alone: the entry
-    /// point the reconciler calls for each crashed workflow.
+    /// point the reconciler calls for each crashed workflow, and the one
+    /// behind `tempox recover`.
     ///
     /// - `Pending` with its lease run out: `recover = resume` runs it again from
-    ///   its recorded input (completed steps replay); `recover = rollback` undoes
-    ///   its completed steps.
+    ///   its recorded input (completed steps replay) once no step of it is held
+    ///   any more; `recover = rollback` undoes its completed steps. After more
+    ///   runs than `recovery_attempts` allows it is parked as `RecoveryFailed`.
     /// - `RollingBack` with its lease run out: the rollback is taken over.
-    /// - `PartiallyRolledBack`: the rollback goes on (after an operator retried
-    ///   or resolved the compensation that stopped it).
+    /// - `PartiallyRolledBack`: the rollback goes on once no step blocks it
+    ///   (an operator retried or resolved the compensation that stopped it);
+    ///   until then it is rescheduled.
+    /// - Final and still due: its steps' retention is started.
     ///
-    /// Returns the workflow's record afterwards.
+    /// Returns the workflow's record afterwards (still `Pending` or
+    /// `PartiallyRolledBack` when it had to wait, with the time it is due).
     ///
     /// # Errors
     /// [`Error::NotFound`]; [`Error::WrongStatus`] if the record is not a workflow
     /// in one of those states (a live lease included); [`Error::Config`] if the
     /// workflow is not linked into this program; store and compensation errors.
     pub async fn recover_workflow(&self, id: &RecordId) -> Result<Record, Error> {
+        self.recover(id).await.map(|(_, record)| record)
+    }
+
+    /// [`recover_workflow`](Self::recover_workflow), saying what it did.
+    pub(crate) async fn recover(&self, id: &RecordId) -> Result<(Recovered, Record), Error> {
         let r = self
             .store()
             .get(id)
@@ -350,39 +547,91 @@ impl Runtime {
             .workflow(r.op())
             .ok_or_else(|| Error::Config {
                 setting: "workflow",
-                message: format!("no workflow named `{}` is linked into this program", r.op()),
+                message: format!(
+                    "no workflow named `{}` is linked into this program; recover it from a process that links it",
+                    r.op()
+                ),
             })?;
         let strict = !entry.continue_past_dead_letters;
         let takeover = |from: Status| {
             let mut t = Transition::new(r.id.clone(), from, r.token, Status::RollingBack);
             t.lease = LeaseChange::Acquire(self.inner.config.lease);
+            t.if_lease_expired = true;
             t
         };
+        let reread = || async {
+            self.store()
+                .get(id)
+                .await?
+                .ok_or_else(|| Error::NotFound { id: id.to_string() })
+        };
         match r.status {
-            // Both run the workflow again: completed steps replay and an
-            // interrupted one is settled (run again if idempotent, probed or
-            // parked if not). With `rollback`, no step that never ran is started
-            // and everything completed is then undone.
             Status::Pending if r.lease_expired(now) => {
+                if r.attempts > self.inner.config.recovery_attempts {
+                    return Ok(match self.park_crash_loop(&r).await? {
+                        Settled::Parked(parked) => (Recovered::Parked(parked.clone()), *parked),
+                        _ => (Recovered::Other, reread().await?),
+                    });
+                }
+                // A step still held by another: never rolled back because
+                // of its lease (invariant 12); run again once it ends.
+                if let Some(wait) = live_step(self, &r, now).await? {
+                    self.reschedule(&r, wait).await?;
+                    return Ok((Recovered::Rescheduled, reread().await?));
+                }
+                // Both run the workflow again: completed steps replay and an
+                // interrupted one is settled (run again if idempotent, probed or
+                // parked if not). With `rollback`, no step that never ran is started
+                // and everything completed is then undone.
                 let run = RECOVERY.scope(entry.recover, (entry.resume)(r.input.to_vec()));
                 if let Err(message) = self.scope(run).await {
                     tracing::info!(%id, error = %message, "recovered workflow ended with an error");
                 }
-                self.store()
-                    .get(id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound { id: id.to_string() })
+                let after = reread().await?;
+                let recovered = match after.status {
+                    Status::Completed => Recovered::Resumed,
+                    Status::RolledBack | Status::PartiallyRolledBack | Status::RollingBack => {
+                        Recovered::RolledBack
+                    }
+                    Status::Pending if after.token != r.token && after.lease_expired(now) => {
+                        Recovered::Rescheduled
+                    }
+                    _ => Recovered::Other,
+                };
+                Ok((recovered, after))
             }
             Status::RollingBack if r.lease_expired(now) => {
                 let held = self.apply(&takeover(Status::RollingBack)).await?;
-                roll_back(self, held, strict).await
+                let done = roll_back(self, held, strict).await?;
+                Ok((Recovered::RolledBack, done))
             }
             Status::PartiallyRolledBack => {
+                if let Some(wait) = blocked(self, &r, now).await? {
+                    self.reschedule(&r, wait).await?;
+                    return Ok((Recovered::Rescheduled, reread().await?));
+                }
                 let held = self.apply(&takeover(Status::PartiallyRolledBack)).await?;
-                roll_back(self, held, strict).await
+                let done = roll_back(self, held, strict).await?;
+                Ok((Recovered::RolledBack, done))
+            }
+            s if s.is_final() && r.due_at.is_some() => {
+                let done = if r.workflow.is_some() {
+                    // A step of another: its parent starts its retention.
+                    self.keep_status(&r).await?
+                } else {
+                    self.start_retention(&r, self.inner.config.retention)
+                        .await?
+                };
+                Ok((Recovered::Other, done))
             }
             _ => Err(wrong(&r)),
         }
+    }
+
+    /// Ends the follow-up of a final record, keeping its status.
+    async fn keep_status(&self, r: &Record) -> Result<Record, Error> {
+        let t = Transition::new(r.id.clone(), r.status, r.token, r.status);
+        self.apply(&t).await
     }
 
     /// The step records of workflow `id`, in id order.

@@ -170,7 +170,7 @@ impl Inner {
         let Some(Some(s)) = self.slots.get_mut(slot) else {
             return Ok(Written::Conflict(None));
         };
-        if !holds(&s.record, t) {
+        if !holds(&s.record, t, now) {
             return Ok(Written::Conflict(self.slot(slot).map(|s| &s.record)));
         }
         let old = (s.record.due_at, s.record.expires_at);

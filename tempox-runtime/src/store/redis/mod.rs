@@ -1121,7 +1121,7 @@ impl RedisStore {
         let blobs = t.output.as_ref().map_or(0, |o| o.len())
             + t.error.as_ref().map_or(0, String::len)
             + t.note.as_ref().map_or(0, String::len);
-        let mut args = Cmd::with_capacity(19, 128 + blobs);
+        let mut args = Cmd::with_capacity(20, 128 + blobs);
         args.arg("transition")
             .arg(t.id.as_str())
             .arg(t.from.as_str())
@@ -1140,7 +1140,8 @@ impl RedisStore {
             .arg(millis(t.retry_after.unwrap_or_default()))
             .arg(flag(t.retention.is_some()))
             .arg(millis(t.retention.unwrap_or_default()))
-            .arg(flag(quiet));
+            .arg(flag(quiet))
+            .arg(flag(t.if_lease_expired));
         args
     }
 

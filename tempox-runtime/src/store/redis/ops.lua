@@ -3,7 +3,7 @@
 -- it had been sent alone (a later one sees what an earlier one wrote).
 -- KEYS: 4 per operation: its record, then due, exp and wf of its bucket
 -- ARGV: per operation: 'claim', 'transition' or 'renew', the prefix of its
---       bucket's status sets, then its 8 (claim), 18 (transition) or 4
+--       bucket's status sets, then its 8 (claim), 19 (transition) or 4
 --       (renew) arguments
 -- Returns one reply per operation, as claim(), transition() or renew()
 -- answers, or
@@ -26,7 +26,7 @@ for i = 1, #KEYS / 4 do
     a = a + 10
   elseif ARGV[a + 1] == 'transition' then
     ok, reply = pcall(transition, K, a + 2)
-    a = a + 20
+    a = a + 21
   elseif ARGV[a + 1] == 'renew' then
     ok, reply = pcall(renew, K, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
     a = a + 6

@@ -5,13 +5,26 @@
 -- has_error, error, lease (keep | clear | acquire), lease_ms,
 -- attempts (keep | increment | set), attempts_n, has_note, note,
 -- retry_after_ms, has_retention, retention_ms,
--- quiet ('1': the caller does not need the record written)
+-- quiet ('1': the caller does not need the record written),
+-- if_lease_expired ('1': only while the lease has run out at now)
 -- Returns {'illegal'}, {'conflict'} (no record, or quiet), {'conflict',
 -- record} or {'applied', record} ({'applied'} when quiet).
 
 -- The fields a quiet transition reads: the pair it compares, and those it
 -- computes from or keeps indexes of.
 local SMALL = {'status', 'token', 'lease_until', 'attempts', 'due_at', 'expires_at', 'note'}
+
+-- tempox::record::schedule's due time of a record going from>to whose lease
+-- afterwards ends at lease_until (nil: none), with retry_after in ms ('0':
+-- none): again after retry_after, else at the end of the lease (active);
+-- at once (entering a dead letter); else only after retry_after.
+local function due_after(from, to, retry_after, lease_until)
+  local again = nil
+  if retry_after ~= '0' then again = uadd(now, retry_after, U64_MAX) end
+  if ACTIVE[to] then return again or lease_until or now end
+  if DEAD_LETTER[to] and from ~= to then return now end
+  return again
+end
 
 -- A field of apply()'s record going from before to after: written into set,
 -- or named in del when it goes away.
@@ -34,6 +47,9 @@ local function apply(K, a, id, from, token, to)
   local h = redis.call('HMGET', K.rec, unpack(SMALL))
   -- HMGET answers false for a missing field (and every field of no record).
   if h[1] ~= from or h[2] ~= token then return {'conflict'} end
+  -- Invariant 12: a takeover only while the lease has run out, at this
+  -- server's clock, now.
+  if ARGV[a + 19] == '1' and h[3] and ucmp(h[3], now) > 0 then return {'conflict'} end
   local old = {}
   for i = 3, #SMALL do
     if h[i] then old[SMALL[i]] = h[i] end
@@ -62,14 +78,7 @@ local function apply(K, a, id, from, token, to)
     set[#set + 1] = 'note'; set[#set + 1] = note
   end
   if not ACTIVE[to] then lease_until = nil end
-  local retry_after, due_at = ARGV[a + 15], nil
-  if ACTIVE[to] then
-    due_at = lease_until or uadd(now, retry_after, U64_MAX)
-  elseif DEAD_LETTER[to] and from ~= to then
-    due_at = now
-  elseif DEAD_LETTER[to] and retry_after ~= '0' then
-    due_at = uadd(now, retry_after, U64_MAX)
-  end
+  local due_at = due_after(from, to, ARGV[a + 15], lease_until)
   local expires_at = nil
   if FINAL[to] and ARGV[a + 16] == '1' then expires_at = uadd(now, ARGV[a + 17], U64_MAX) end
   change(set, del, 'lease_until', old.lease_until, lease_until)
@@ -105,6 +114,9 @@ local function transition(K, a)
   -- Invariant 3 (fencing): only the holder of the current token in the
   -- expected status may write.
   if old.status ~= from or old.token ~= token then return {'conflict', flat(id, old)} end
+  if ARGV[a + 19] == '1' and old.lease_until ~= nil and ucmp(old.lease_until, now) > 0 then
+    return {'conflict', flat(id, old)}
+  end
 
   local r = copy(old)
   r.status = to
@@ -127,19 +139,8 @@ local function transition(K, a)
   if ARGV[a + 13] == '1' then
     if r.note ~= nil then r.note = r.note .. '\n' .. ARGV[a + 14] else r.note = ARGV[a + 14] end
   end
-  local retry_after = ARGV[a + 15]
   if not ACTIVE[to] then r.lease_until = nil end
-  if ACTIVE[to] then
-    r.due_at = r.lease_until or uadd(now, retry_after, U64_MAX)
-  elseif DEAD_LETTER[to] and from ~= to then
-    -- Entering a dead letter: due at once, so a reconciler raises its alert.
-    r.due_at = now
-  elseif DEAD_LETTER[to] and retry_after ~= '0' then
-    -- Its alert claimed: due again after retry_after unless acknowledged.
-    r.due_at = uadd(now, retry_after, U64_MAX)
-  else
-    r.due_at = nil
-  end
+  r.due_at = due_after(from, to, ARGV[a + 15], r.lease_until)
   if FINAL[to] and ARGV[a + 16] == '1' then
     r.expires_at = uadd(now, ARGV[a + 17], U64_MAX)
   else

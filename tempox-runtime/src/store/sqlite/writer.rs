@@ -267,7 +267,8 @@ fn apply(conn: &Connection, t: &Transition, now: Timestamp) -> Result<bool, Stor
             "UPDATE tempox_records SET status = ?1, token = ?2, updated_at = ?3, \
              lease_until = ?4, due_at = ?5, expires_at = ?6, output = coalesce(?7, output), \
              error = coalesce(?8, error), attempts = coalesce(?9, attempts) \
-             WHERE id = ?10 AND status = ?11 AND token = ?12",
+             WHERE id = ?10 AND status = ?11 AND token = ?12 \
+             AND (?13 = 0 OR lease_until IS NULL OR lease_until <= ?3)",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -283,6 +284,7 @@ fn apply(conn: &Connection, t: &Transition, now: Timestamp) -> Result<bool, Stor
                 t.id.as_str(),
                 t.from.as_str(),
                 token,
+                t.if_lease_expired,
             ])
         })
         .map_err(db_error)?;
