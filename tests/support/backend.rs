@@ -15,6 +15,9 @@ pub struct Backend {
     pub store: Arc<dyn Store>,
     clock: Option<ManualClock>,
     lease: Duration,
+    /// The runtimes' retention: the default a day where time is a manual
+    /// clock's, a second on a real one.
+    retention: Duration,
     _keep: Box<dyn Any + Send + Sync>,
 }
 
@@ -33,15 +36,32 @@ impl Backend {
 
     /// A runtime builder on the store with the backend's lease and a fast backoff.
     pub fn builder(&self) -> tempox::RuntimeBuilder {
+        self.builder_on(self.store.clone())
+    }
+
+    /// [`builder`](Self::builder) on `store` (the backend's, wrapped).
+    pub fn builder_on(&self, store: Arc<dyn Store>) -> tempox::RuntimeBuilder {
         Runtime::builder()
-            .shared_store(self.store.clone())
+            .shared_store(store)
             .lease(self.lease)
+            .retention(self.retention)
             .retry_backoff(Duration::from_millis(1), Duration::from_millis(4))
+    }
+
+    /// The runtimes' lease.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Lets every lease run out.
     pub async fn pass_lease(&self) {
         self.pass(self.lease + Duration::from_millis(100)).await;
+    }
+
+    /// Lets the runtimes' retention (and every lease) run out.
+    pub async fn pass_retention(&self) {
+        self.pass(self.retention + self.lease + Duration::from_millis(100))
+            .await;
     }
 
     /// A key no other backend's run of `scenario` uses.
@@ -65,6 +85,7 @@ pub async fn memory() -> Backend {
         store: Arc::new(MemoryStore::with_clock(clock.clone())),
         clock: Some(clock),
         lease: Duration::from_secs(30),
+        retention: Duration::from_secs(86_400),
         _keep: Box::new(()),
     }
 }
@@ -81,6 +102,7 @@ pub async fn sqlite() -> Backend {
         store: Arc::new(store),
         clock: Some(clock),
         lease: Duration::from_secs(30),
+        retention: Duration::from_secs(86_400),
         _keep: Box::new(dir),
     }
 }
@@ -99,6 +121,7 @@ pub async fn redis() -> Backend {
         store: Arc::new(store),
         clock: None,
         lease: Duration::from_millis(300),
+        retention: Duration::from_secs(1),
         _keep: Box::new(server),
     }
 }

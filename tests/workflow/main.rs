@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+mod recovery;
 mod scenarios;
 mod shop;
 
@@ -27,7 +28,29 @@ macro_rules! scenarios {
     };
 }
 
+/// Stamps the recovery scenarios for one backend.
+macro_rules! recovery {
+    ($backend:ident => $make:expr) => {
+        stamp!($backend => $make; recovery;
+            a_step_outlives_its_retention_while_its_workflow_is_not_done,
+            a_parked_rollback_goes_on_after_the_operator_retries,
+            a_parked_rollback_goes_on_after_the_operator_resolves,
+            a_resumed_workflow_waits_for_a_step_whose_lease_ends_later,
+            a_pending_step_under_a_stopped_rollback_is_settled,
+            a_rollback_whose_step_is_resolved_meanwhile_goes_on,
+            a_workflow_that_crashes_every_run_is_parked,
+        );
+    };
+}
+
 scenarios!(memory => crate::shop::memory());
 scenarios!(sqlite => crate::shop::sqlite());
 #[cfg(feature = "redis")]
 scenarios!(redis => crate::shop::redis());
+
+mod recovery_on {
+    recovery!(memory => crate::shop::memory());
+    recovery!(sqlite => crate::shop::sqlite());
+    #[cfg(feature = "redis")]
+    recovery!(redis => crate::shop::redis());
+}
