@@ -166,7 +166,7 @@ pub struct Hooked {
 }
 
 impl Hooked {
-    pub fn new(inner: Arc<dyn Store>) -> (Arc<dyn Store>, Hooks) {
+    pub fn wrap(inner: Arc<dyn Store>) -> (Arc<dyn Store>, Hooks) {
         let hooks = Hooks::default();
         let store = Hooked {
             inner,

@@ -218,7 +218,7 @@ pub async fn a_pending_step_under_a_stopped_rollback_is_settled(b: &Backend) {
 /// (it used to spin on the status it did not expect, reading the store
 /// thousands of times a second).
 pub async fn a_rollback_whose_step_is_resolved_meanwhile_goes_on(b: &Backend) {
-    let (store, hooks) = Hooked::new(b.store.clone());
+    let (store, hooks) = Hooked::wrap(b.store.clone());
     let slow = b
         .builder_on(store)
         .retry_backoff(Duration::from_millis(600), Duration::from_secs(2))
@@ -303,7 +303,7 @@ pub async fn a_workflow_that_crashes_every_run_is_parked(b: &Backend) {
             .is_some_and(|e| e.contains("run 3 times")),
         "{parked:?}"
     );
-    assert_eq!(*alerts.lock().unwrap(), [id.clone()]);
+    assert_eq!(*alerts.lock().unwrap(), std::slice::from_ref(&id));
     assert!(rt.dead_letters().await.unwrap().iter().any(|d| d.id == id));
 
     // Fixed: the operator's retry runs it again, to its end.
