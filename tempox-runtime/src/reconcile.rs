@@ -531,6 +531,12 @@ impl ReconcilerHandle {
         let _ = self.task.await;
     }
 
+    /// Whether the background task has ended. It ends only when stopped or
+    /// aborted: a pass that fails or panics is logged and the next one runs.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops at once, as a crash would: records it was working on keep their
     /// lease until it runs out, then another reconciler takes them over.
     pub fn abort(self) {

@@ -8,6 +8,7 @@ mod support;
 
 mod ops;
 mod scenarios;
+mod timing;
 
 /// Stamps every scenario for one backend: `$make` returns a `backend::Backend`.
 macro_rules! scenarios {
@@ -32,3 +33,26 @@ scenarios!(memory => crate::support::backend::memory());
 scenarios!(sqlite => crate::support::backend::sqlite());
 #[cfg(feature = "redis")]
 scenarios!(redis => crate::support::backend::redis());
+
+/// Stamps the timing scenarios for one backend.
+macro_rules! timing {
+    ($backend:ident => $make:expr) => {
+        stamp!($backend => $make; timing;
+            a_holder_that_renews_after_the_listing_keeps_its_claim,
+            a_running_compensation_renewed_late_is_not_claimed_again,
+            a_clock_ahead_takes_over_nothing_held,
+            records_a_pass_cannot_settle_do_not_starve_the_rest,
+            another_services_records_are_left_alone,
+            a_call_that_crashes_every_run_is_parked,
+            a_renewal_held_by_the_store_does_not_stall_the_body,
+            settings_at_their_limits_and_a_pass_that_panics,
+        );
+    };
+}
+
+mod timing_on {
+    timing!(memory => crate::support::backend::memory());
+    timing!(sqlite => crate::support::backend::sqlite());
+    #[cfg(feature = "redis")]
+    timing!(redis => crate::support::backend::redis());
+}

@@ -150,3 +150,12 @@ pub async fn flow(key: String) -> Result<u32, TestError> {
     let b = idem(format!("{key}/b")).await?;
     Ok(a + b)
 }
+
+/// A body that takes `ticks` sleeps of `tick_ms`, and counts its runs.
+#[idempotent(name = "rc.slow", key = key)]
+pub async fn slow(key: String, ticks: u32, tick_ms: u64) -> Result<u32, TestError> {
+    for _ in 0..ticks {
+        tokio::time::sleep(std::time::Duration::from_millis(tick_ms)).await;
+    }
+    Ok(ticks)
+}
