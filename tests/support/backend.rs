@@ -15,8 +15,8 @@ pub struct Backend {
     pub store: Arc<dyn Store>,
     clock: Option<ManualClock>,
     lease: Duration,
-    /// The runtimes' retention: the default a day where time is a manual
-    /// clock's, a second on a real one.
+    /// The retention of [`retaining`](Self::retaining) runtimes: the default
+    /// day where time is a manual clock's, a second on a real one.
     retention: Duration,
     _keep: Box<dyn Any + Send + Sync>,
 }
@@ -44,8 +44,13 @@ impl Backend {
         Runtime::builder()
             .shared_store(store)
             .lease(self.lease)
-            .retention(self.retention)
             .retry_backoff(Duration::from_millis(1), Duration::from_millis(4))
+    }
+
+    /// [`builder`](Self::builder) with a retention that
+    /// [`pass_retention`](Self::pass_retention) lets run out.
+    pub fn retaining(&self) -> tempox::RuntimeBuilder {
+        self.builder().retention(self.retention)
     }
 
     /// The runtimes' lease.

@@ -58,13 +58,13 @@ async fn reconcile_until(b: &Backend, rt: &Runtime, id: &RecordId, status: Statu
 /// charge step's retention would have passed replays the charge: a step lives
 /// as long as its workflow (invariant 9).
 pub async fn a_step_outlives_its_retention_while_its_workflow_is_not_done(b: &Backend) {
-    let rt = b.runtime();
+    let rt = b.retaining().build().unwrap();
     let order = shop::order(b, "retained", 300, false);
     crash(&rt, &order, "after:2", shop::checkout(order.clone())).await;
     let id = workflow_id("shop.checkout", &order);
     b.pass_retention().await;
     // A pass removes what is past retention, and resumes the workflow.
-    let fresh = b.runtime();
+    let fresh = b.retaining().build().unwrap();
     let report = fresh.reconciler().run_once().await.unwrap();
     assert!(report.errors.is_empty(), "{report:?}");
     let done = reconcile_until(b, &fresh, &id, Status::Completed).await;
@@ -88,7 +88,7 @@ pub async fn a_step_outlives_its_retention_while_its_workflow_is_not_done(b: &Ba
 /// carries the rollback on by itself, and the older steps are compensated
 /// (not lost to expiry).
 pub async fn a_parked_rollback_goes_on_after_the_operator_retries(b: &Backend) {
-    let rt = b.runtime_with(1);
+    let rt = b.retaining().compensation_attempts(1).build().unwrap();
     let order = shop::order(b, "parked-retry", 900, true);
     shop::fail_refunds(&order.id, true);
     assert!(rt.scope(shop::checkout(order.clone())).await.is_err());
@@ -102,7 +102,13 @@ pub async fn a_parked_rollback_goes_on_after_the_operator_retries(b: &Backend) {
 
     // A weekend passes, with reconcilers running.
     b.pass_retention().await;
-    let r = b.runtime_with(1).reconciler().max_attempts(1);
+    let r = b
+        .retaining()
+        .compensation_attempts(1)
+        .build()
+        .unwrap()
+        .reconciler()
+        .max_attempts(1);
     r.run_once().await.unwrap();
     let reserve = step_id("shop.reserve", &id, 1);
     assert_eq!(record(&rt, &reserve).await.status, Status::Completed);
