@@ -51,7 +51,7 @@ impl Runtime {
         let crash_loop = r.attempts > self.inner.config.recovery_attempts;
         if r.kind == Kind::Idempotent {
             if crash_loop {
-                return self.park_crash_loop(r).await;
+                return self.park_crash_loop(r, false).await;
             }
             let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Released);
             t.error = Some("its holder vanished; the next call with the key runs it again".into());
@@ -95,7 +95,8 @@ impl Runtime {
         );
         match found {
             Ok(Some(output)) => t.output = Some(output.into()),
-            Ok(None) if crash_loop => return self.park_crash_loop(&held).await,
+            // Held by this probe's claim: parked by its holder.
+            Ok(None) if crash_loop => return self.park_crash_loop(&held, true).await,
             Ok(None) => {
                 t.to = Status::Released;
                 t.error =
@@ -115,8 +116,9 @@ impl Runtime {
     }
 
     /// Parks a `Pending` record (a call or a workflow) that crashed more often
-    /// than allowed.
-    pub(crate) async fn park_crash_loop(&self, r: &Record) -> Result<Settled, Error> {
+    /// than allowed: taken over from a holder that vanished, or written by
+    /// this caller's own claim (`held`).
+    pub(crate) async fn park_crash_loop(&self, r: &Record, held: bool) -> Result<Settled, Error> {
         let mut t = Transition::new(
             r.id.clone(),
             Status::Pending,
@@ -132,7 +134,7 @@ impl Runtime {
             error.push_str(last);
         }
         t.error = Some(error);
-        t.if_lease_expired = true;
+        t.if_lease_expired = !held;
         self.park(&t).await
     }
 

@@ -568,7 +568,7 @@ impl Runtime {
         match r.status {
             Status::Pending if r.lease_expired(now) => {
                 if r.attempts > self.inner.config.recovery_attempts {
-                    return Ok(match self.park_crash_loop(&r).await? {
+                    return Ok(match self.park_crash_loop(&r, false).await? {
                         Settled::Parked(parked) => (Recovered::Parked(parked.clone()), *parked),
                         _ => (Recovered::Other, reread().await?),
                     });

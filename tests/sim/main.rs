@@ -16,6 +16,12 @@ mod world;
 use world::{Backend, run_many};
 
 fn check(backend: Backend, first: u64, count: u64, steps: usize, url: Option<&str>) {
+    // More schedules when hunting (`TEMPOX_SIM_SCHEDULES`).
+    let count = std::env::var("TEMPOX_SIM_SCHEDULES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|_| count > 1)
+        .unwrap_or(count);
     let (total, failed) = run_many(backend, first, count, steps, url);
     eprintln!(
         "{}: {count} schedules, {} crashes injected, {} calls, {} effects, {} passes, {} violations",

@@ -297,6 +297,7 @@ struct Proc {
     tokio: tokio::runtime::Runtime,
     rt: Runtime,
     faults: Arc<Faults>,
+    _reconciler: tempox::ReconcilerHandle,
 }
 
 /// The shared store and how to reach it.
@@ -322,6 +323,10 @@ pub struct Sim {
     answers: Arc<Mutex<Vec<(RecordId, String)>>>,
     foreign: Vec<Record>,
     alerted: Arc<Mutex<BTreeSet<RecordId>>>,
+    /// Alerts raised, newest last, for the operator to answer.
+    paged: Arc<Mutex<Vec<RecordId>>>,
+    /// The operator's command line: a runtime of its own on the store.
+    operator: Runtime,
 }
 
 fn tokio_runtime(backend: Backend) -> tokio::runtime::Runtime {
@@ -375,6 +380,12 @@ impl Sim {
                 (store, None, Some((url, prefix)), None)
             }
         };
+        let operator = Runtime::builder()
+            .shared_store(base.clone())
+            .lease(times.lease)
+            .retention(times.retention)
+            .build()
+            .unwrap();
         let shared = Shared {
             backend,
             base,
@@ -393,6 +404,8 @@ impl Sim {
             answers: Arc::new(Mutex::new(Vec::new())),
             foreign: Vec::new(),
             alerted: Arc::new(Mutex::new(BTreeSet::new())),
+            paged: Arc::new(Mutex::new(Vec::new())),
+            operator,
         };
         for _ in 0..processes {
             let p = sim.start_process();
@@ -417,7 +430,7 @@ impl Sim {
         };
         let (base, cap) = match self.shared.backend {
             Backend::Redis => (Duration::from_millis(5), Duration::from_millis(40)),
-            _ => (Duration::from_millis(500), Duration::from_secs(5)),
+            _ => (Duration::from_secs(4), Duration::from_secs(30)),
         };
         let rt = Runtime::builder()
             .store(store)
@@ -425,11 +438,35 @@ impl Sim {
             .retention(self.times.retention)
             .in_flight_wait(self.times.lease)
             .retry_backoff(base, cap)
-            .compensation_attempts(3)
+            .compensation_attempts(2)
             .recovery_attempts(2)
             .build()
             .unwrap();
-        Proc { tokio, rt, faults }
+        // Each process runs a reconciler in the background, as services do.
+        let every = match self.shared.backend {
+            Backend::Redis => Duration::from_millis(60),
+            _ => Duration::from_secs(10),
+        };
+        let reconciler = {
+            let _inside = tokio.enter();
+            self.paging(rt.reconciler().interval(every)).spawn()
+        };
+        Proc {
+            tokio,
+            rt,
+            faults,
+            _reconciler: reconciler,
+        }
+    }
+
+    /// `r` with the schedule's batch and the alert hook that pages the
+    /// operator.
+    fn paging(&self, r: tempox::Reconciler) -> tempox::Reconciler {
+        let (alerted, paged) = (self.alerted.clone(), self.paged.clone());
+        r.batch(4).concurrency(2).alert(move |r| {
+            alerted.lock().unwrap().insert(r.id.clone());
+            paged.lock().unwrap().push(r.id.clone());
+        })
     }
 
     /// Records of another service (operations no process here links): they
@@ -519,6 +556,10 @@ impl Sim {
             for q in (0..self.procs.len()).filter(|q| Some(*q) != stalled) {
                 self.drive(q, chunk);
             }
+            // An operator on call answers some pages as they come.
+            if !self.paged.lock().unwrap().is_empty() && self.rng(|r| r.bool()) {
+                self.operator(0);
+            }
         }
     }
 
@@ -528,7 +569,9 @@ impl Sim {
         let fresh = self.start_process();
         let dead = std::mem::replace(&mut self.procs[p], fresh);
         drop(dead.rt);
+        // Its reconciler dies with it, as in a crash (not stopped).
         dead.tokio.shutdown_background();
+        drop(dead._reconciler);
     }
 
     fn key(&self, kind: &str, n: u32, flags: &str) -> String {
@@ -583,15 +626,7 @@ impl Sim {
 
     fn reconcile(&mut self, p: usize) -> tokio::task::JoinHandle<Option<tempox::PassReport>> {
         self.outcome.passes += 1;
-        let alerted = self.alerted.clone();
-        let r = self.procs[p]
-            .rt
-            .reconciler()
-            .batch(4)
-            .concurrency(2)
-            .alert(move |r| {
-                alerted.lock().unwrap().insert(r.id.clone());
-            });
+        let r = self.paging(self.procs[p].rt.reconciler());
         self.procs[p]
             .tokio
             .spawn(async move { r.run_once().await.ok() })
@@ -625,33 +660,43 @@ impl Sim {
         if parked.is_empty() {
             return;
         }
+        // An operator answers the page just raised first.
+        let paged = self.paged.lock().unwrap().pop();
         let pick = self.rng(|r| r.usize(0..parked.len()));
-        let r = parked[pick].clone();
+        let r = paged
+            .and_then(|id| parked.iter().find(|r| r.id == id))
+            .unwrap_or(&parked[pick])
+            .clone();
         let resolve = self.rng(|r| r.bool());
-        let rt = self.procs[p].rt.clone();
-        self.procs[p].tokio.spawn(async move {
+        if r.status == Status::PartiallyRolledBack && !resolve {
+            // Runs compensations: in a process, which may crash.
+            let rt = self.procs[p].rt.clone();
+            self.procs[p].tokio.spawn(async move {
+                let _ = rt.recover_workflow(&r.id).await;
+            });
+            return;
+        }
+        // The operator's own command line, at once.
+        let rt = self.operator.clone();
+        self.home.block_on(async move {
             match (r.status, resolve) {
-                (Status::PartiallyRolledBack, false) => {
-                    let _ = rt.recover_workflow(&r.id).await;
-                }
                 (Status::CompensationFailed, false) => {
                     let _ = rt.retry(&r.id).await;
                 }
                 _ => {
-                    if rt.resolve(&r.id, "settled by hand").await.is_ok() {
-                        // Resolving a step of an order means undoing by
-                        // hand what it did.
-                        let order = r.workflow.as_ref().map(|w| w.key().to_owned());
-                        with(|w| match (r.op(), order) {
-                            ("sim.charge", Some(order)) if w.charges.contains_key(&order) => {
-                                w.refunded.insert(order);
-                            }
-                            ("sim.reserve", Some(order)) => {
-                                w.released.insert(order);
-                            }
-                            _ => {}
-                        });
-                    }
+                    // Resolving a step of an order means undoing by hand
+                    // what it did, then saying so (the answer may be lost).
+                    let order = r.workflow.as_ref().map(|w| w.key().to_owned());
+                    with(|w| match (r.op(), order) {
+                        ("sim.charge", Some(order)) if w.charges.contains_key(&order) => {
+                            w.refunded.insert(order);
+                        }
+                        ("sim.reserve", Some(order)) => {
+                            w.released.insert(order);
+                        }
+                        _ => {}
+                    });
+                    let _ = rt.resolve(&r.id, "settled by hand").await;
                 }
             }
         });
@@ -671,19 +716,19 @@ impl Sim {
             eprintln!("step: action {action} process {p} tick {tick:?} at {now:?}");
         }
         match action {
-            0..=29 => self.call(p),
-            30..=49 => self.drive(p, tick),
-            50..=64 => self.tick(tick),
-            65..=69 => {
+            0..=27 => self.call(p),
+            28..=45 => self.drive(p, tick),
+            46..=60 => self.tick(tick),
+            61..=66 => {
                 // Process p stalls while the others go on past its leases.
                 with(|w| *w.stalls.entry(p).or_default() += 1);
                 self.pass_time(self.times.lease + tick, Some(p));
             }
-            70..=74 => self.crash(p),
-            75..=84 => {
+            67..=71 => self.crash(p),
+            72..=81 => {
                 self.reconcile(p);
             }
-            85..=88 => self.operator(p),
+            82..=88 => self.operator(p),
             89 => {
                 // Retention passes (a weekend): the keys of before are
                 // not called again; what is still under way goes on.
@@ -761,6 +806,7 @@ impl Sim {
         for proc in self.procs.drain(..) {
             drop(proc.rt);
             proc.tokio.shutdown_background();
+            drop(proc._reconciler);
         }
         self.outcome.clone()
     }
