@@ -541,12 +541,12 @@ impl Sim {
 
     /// Time passes for everyone: the clock, and each process's timers.
     fn tick(&mut self, d: Duration) {
-        self.pass_time(d, None);
+        self.pass_time(d, None, true);
     }
 
     /// `d` passes for the store and for every process but `stalled`, in
     /// steps short enough for their renewals to keep their leases.
-    fn pass_time(&mut self, d: Duration, stalled: Option<usize>) {
+    fn pass_time(&mut self, d: Duration, stalled: Option<usize>, on_call: bool) {
         let step = self.times.lease / 4;
         let mut left = d;
         while !left.is_zero() {
@@ -557,7 +557,7 @@ impl Sim {
                 self.drive(q, chunk);
             }
             // An operator on call answers some pages as they come.
-            if !self.paged.lock().unwrap().is_empty() && self.rng(|r| r.bool()) {
+            if on_call && !self.paged.lock().unwrap().is_empty() && self.rng(|r| r.bool()) {
                 self.operator(0);
             }
         }
@@ -722,7 +722,7 @@ impl Sim {
             61..=66 => {
                 // Process p stalls while the others go on past its leases.
                 with(|w| *w.stalls.entry(p).or_default() += 1);
-                self.pass_time(self.times.lease + tick, Some(p));
+                self.pass_time(self.times.lease + tick, Some(p), true);
             }
             67..=71 => self.crash(p),
             72..=81 => {
@@ -732,9 +732,10 @@ impl Sim {
             89 => {
                 // Retention passes (a weekend): the keys of before are
                 // not called again; what is still under way goes on.
+                // Nobody answers pages over the weekend.
                 self.generation += 1;
                 let d = self.times.retention + self.times.lease;
-                self.tick(d);
+                self.pass_time(d, None, false);
             }
             90..=93 => {
                 let down = &self.procs[p].faults.down;
