@@ -157,10 +157,33 @@ async fn store_claim(
     rt: &Runtime,
     req: &ClaimRequest,
     span: &tracing::Span,
-) -> Result<Claimed, StoreError> {
-    match rt.store().immediate() {
-        Some(store) => span.in_scope(|| store.claim_now(req)),
-        None => rt.store().claim(req).instrument(span.clone()).await,
+) -> Result<Claimed, Error> {
+    let claimed = match rt.store().immediate() {
+        Some(store) => span.in_scope(|| store.claim_now(req))?,
+        None => rt.store().claim(req).instrument(span.clone()).await?,
+    };
+    match (&claimed, crate::workflow::rolling_back()) {
+        // A workflow that recovery rolls back starts nothing new: a step
+        // whose record was released (it took no effect) is given back, as
+        // one that never ran is not claimed at all.
+        (
+            Claimed::Acquired {
+                record,
+                previous: Some(Status::Released),
+            },
+            Some(workflow),
+        ) => {
+            let mut t = Transition::new(
+                record.id.clone(),
+                Status::Pending,
+                record.token,
+                Status::Released,
+            );
+            t.error = Some("not started: the workflow is being rolled back".into());
+            rt.write(&t).await?;
+            Err(Error::RollbackRequested { workflow })
+        }
+        _ => Ok(claimed),
     }
 }
 

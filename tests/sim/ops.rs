@@ -66,6 +66,8 @@ pub struct World {
     pub stalls: BTreeMap<usize, u64>,
     /// Effects of bodies that lived through a stall past their lease.
     pub zombie_effects: u64,
+    /// Every write of the schedule, as the processes sent them.
+    pub log: Vec<String>,
     /// The longest a body waits between its effects.
     pub max_pause: Duration,
     pub rng: Option<fastrand::Rng>,
@@ -189,9 +191,21 @@ pub async fn charge(order: &String, amount: u64) -> Result<String, SimError> {
         }
         let n = w.held_charges.entry(order.clone()).or_default();
         *n += 1;
-        if *n > 1 {
-            w.violations
-                .push(format!("order {order} charged {n} times"));
+        let n = *n;
+        if n > 1 {
+            // With the writes of the order's records, as the processes sent
+            // them.
+            let marks = [format!("/{order}#"), format!("/{order}:")];
+            let writes: Vec<&String> = w
+                .log
+                .iter()
+                .filter(|l| marks.iter().any(|m| l.contains(m.as_str())))
+                .collect();
+            let v = format!(
+                "order {order} charged {n} times (by process {}); writes: {writes:#?}",
+                w.process
+            );
+            w.violations.push(v);
         }
     });
     pause().await;

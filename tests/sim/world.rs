@@ -94,6 +94,9 @@ fn times(backend: Backend) -> Times {
 /// counted there.
 #[derive(Default)]
 struct Faults {
+    /// Calls sent and not yet answered (a store on a thread of its own, or
+    /// a server, answers while the process is not polled).
+    in_flight: AtomicU64,
     down: AtomicBool,
     /// Replies lost after the write applied, per thousand writes.
     lose_per_mille: AtomicU32,
@@ -120,6 +123,22 @@ struct Faulty {
 impl std::fmt::Debug for Faulty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Faulty")
+    }
+}
+
+/// Counts a call in flight until it is answered or dropped.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, SeqCst);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -162,33 +181,47 @@ impl Faulty {
         }
     }
 
-    fn live_lease(&self, t: &Transition) -> Option<(Timestamp, Timestamp)> {
-        let clock = self.clock.as_ref()?;
+    /// The lease `t`'s record was last given, if `t` is a takeover.
+    fn live_lease(&self, t: &Transition) -> Option<Timestamp> {
+        self.clock.as_ref()?;
         if !t.if_lease_expired {
             return None;
         }
-        let until = *self.leases.until.lock().unwrap().get(&t.id)?;
-        let now = tempox::clock::Clock::now(clock);
-        (until > now).then_some((until, now))
+        self.leases.until.lock().unwrap().get(&t.id).copied()
     }
 
-    fn track(&self, t: &Transition, written: Option<&Record>) {
-        let mut leases = self.leases.until.lock().unwrap();
-        match (t.lease, written) {
-            (LeaseChange::Acquire(_), Some(r)) => {
-                if let Some(until) = r.lease_until {
-                    leases.insert(t.id.clone(), until);
-                }
-            }
-            _ if !t.to.is_active() || t.lease == LeaseChange::Clear => {
-                leases.remove(&t.id);
-            }
-            _ => {}
+    /// Before `t` is sent: a write that ends the lease is taken as done,
+    /// since a store may apply it while its caller never hears back (a
+    /// crash on the way). Missing a lease only ever hides a violation.
+    fn untrack(&self, t: &Transition) {
+        if !t.to.is_active() || t.lease == LeaseChange::Clear {
+            self.leases.until.lock().unwrap().remove(&t.id);
         }
     }
 
-    fn check_takeover(&self, t: &Transition, live: Option<(Timestamp, Timestamp)>) {
-        if let Some((until, now)) = live {
+    /// After `t` applied: the lease it took.
+    fn track(&self, t: &Transition, written: Option<&Record>) {
+        if let (LeaseChange::Acquire(_), Some(r)) = (t.lease, written)
+            && let Some(until) = r.lease_until
+        {
+            self.leases
+                .until
+                .lock()
+                .unwrap()
+                .insert(t.id.clone(), until);
+        }
+    }
+
+    /// A takeover that applied: its write came before `now` (read after
+    /// the store answered; a store may write on a thread of its own while
+    /// the clock moves), so a lease ending after `now` was live when it
+    /// wrote.
+    fn check_takeover(&self, t: &Transition, until: Option<Timestamp>) {
+        let Some(clock) = &self.clock else {
+            return;
+        };
+        let now = tempox::clock::Clock::now(clock);
+        if let Some(until) = until.filter(|until| *until > now) {
             ops::violation(format!(
                 "{} -> {} of `{}` applied while its lease was live (until {until}, now {now})",
                 t.from, t.to, t.id
@@ -200,6 +233,7 @@ impl Faulty {
 #[async_trait::async_trait]
 impl Store for Faulty {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let claimed = self.inner.claim(req).await?;
         trace_write(
@@ -219,8 +253,10 @@ impl Store for Faulty {
         self.lost(lose, claimed)
     }
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let live = self.live_lease(t);
+        self.untrack(t);
         let answer = self.inner.transition(t).await?;
         trace_write(
             &t.id,
@@ -242,8 +278,10 @@ impl Store for Faulty {
         self.lost(lose, answer)
     }
     async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let live = self.live_lease(t);
+        self.untrack(t);
         let applied = self.inner.apply(t).await?;
         trace_write(
             &t.id,
@@ -263,6 +301,7 @@ impl Store for Faulty {
         token: u64,
         lease: Duration,
     ) -> Result<Option<Timestamp>, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let until = self.inner.renew(id, status, token, lease).await?;
         if let Some(until) = until {
@@ -271,18 +310,22 @@ impl Store for Faulty {
         self.lost(lose, until)
     }
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.get(id).await
     }
     async fn due(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.due(limit).await
     }
     async fn list(&self, query: &Query) -> Result<Vec<Record>, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.list(query).await
     }
     async fn expire(&self, limit: usize) -> Result<usize, StoreError> {
+        let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.expire(limit).await
     }
@@ -529,10 +572,18 @@ impl Sim {
             tokio::time::sleep(d).await;
             tokio::task::yield_now().await;
         });
-        if self.shared.backend == Backend::Sqlite {
-            // The writer answers from a thread of its own.
-            std::thread::sleep(Duration::from_micros(150));
-            self.procs[p].tokio.block_on(tokio::task::yield_now());
+        // A store that answers from a thread of its own (SQLite's writer) or
+        // a server: its answers are taken before time moves on, or the
+        // process would stall past its leases while it waits.
+        for _ in 0..20_000 {
+            if self.procs[p].faults.in_flight.load(SeqCst) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+            self.procs[p].tokio.block_on(async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            });
         }
         if with(|w| w.crash_requests.remove(&p)) {
             self.crash(p);
@@ -739,7 +790,13 @@ impl Sim {
             }
             90..=93 => {
                 let down = &self.procs[p].faults.down;
-                down.store(!down.load(SeqCst), SeqCst);
+                let now_down = !down.load(SeqCst);
+                down.store(now_down, SeqCst);
+                if now_down {
+                    // Its holders can no longer renew: like a stall, their
+                    // claims may be taken over while their bodies go on.
+                    with(|w| *w.stalls.entry(p).or_default() += 1);
+                }
             }
             94..=96 => {
                 let lose = &self.procs[p].faults.lose_per_mille;
@@ -886,10 +943,17 @@ impl Sim {
                             .filter(|s| s.workflow.as_ref() == Some(&r.id))
                             .map(|s| format!("{} {} {:?}", s.id, s.status, s.error))
                             .collect();
-                        w.violations.push(format!(
-                            "{} rolled back, but charged {charged} refunded {refunded}, reserved {reserved} released {released}; steps: {steps:?}",
+                        let marks = [format!("/{order}#"), format!("/{order}:")];
+                        let writes: Vec<&String> = w
+                            .log
+                            .iter()
+                            .filter(|l| marks.iter().any(|m| l.contains(m.as_str())))
+                            .collect();
+                        let v = format!(
+                            "{} rolled back, but charged {charged} refunded {refunded}, reserved {reserved} released {released}; steps: {steps:#?}; writes: {writes:#?}",
                             r.id
-                        ))
+                        );
+                        w.violations.push(v)
                     }
                     _ => {}
                 }
@@ -936,16 +1000,23 @@ impl Sim {
     }
 }
 
+/// Keeps every write in the schedule's log (a violation quotes those of
+/// its records), and prints those matching `TEMPOX_SIM_TRACE`.
 fn trace_write(id: &RecordId, what: impl FnOnce() -> String, lost: bool) {
-    if let Ok(filter) = std::env::var("TEMPOX_SIM_TRACE")
-        && id.as_str().contains(&filter)
-    {
-        let p = with(|w| w.process);
-        eprintln!(
-            "    p{p} {id}: {}{}",
+    let line = with(|w| {
+        let line = format!(
+            "p{} {id}: {}{}",
+            w.process,
             what(),
             if lost { " (reply lost)" } else { "" }
         );
+        w.log.push(line.clone());
+        line
+    });
+    if let Ok(filter) = std::env::var("TEMPOX_SIM_TRACE")
+        && id.as_str().contains(&filter)
+    {
+        eprintln!("    {line}");
     }
 }
 
