@@ -52,6 +52,7 @@ impl Kind {
                 "name",
                 "recover",
                 "rollback",
+                "deadline",
                 "in_flight",
                 "retention",
                 "lease",
@@ -95,6 +96,8 @@ pub(crate) struct Args {
     pub(crate) recover: Option<Arg<Recover>>,
     /// `rollback = continue`: go on past a dead-lettered compensation.
     pub(crate) rollback_continue: Option<Arg<bool>>,
+    /// `deadline = "15m"`: a workflow not completed by then is rolled back.
+    pub(crate) deadline_ms: Option<Arg<u64>>,
 }
 
 /// Stores `value` unless the argument was given before (a duplicate is an error,
@@ -148,6 +151,7 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
             (Kind::NonIdempotent, "retry") => "`retry` is for `#[idempotent]` operations; a non-idempotent effect is never run again automatically".to_owned(),
             (Kind::Workflow, "compensate") => "a `#[workflow]` takes no `compensate`: it is undone by rolling back its completed steps, each through its own compensation".to_owned(),
             (Kind::Workflow, "retry" | "probe" | "cache_errors") => format!("`{n}` is an argument of the operations a workflow calls, not of `#[workflow]`"),
+            (Kind::Idempotent | Kind::NonIdempotent, "deadline") => format!("`deadline` is for `#[workflow]`, which is rolled back when it passes; bound the body of this `{}` operation with a timeout of its own instead", kind.attr()),
             _ => {
                 let supported = kind
                     .allowed()
@@ -232,16 +236,22 @@ fn check_arg(args: &mut Args, kind: Kind, name: &Ident, value: Option<Expr>, err
             }
             _ => wrong(errors, &value),
         },
-        "retention" | "lease" => {
+        "retention" | "lease" | "deadline" => {
             let parsed = lit_str(&value).map(|s| (s.span(), parse_duration(&s.value())));
-            let slot = if n == "lease" {
-                &mut args.lease_ms
-            } else {
-                &mut args.retention_ms
+            let slot = match n.as_str() {
+                "lease" => &mut args.lease_ms,
+                "deadline" => &mut args.deadline_ms,
+                _ => &mut args.retention_ms,
             };
             match parsed {
                 Some((_, Ok(ms))) if n == "lease" && ms < 10 => {
                     errors.push(&value, "`lease` must be at least `\"10ms\"`");
+                }
+                Some((_, Ok(ms))) if ms > MAX_MS => {
+                    errors.push(
+                        &value,
+                        format!("`{n}` is too long: at most a century (`\"36500d\"`), so that every store can hold the time it ends at"),
+                    );
                 }
                 Some((_, Ok(ms))) => set(slot, name, ms, errors),
                 Some((span, Err(why))) => {
@@ -281,7 +291,7 @@ fn expected(name: &str) -> &'static str {
         "in_flight" => "`wait` or `reject`",
         "recover" => "`resume` or `rollback`",
         "rollback" => "`strict` (stop at a dead-lettered compensation, the default) or `continue`",
-        "retention" | "lease" => {
+        "retention" | "lease" | "deadline" => {
             "a duration string such as `\"500ms\"`, `\"30s\"`, `\"15m\"`, `\"24h\"` or `\"7d\"`"
         }
         "retry" => {
@@ -364,6 +374,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     d[a.len()][b.len()]
 }
+
+/// The longest duration an attribute takes: a century, as the runtime's
+/// builder (no store could hold a time further ahead).
+const MAX_MS: u64 = 100 * 365 * 86_400_000;
 
 /// `"500ms"`, `"30s"`, `"15m"`, `"24h"`, `"7d"` → milliseconds.
 pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {

@@ -673,6 +673,7 @@ fn workflow_items(args: &Args, item: &Item, op: &syn::Ident) -> TokenStream {
         _ => quote!(Resume),
     };
     let strict = !args.rollback_continue.as_ref().is_some_and(|a| a.value);
+    let deadline = millis(args.deadline_ms.as_ref().map(|a| a.value));
     let resume = format_ident!("__tempox_resume", span = Span::mixed_site());
     let input = format_ident!("__tempox_input", span = Span::mixed_site());
     let entry = format_ident!("__TEMPOX_WORKFLOW", span = Span::mixed_site());
@@ -694,6 +695,7 @@ fn workflow_items(args: &Args, item: &Item, op: &syn::Ident) -> TokenStream {
         impl #private::Workflow for #op {
             const RECOVER: #private::Recover = #private::Recover::#recover;
             const STRICT: bool = #strict;
+            const DEADLINE: ::core::option::Option<::core::time::Duration> = #deadline;
         }
         fn #resume(
             #input: ::std::vec::Vec<u8>,
@@ -709,6 +711,7 @@ fn workflow_items(args: &Args, item: &Item, op: &syn::Ident) -> TokenStream {
             name: <#op as #private::Operation>::NAME,
             recover: #private::Recover::#recover,
             continue_past_dead_letters: !#strict,
+            deadline: #deadline,
             resume: #resume,
         };
     }

@@ -115,6 +115,9 @@ pub struct WorkflowEntry {
     /// `rollback = continue`: a dead-lettered compensation does not stop the
     /// rollback (default: it does).
     pub continue_past_dead_letters: bool,
+    /// `deadline = "15m"`: not completed this long after it started, it is
+    /// rolled back.
+    pub deadline: Option<std::time::Duration>,
     /// Decodes the input and calls the workflow.
     pub resume: ResumeFn,
 }

@@ -108,6 +108,16 @@ pub enum Error {
         called: String,
     },
 
+    /// A workflow did not complete within its `deadline`: it is rolled back
+    /// (by the process running it, or by recovery).
+    #[error("workflow `{workflow}` did not complete within its deadline of {}; it is rolled back", Human(*deadline))]
+    DeadlineExceeded {
+        /// The workflow's record id.
+        workflow: String,
+        /// The deadline, from the workflow's start.
+        deadline: Duration,
+    },
+
     /// A workflow is being rolled back during recovery: steps that never ran are
     /// not started.
     #[error("workflow `{workflow}` is being rolled back; no new step is started")]

@@ -389,6 +389,8 @@ pub(crate) struct Held {
     /// Whether the record is a step of a workflow (its retention starts with
     /// the workflow's).
     pub(crate) step: bool,
+    /// When the record was created, on the store's clock.
+    pub(crate) created_at: Timestamp,
 }
 
 impl Held {
@@ -397,6 +399,7 @@ impl Held {
         let lease = Self::lease_of(&record);
         Held {
             step: record.workflow.is_some(),
+            created_at: record.created_at,
             id: record.id,
             status: record.status,
             token: record.token,
@@ -412,6 +415,7 @@ impl Held {
             token: record.token,
             lease: Self::lease_of(record),
             step: record.workflow.is_some(),
+            created_at: record.created_at,
         }
     }
 
@@ -493,6 +497,9 @@ pub struct Guard<Op: Operation> {
 
 impl<Op: Operation> Guard<Op> {
     fn new(rt: Runtime, record: Record, span: tracing::Span) -> Self {
+        if record.workflow.is_some() {
+            crate::workflow::note_claim(&record.id, record.token, true);
+        }
         Guard {
             rt,
             held: Held::of(record),
@@ -669,6 +676,9 @@ impl<Op: Operation> Guard<Op> {
         if !t.to.is_final() {
             t.retention = None;
             t.retry_after = None;
+        }
+        if r.step {
+            crate::workflow::note_claim(&r.id, r.token, false);
         }
         match self.rt.write(&t).await {
             Ok(()) if follow_up && t.to.is_final() => {

@@ -39,6 +39,9 @@ pub trait Workflow: Operation {
     /// Whether a dead-lettered compensation stops the rollback (the default) or
     /// the rollback goes on past it (`rollback = continue`).
     const STRICT: bool;
+    /// `deadline = "15m"`: how long after it started the workflow may run
+    /// before it is rolled back.
+    const DEADLINE: Option<Duration> = None;
 }
 
 /// The running workflow, as its steps see it.
@@ -55,6 +58,9 @@ pub(crate) struct Context {
     /// that could not be written): the workflow is then not rolled back, and
     /// is run again later.
     in_doubt: std::sync::Mutex<Option<String>>,
+    /// Steps this run holds a claim on (id, token): when the deadline stops
+    /// the run, their leases end at once instead of running out.
+    claimed: std::sync::Mutex<Vec<(RecordId, u64)>>,
 }
 
 impl Context {
@@ -70,7 +76,14 @@ impl Context {
             next_step: AtomicU32::new(1),
             recorded,
             in_doubt: std::sync::Mutex::new(None),
+            claimed: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    fn claimed(&self) -> std::sync::MutexGuard<'_, Vec<(RecordId, u64)>> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn mark_in_doubt(&self, why: String) {
@@ -87,6 +100,18 @@ impl Context {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
+}
+
+/// Notes that the running workflow holds a claim on step `id` with `token`
+/// (`held: false`: no longer, its outcome was written or given up).
+pub(crate) fn note_claim(id: &RecordId, token: u64, held: bool) {
+    let _ = WORKFLOW.try_with(|ctx| {
+        let mut claimed = ctx.claimed();
+        claimed.retain(|(i, _)| i != id);
+        if held {
+            claimed.push((id.clone(), token));
+        }
+    });
 }
 
 /// Notes, in the running workflow, a step's failure that says nothing about
@@ -191,7 +216,42 @@ impl<Op: Workflow> Guard<Op> {
             Ok(ctx) => Arc::new(ctx),
             Err(e) => return Err(Op::Error::from_tempox(e)),
         };
-        let result = heartbeat(&rt, &self.held, WORKFLOW.scope(ctx.clone(), body)).await;
+        let body = WORKFLOW.scope(ctx.clone(), body);
+        let result = match Op::DEADLINE {
+            None => heartbeat(&rt, &self.held, body).await,
+            Some(deadline) => {
+                // Counted from the workflow's start on the store's clock, so
+                // a run resumed elsewhere keeps the first run's deadline.
+                let now = match rt.store().now().await {
+                    Ok(now) => now,
+                    Err(e) => return Err(Op::Error::from_tempox(e.into())),
+                };
+                let ends = self.held.created_at.plus(deadline);
+                let left = Duration::from_millis(ends.as_millis().saturating_sub(now.as_millis()));
+                match tokio::time::timeout(left, heartbeat(&rt, &self.held, body)).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // The steps it was in are stopped here, not crashed:
+                        // their leases end now, so the rollback settles them
+                        // (run again, probed or parked) at once.
+                        let stopped = std::mem::take(&mut *ctx.claimed());
+                        for (id, token) in stopped {
+                            let mut t =
+                                Transition::new(id, Status::Pending, token, Status::Pending);
+                            t.lease = LeaseChange::Clear;
+                            t.error = Some("stopped: its workflow passed its deadline".into());
+                            if let Err(e) = rt.write(&t).await {
+                                tracing::debug!(error = %e, "could not end a stopped step's lease");
+                            }
+                        }
+                        Err(Op::Error::from_tempox(Error::DeadlineExceeded {
+                            workflow: self.held.id.to_string(),
+                            deadline,
+                        }))
+                    }
+                }
+            }
+        };
         let error = match result {
             Ok(output) if !rolling_back => return self.finish(Ok(output)).await,
             Ok(_) => Op::Error::from_tempox(Error::RollbackRequested {
@@ -566,6 +626,23 @@ impl Runtime {
                 .ok_or_else(|| Error::NotFound { id: id.to_string() })
         };
         match r.status {
+            Status::Pending
+                if r.lease_expired(now)
+                    && entry.deadline.is_some_and(|d| r.created_at.plus(d) <= now) =>
+            {
+                // Past its deadline: rolled back, not run again.
+                let mut t = takeover(Status::Pending);
+                t.error = entry.deadline.map(|deadline| {
+                    Error::DeadlineExceeded {
+                        workflow: id.to_string(),
+                        deadline,
+                    }
+                    .to_string()
+                });
+                let held = self.apply(&t).await?;
+                let done = roll_back(self, held, strict).await?;
+                Ok((Recovered::RolledBack, done))
+            }
             Status::Pending if r.lease_expired(now) => {
                 if r.attempts > self.inner.config.recovery_attempts {
                     return Ok(match self.park_crash_loop(&r, false).await? {

@@ -39,6 +39,8 @@ macro_rules! recovery {
             a_pending_step_under_a_stopped_rollback_is_settled,
             a_rollback_whose_step_is_resolved_meanwhile_goes_on,
             a_workflow_that_crashes_every_run_is_parked,
+            a_workflow_past_its_deadline_is_rolled_back,
+            a_crashed_workflow_past_its_deadline_is_rolled_back_not_resumed,
         );
     };
 }

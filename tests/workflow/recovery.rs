@@ -319,3 +319,71 @@ pub async fn a_workflow_that_crashes_every_run_is_parked(b: &Backend) {
     assert_eq!(done.status, Status::Completed);
     assert_eq!(shop::count(&order.id, "charge"), 1);
 }
+
+/// 13: a workflow not done by its deadline is rolled back by the process
+/// running it, and its caller is told why.
+pub async fn a_workflow_past_its_deadline_is_rolled_back(b: &Backend) {
+    let rt = b.runtime();
+    let order = shop::order(b, "deadline", 300, false);
+    let stuck = shop::crash_at(&order.id, "stock");
+    let started = std::time::Instant::now();
+    let err = rt
+        .scope(shop::checkout_deadline(order.clone()))
+        .await
+        .unwrap_err();
+    stuck.notified().await;
+    assert!(
+        matches!(
+            err.tempox(),
+            Some(tempox::Error::DeadlineExceeded { deadline, .. }) if *deadline == Duration::from_secs(1)
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("deadline of 1s"), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let id = workflow_id("shop.checkout_deadline", &order);
+    let done = record(&rt, &id).await;
+    assert_eq!(done.status, Status::RolledBack, "{done:?}");
+    assert_eq!(
+        (
+            shop::count(&order.id, "charge"),
+            shop::count(&order.id, "refund"),
+            shop::count(&order.id, "release"),
+            shop::count(&order.id, "ship")
+        ),
+        (1, 1, 1, 0)
+    );
+}
+
+/// 13: a crashed workflow found past its deadline is rolled back by the
+/// reconciler instead of being resumed.
+pub async fn a_crashed_workflow_past_its_deadline_is_rolled_back_not_resumed(b: &Backend) {
+    let rt = b.runtime();
+    let order = shop::order(b, "deadline-crash", 300, false);
+    crash(
+        &rt,
+        &order,
+        "inside:2",
+        shop::checkout_deadline(order.clone()),
+    )
+    .await;
+    b.pass(Duration::from_secs(1)).await;
+    b.pass_lease().await;
+    let id = workflow_id("shop.checkout_deadline", &order);
+    let done = reconcile_until(b, &rt, &id, Status::RolledBack).await;
+    assert!(
+        done.error
+            .as_deref()
+            .is_some_and(|e| e.contains("deadline")),
+        "{done:?}"
+    );
+    assert_eq!(
+        (
+            shop::count(&order.id, "charge"),
+            shop::count(&order.id, "refund"),
+            shop::count(&order.id, "release"),
+            shop::count(&order.id, "ship")
+        ),
+        (1, 1, 1, 0)
+    );
+}

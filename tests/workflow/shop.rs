@@ -246,3 +246,20 @@ pub fn order(b: &Backend, scenario: &str, cents: u64, fail_ship: bool) -> Order 
         fail_ship,
     }
 }
+
+#[idempotent(name = "shop.stock")]
+pub async fn stock(order: &String) -> Result<(), ShopError> {
+    // Waits for ever when armed: a supplier that never answers.
+    crash(order, "stock").await;
+    Ok(())
+}
+
+/// A checkout that must be done within a second of its start.
+#[workflow(key = order.id, name = "shop.checkout_deadline", deadline = "1s")]
+pub async fn checkout_deadline(order: Order) -> Result<String, ShopError> {
+    reserve(&order.id).await?;
+    let charged = charge(&order.id, order.cents).await?;
+    stock(&order.id).await?;
+    ship(&order.id, order.fail_ship).await?;
+    Ok(charged)
+}
