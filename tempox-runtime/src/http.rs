@@ -103,8 +103,8 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// The response header set (to `true`) on a replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// The name of the operation the layer's records belong to: a record's id is
-/// `http/<key>`.
+/// The name of the operation a layer's records belong to unless it is given
+/// another ([`IdempotencyLayer::name`]): a record's id is `http/<key>`.
 pub const OPERATION: &str = "http";
 
 /// The body of the requests the inner service receives and of the responses
@@ -140,6 +140,8 @@ pub struct IdempotencyLayer {
 #[derive(Clone, Debug)]
 struct Config {
     runtime: Runtime,
+    /// The operation its records belong to.
+    name: Arc<str>,
     handlers: Handlers,
     methods: Vec<Method>,
     required: bool,
@@ -173,9 +175,11 @@ impl IdempotencyLayer {
     /// are read, responses up to [`DEFAULT_MAX_RESPONSE_BODY`](Self::DEFAULT_MAX_RESPONSE_BODY)
     /// recorded.
     pub fn new(runtime: Runtime) -> Self {
+        runtime.register_named(OPERATION);
         IdempotencyLayer {
             config: Config {
                 runtime,
+                name: Arc::from(OPERATION),
                 handlers: Handlers::default(),
                 methods: vec![Method::POST, Method::PATCH],
                 required: true,
@@ -207,6 +211,37 @@ impl IdempotencyLayer {
     /// ```
     pub fn handlers(&self) -> Handlers {
         self.config.handlers.clone()
+    }
+
+    /// The operation this layer's records belong to (default `http`): a
+    /// record's id is `<name>/<key>`. A service with several layers (two
+    /// APIs, or routes whose keys must not meet) gives each its own; pin it
+    /// before the first deploy, as an operation's name.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a name that is empty or holds `/`, whitespace or
+    /// control characters.
+    pub fn name(mut self, name: &str) -> Result<Self, Error> {
+        let bad = if name.is_empty() {
+            Some("it is empty")
+        } else if name.contains('/') {
+            Some("`/` separates the name from the key in record ids")
+        } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("it contains whitespace or control characters")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err(Error::Config {
+                setting: "name",
+                message: format!(
+                    "`{name}` cannot name an idempotency layer's operation: {why}; use letters, digits, `.`, `_`, `-` and `:`"
+                ),
+            });
+        }
+        self.config.runtime.register_named(name);
+        self.config.name = Arc::from(name);
+        Ok(self)
     }
 
     /// The methods guarded; requests of other methods are passed on untouched.
@@ -491,7 +526,18 @@ where
     };
     let client_key = key.as_str().to_owned();
     let key = match &config.scope {
-        None => key,
+        None => match unscoped(&key) {
+            Ok(key) => key,
+            // Cannot happen (see `unscoped`).
+            Err(e) => {
+                tracing::error!(error = %e, "an unscoped key is not a key");
+                return Ok(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Idempotency-Key unusable",
+                    "the server could not record this request's key; the request was not handled",
+                ));
+            }
+        },
         Some(KeyScope(scope)) => match scope(&parts).map(|scope| scoped(&scope, &key)) {
             Some(Ok(key)) => key,
             // Cannot happen (see `scoped`); never falls back to no scope.
@@ -527,7 +573,7 @@ where
         body_length: bytes.len(),
         body_blake3: blake3::hash(&bytes).to_hex().to_string(),
     };
-    let prepared = prepare::<HttpCall, _>(Some(Ok(key)), &input);
+    let prepared = prepare::<HttpCall, _>(Some(Ok(key)), &input).map(|p| p.named(&config.name));
     let run = guarded(
         inner,
         config.runtime.clone(),
@@ -657,6 +703,24 @@ fn scoped(scope: &str, key: &Key) -> Result<Key, crate::key::KeyError> {
         format!("#{}", &hash[..MAX_SCOPE - 1])
     };
     Key::new(format!("{scope}/{}", key.as_str()))
+}
+
+/// The record key of an unscoped layer: the client's key with `%` and `/`
+/// written `%25` and `%2F`, so that it never holds a `/` and never meets a
+/// scoped one (`<scope>/<key>`) of a layer with the same name; a key that
+/// grows past what a record key may hold is replaced by `#` and its hash.
+fn unscoped(key: &Key) -> Result<Key, crate::key::KeyError> {
+    if !key.as_str().contains(['%', '/']) {
+        return Ok(key.clone());
+    }
+    let escaped = key.as_str().replace('%', "%25").replace('/', "%2F");
+    if escaped.len() <= Key::MAX_LEN {
+        return Key::new(escaped);
+    }
+    Key::new(format!(
+        "#{}",
+        blake3::hash(key.as_str().as_bytes()).to_hex()
+    ))
 }
 
 /// The longest `Idempotency-Key` accepted, in bytes (as Stripe's).

@@ -45,6 +45,15 @@ pub struct Prepared {
     req: ClaimRequest,
 }
 
+impl Prepared {
+    /// The same call recorded under operation `op` (a name given at run
+    /// time, as an HTTP layer's): its id becomes `op/<key>`.
+    pub(crate) fn named(mut self, op: &str) -> Self {
+        self.req.id = RecordId::from_parts(op, self.req.id.key());
+        self
+    }
+}
+
 /// Computes what a call of `Op` claims: its key (from `key = <expr>`, from the
 /// arguments, or unique), the arguments' fingerprint and their JSON.
 ///

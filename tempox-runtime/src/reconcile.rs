@@ -360,11 +360,7 @@ impl Reconciler {
 
     /// Whether this process links `r`'s operation (and so may act on it).
     fn links(&self, r: &Record) -> bool {
-        let catalog = self.rt.catalog();
-        match r.kind {
-            Kind::Workflow => catalog.workflow(r.op()).is_some(),
-            _ => catalog.get(r.op()).is_some(),
-        }
+        self.rt.links(r.op(), r.kind)
     }
 
     /// Another service's record: left to its own processes, looked at again

@@ -133,6 +133,9 @@ pub(crate) struct Inner {
     pub(crate) mirrors: Vec<crate::mirror::Registered>,
     /// How many calls wait in `running`; while zero, finishing calls skip the lock.
     pub(crate) waiters: std::sync::atomic::AtomicUsize,
+    /// Idempotent operations named at run time (HTTP layers): linked like
+    /// those of the catalog, with nothing to compensate.
+    pub(crate) named: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
 
 /// The tempox runtime: where annotated calls record themselves.
@@ -313,6 +316,7 @@ impl RuntimeBuilder {
                 running: Mutex::new(HashMap::new()),
                 mirrors: self.mirrors,
                 waiters: std::sync::atomic::AtomicUsize::new(0),
+                named: std::sync::RwLock::new(std::collections::BTreeSet::new()),
             }),
         })
     }
@@ -375,6 +379,30 @@ impl Runtime {
     /// The operations linked into this program.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// Registers an idempotent operation named at run time (an HTTP
+    /// layer's), so this runtime's reconciler settles its records.
+    pub(crate) fn register_named(&self, name: &str) {
+        if let Ok(mut named) = self.inner.named.write() {
+            named.insert(name.to_owned());
+        }
+    }
+
+    /// Whether this process links the operation `name` of a record of `kind`
+    /// (and so may act on its records, invariant 11).
+    pub(crate) fn links(&self, name: &str, kind: crate::record::Kind) -> bool {
+        match kind {
+            crate::record::Kind::Workflow => self.inner.catalog.workflow(name).is_some(),
+            _ => {
+                self.inner.catalog.get(name).is_some()
+                    || self
+                        .inner
+                        .named
+                        .read()
+                        .is_ok_and(|named| named.contains(name))
+            }
+        }
     }
 
     /// What this runtime has done so far.

@@ -753,6 +753,67 @@ async fn keys_are_scoped_by_what_the_request_says() {
     assert_eq!(records.len(), 7, "{records:?}");
 }
 
+/// A scoped and an unscoped layer on one store never share a record: the
+/// unscoped key `acct_1/k` is not the scoped (`acct_1`, `k`); and layers
+/// with names of their own keep their keys apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_scoped_unscoped_and_named_keep_their_keys_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = sqlite_runtime(&dir.path().join("http.db"));
+    let handler = Handler::default();
+    let plain = guarded(&IdempotencyLayer::new(runtime.clone()), &handler);
+    let scoped_layer = IdempotencyLayer::new(runtime.clone()).key_scope(|request| {
+        request
+            .headers
+            .get("x-account")?
+            .to_str()
+            .ok()
+            .map(str::to_owned)
+    });
+    let scoped = guarded(&scoped_layer, &handler);
+    let first = post(&plain, "acct_1/k", "{}").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let mut request = request(Method::POST, "/orders", &["k"], "{}");
+    request
+        .headers_mut()
+        .insert("x-account", HeaderValue::from_static("acct_1"));
+    let second = send(&scoped, request).await.unwrap();
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert!(!second.replayed(), "an unscoped key met a scoped one");
+    assert_eq!(handler.runs(), 2);
+    for key in ["acct_1%2Fk", "acct_1/k"] {
+        record_reaches(&runtime, key, Status::Completed).await;
+    }
+
+    // Two APIs, one store, one key: two calls.
+    let payments = IdempotencyLayer::new(runtime.clone())
+        .name("payments")
+        .unwrap();
+    let refunds = IdempotencyLayer::new(runtime.clone())
+        .name("refunds")
+        .unwrap();
+    let (payments, refunds) = (guarded(&payments, &handler), guarded(&refunds, &handler));
+    assert!(!post(&payments, "same", "{}").await.replayed());
+    assert!(!post(&refunds, "same", "{}").await.replayed());
+    assert!(post(&payments, "same", "{}").await.replayed());
+    assert_eq!(handler.runs(), 4);
+    for op in ["payments", "refunds"] {
+        let id = RecordId::new(op, &Key::new("same").unwrap());
+        assert_eq!(
+            runtime.record(&id).await.unwrap().unwrap().status,
+            Status::Completed
+        );
+    }
+    for bad in ["", "a/b", "a b"] {
+        match IdempotencyLayer::new(runtime.clone()).name(bad) {
+            Err(tempox::Error::Config {
+                setting: "name", ..
+            }) => {}
+            other => panic!("{bad:?}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_recorded_follows_record_if() {
     let dir = tempfile::tempdir().unwrap();
