@@ -55,4 +55,11 @@ mod timing_on {
     timing!(sqlite => crate::support::backend::sqlite());
     #[cfg(feature = "redis")]
     timing!(redis => crate::support::backend::redis());
+    // Item 14: on a Cluster each record's lease is checked by the node that
+    // holds it, whatever clock the runtime read.
+    #[cfg(feature = "redis")]
+    stamp!(redis_cluster => crate::support::backend::redis_cluster(); timing;
+        a_clock_ahead_takes_over_nothing_held,
+        a_holder_that_renews_after_the_listing_keeps_its_claim,
+    );
 }

@@ -130,3 +130,31 @@ pub async fn redis() -> Backend {
         _keep: Box::new(server),
     }
 }
+
+/// A real Redis Cluster of three masters (shared by the test binary), under a
+/// prefix of its own: records spread over nodes whose clocks each decide the
+/// leases they hold.
+#[cfg(feature = "redis")]
+pub async fn redis_cluster() -> Backend {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cluster = tokio::task::spawn_blocking(crate::support::redis::RedisCluster::shared)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let prefix = format!("backend-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let store = tempox::store::RedisStore::cluster_builder(&urls)
+        .prefix(prefix)
+        .connect()
+        .await
+        .unwrap();
+    Backend {
+        name: "redis_cluster",
+        store: Arc::new(store),
+        clock: None,
+        lease: Duration::from_millis(300),
+        retention: Duration::from_secs(1),
+        _keep: Box::new(()),
+    }
+}
