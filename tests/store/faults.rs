@@ -1410,3 +1410,82 @@ async fn tokens_stay_exact_beyond_what_lua_numbers_hold() {
         }
     }
 }
+
+/// Recovery issue, item 10: the server takes a claim but its answer comes
+/// after the caller stopped waiting (here: queued behind a script that keeps
+/// the server busy). No body ran under it, so it is given back: the key is
+/// free again, and its retry is not parked as `outcome_unknown` after the
+/// lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_is_given_back() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let patient = store_on(&server).await;
+    let hasty = RedisStore::builder(&server.url())
+        .response_timeout(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    let request = |key: &str| ClaimRequest {
+        id: RecordId::new("faults.pay", &Key::new(key).unwrap()),
+        kind: Kind::NonIdempotent,
+        fingerprint: Fingerprint::from_bytes([4; 16]),
+        input: b"[]".to_vec().into(),
+        lease: Duration::from_secs(30),
+        on_expired: OnExpired::MarkUnknown,
+        workflow: None,
+        step: None,
+    };
+    // A script that holds the server for 600 ms.
+    let busy = {
+        let cli = server.cli_command();
+        std::thread::spawn(move || {
+            let script = "local s = redis.call('TIME') \
+                local t0 = s[1] * 1000000 + s[2] \
+                repeat local t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 600000 \
+                return 1";
+            let out = std::process::Command::new(&cli[0])
+                .args(&cli[1..])
+                .args(["EVAL", script, "0"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let keys: Vec<String> = (0..5).map(|i| format!("lost-{i}")).collect();
+    for key in &keys {
+        let err = hasty.claim(&request(key)).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+    }
+    tokio::task::spawn_blocking(move || busy.join().unwrap())
+        .await
+        .unwrap();
+    let mut given_back = 0;
+    for key in &keys {
+        let id = request(key).id;
+        // The first was sent and taken by the server, then given back from
+        // a task of the store; those queued behind it when their callers
+        // gave up were never sent.
+        let mut status = Some(Status::Pending);
+        for _ in 0..500 {
+            status = patient.get(&id).await.unwrap().map(|r| r.status);
+            if status != Some(Status::Pending) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match status {
+            Some(Status::Released) => given_back += 1,
+            None => {}
+            other => panic!("{key}: {other:?}"),
+        }
+        // Its retry takes the key: nothing ran, nothing is parked.
+        match patient.claim(&request(key)).await.unwrap() {
+            Claimed::Acquired { previous, .. } => assert_eq!(previous, status, "{key}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(given_back >= 1, "no claim reached the busy server");
+}

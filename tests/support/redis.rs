@@ -390,6 +390,14 @@ impl RedisServer {
         )
     }
 
+    /// The command line of `redis-cli` reaching this server (bounded), to
+    /// run from a thread of its own.
+    pub fn cli_command(&self) -> Vec<String> {
+        let mut command = vec!["timeout".into(), "30".into(), "redis-cli".into()];
+        command.extend(self.cli_target());
+        command
+    }
+
     /// `redis-cli`'s arguments to reach this server.
     fn cli_target(&self) -> Vec<String> {
         if self.unix {

@@ -1,7 +1,9 @@
 -- Store::claim, mirroring tempox::record::plan_claim.
 -- K: the record's key and its bucket's (see write); the arguments of the
 -- request: id, kind, fingerprint, input, lease_ms, on_expired,
--- workflow ('' = none), step ('' = none)
+-- workflow ('' = none), step ('' = none), nonce (the claim's own number: a
+-- claim taken is marked with it and the status it had before, in the field
+-- `claim`, so that a caller whose reply was lost can give it back)
 -- Returns {outcome, previous status or '', record}; outcome is one of
 -- acquired, existing, marked_unknown; or {'fresh', now} when there was no
 -- record: the new one is plan_claim's for no record at the server's now, and
@@ -11,7 +13,7 @@
 local first_token = next_token(nil, now)
 local lease_ends = {}
 
-local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflow, step)
+local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflow, step, nonce)
   local rec = K.rec
   -- The common case, a key never seen: written field by field, no record
   -- table built (the same record and indexes as write(K, id, nil, fresh(nil))).
@@ -31,6 +33,7 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
     f[#f + 1] = 'created_at'; f[#f + 1] = now
     f[#f + 1] = 'updated_at'; f[#f + 1] = now
     f[#f + 1] = 'due_at'; f[#f + 1] = lease_until
+    f[#f + 1] = 'claim'; f[#f + 1] = nonce .. '|'
     redis.call('HSET', rec, unpack(f))
     redis.call('ZADD', K.due, lease_until, id)
     -- Scores are given as strings: a Lua number is formatted on every call.
@@ -66,6 +69,7 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
 
   if existing == nil then
     write(K, id, old, fresh(nil))
+    redis.call('HSET', rec, 'claim', nonce .. '|')
     return {'fresh', now}
   end
 
@@ -73,6 +77,7 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
   if existing.status == STATUS.Released then
     local r = fresh(existing)
     write(K, id, old, r)
+    redis.call('HSET', rec, 'claim', nonce .. '|' .. STATUS.Released)
     return {'acquired', STATUS.Released, flat(id, r)}
   end
 
@@ -82,6 +87,7 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
     if on_expired == 'take_over' then
       local r = fresh(existing)
       write(K, id, old, r)
+      redis.call('HSET', rec, 'claim', nonce .. '|' .. STATUS.Pending)
       return {'acquired', STATUS.Pending, flat(id, r)}
     end
     local r = copy(existing)
@@ -96,4 +102,16 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
   end
 
   return {'existing', '', flat(id, existing)}
+end
+
+-- Which claim holds a record: {'held', token, status before the claim ('' =
+-- none), workflow ('' = none)} when it is pending under the claim numbered
+-- nonce, else {'no'}. The caller gives it back with a transition on the
+-- token (a compare-and-set: a takeover in between wins).
+local function claimed_by(K, nonce)
+  local h = redis.call('HMGET', K.rec, 'status', 'token', 'claim', 'workflow')
+  if h[1] ~= STATUS.Pending or not h[3] then return {'no'} end
+  local mark = nonce .. '|'
+  if string.sub(h[3], 1, #mark) ~= mark then return {'no'} end
+  return {'held', h[2], string.sub(h[3], #mark + 1), h[4] or ''}
 end

@@ -72,7 +72,14 @@ const MAX_BATCH: usize = 100_000;
 /// went away; a call made while it is away fails with a [`StoreError`] that
 /// [`is_unavailable`](StoreError::is_unavailable) (or
 /// [`is_timeout`](StoreError::is_timeout)), and a write sent just before the
-/// connection dropped may or may not have been applied.
+/// connection dropped may or may not have been applied. A claim is marked
+/// with a number of its own; when its answer is lost (a timeout, a dropped
+/// connection), the store asks the server, from a task of its own, whether
+/// that claim was taken and gives it back if so (a new key released, a
+/// takeover left pending with no lease): no body ran under it, so it must
+/// not look like a call that crashed mid-way, which a non-idempotent call
+/// without a probe would be parked for. The server asked again with a growing
+/// wait until it answers or the claim's lease is over.
 ///
 /// # How it keeps the store's promises
 ///
@@ -1043,8 +1050,9 @@ impl RedisStore {
         0..self.inner.buckets
     }
 
-    /// The arguments of the claim script for `req` (its share of `ARGV`).
-    fn claim_args(req: &ClaimRequest) -> Cmd {
+    /// The arguments of the claim script for `req` (its share of `ARGV`),
+    /// numbered `nonce`.
+    fn claim_args(req: &ClaimRequest, nonce: u64) -> Cmd {
         let on_expired = match req.on_expired {
             OnExpired::TakeOver => "take_over",
             OnExpired::MarkUnknown => "mark_unknown",
@@ -1062,6 +1070,7 @@ impl RedisStore {
             Some(step) => args.arg(step),
             None => args.arg(""),
         };
+        args.arg(nonce);
         args
     }
 
@@ -1262,6 +1271,81 @@ impl RedisStore {
                 );
             }
         }))
+    }
+
+    /// Gives back, in a task of its own, the claim numbered `nonce` on `id`
+    /// if the server took it although its caller never heard so: asked
+    /// again (with a growing wait) until the server answers or the claim's
+    /// `lease` is over, when recovery takes it over anyway.
+    fn give_back_lost(&self, id: RecordId, nonce: u64, lease: Duration) {
+        let store = self.clone();
+        let started = tokio::time::Instant::now();
+        self.inner.driver.spawn(async move {
+            let mut wait = Duration::from_millis(20);
+            loop {
+                match store.give_back_claim(&id, nonce).await {
+                    Ok(given) => {
+                        if given {
+                            tracing::info!(%id, "gave back a claim whose answer was lost");
+                        }
+                        return;
+                    }
+                    Err(e) if started.elapsed() + wait < lease => {
+                        tracing::debug!(%id, error = %e, "could not give back a claim yet");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, "could not give back a claim whose answer was lost; it is held until its lease runs out");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// One attempt of [`give_back_lost`](Self::give_back_lost): whether a
+    /// claim was given back.
+    async fn give_back_claim(&self, id: &RecordId, nonce: u64) -> Result<bool, StoreError> {
+        let mut args = Cmd::new();
+        args.arg("claimed_by").arg(id.as_str()).arg(nonce);
+        let action = Action::Claim(id);
+        let reply = match self.send_one_raw(id, args).await {
+            Ok(reply) => self.refused(action, reply)?,
+            Err(failure) => return Err(self.failure(action, failure)),
+        };
+        let what = "the claimed_by script";
+        let mut items = codec::array(what, reply)?.into_iter();
+        match items
+            .next()
+            .map(|v| codec::text(what, v))
+            .transpose()?
+            .as_deref()
+        {
+            Some("held") => {}
+            Some("no") => return Ok(false),
+            _ => return Err(codec::unexpected(what, &Value::Nil)),
+        }
+        let (Some(token), Some(previous), Some(workflow)) =
+            (items.next(), items.next(), items.next())
+        else {
+            return Err(codec::unexpected(what, &Value::Nil));
+        };
+        let token = codec::number(what, token)?;
+        let previous = codec::text(what, previous)?;
+        let in_workflow = !codec::text(what, workflow)?.is_empty();
+        let mut t = Transition::new(id.clone(), Status::Pending, token, Status::Pending);
+        if previous == Status::Pending.as_str() {
+            // A takeover: back to pending with no lease, as the holder
+            // before it left it.
+            t.lease = LeaseChange::Clear;
+        } else {
+            t.to = Status::Released;
+            t.error = Some("given back: its caller never heard the claim's answer".into());
+            // A step's retention starts with its workflow's.
+            t.retention = (!in_workflow).then_some(crate::runtime::DEFAULT_RETENTION);
+        }
+        self.apply(&t).await
     }
 
     /// The token of the claim a claim script's `reply` says it took, and the
@@ -2190,7 +2274,11 @@ async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
 impl Store for RedisStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
         let action = Action::Claim(&req.id);
-        let reply = match self.send_one_raw(&req.id, Self::claim_args(req)).await {
+        let nonce = fastrand::u64(1..);
+        let reply = match self
+            .send_one_raw(&req.id, Self::claim_args(req, nonce))
+            .await
+        {
             Ok(reply) => self.refused(action, reply)?,
             Err(Failure::Unreplicated {
                 acknowledged,
@@ -2205,7 +2293,19 @@ impl Store for RedisStore {
                 };
                 return Err(self.failure(action, failure));
             }
-            Err(failure) => return Err(self.failure(action, failure)),
+            Err(failure) => {
+                if matches!(
+                    failure,
+                    Failure::Timeout | Failure::Redis(_) | Failure::Abandoned
+                ) {
+                    // The server may have taken the claim while its answer
+                    // was lost: no body runs under it, so it is given back
+                    // rather than left to look, once its lease is over, like
+                    // a call that crashed mid-way (a false dead letter).
+                    self.give_back_lost(req.id.clone(), nonce, req.lease);
+                }
+                return Err(self.failure(action, failure));
+            }
         };
         Self::claimed(req, reply)
     }
@@ -2410,7 +2510,7 @@ pub mod bench {
     /// [`Store::claim`](crate::store::Store::claim) sends for `req` when it
     /// goes alone (under load, several requests share one call).
     pub fn claim(store: &RedisStore, req: &ClaimRequest) -> (&'static Script, Cmd) {
-        alone(store, &req.id, &RedisStore::claim_args(req))
+        alone(store, &req.id, &RedisStore::claim_args(req, 1))
     }
 
     /// The operations script and the `EVALSHA` command that

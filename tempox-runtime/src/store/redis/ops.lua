@@ -2,11 +2,11 @@
 -- lease renewals of any number of records, run in order, each exactly as if
 -- it had been sent alone (a later one sees what an earlier one wrote).
 -- KEYS: 4 per operation: its record, then due, exp and wf of its bucket
--- ARGV: per operation: 'claim', 'transition' or 'renew', the prefix of its
---       bucket's status sets, then its 8 (claim), 19 (transition) or 4
---       (renew) arguments
--- Returns one reply per operation, as claim(), transition() or renew()
--- answers, or
+-- ARGV: per operation: 'claim', 'transition', 'renew' or 'claimed_by', the
+--       prefix of its bucket's status sets, then its 9 (claim), 19
+--       (transition), 4 (renew) or 2 (claimed_by: id, nonce) arguments
+-- Returns one reply per operation, as claim(), transition(), renew() or
+-- claimed_by() answers, or
 -- {'error', message} for one whose record or arguments a command refused
 -- (e.g. a damaged record): the others are not held back by it. An error of
 -- the server's state fails the whole call.
@@ -22,8 +22,12 @@ for i = 1, #KEYS / 4 do
   local ok, reply
   if ARGV[a + 1] == 'claim' then
     ok, reply = pcall(claim, K, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6],
-      ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10])
-    a = a + 10
+      ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    a = a + 11
+  elseif ARGV[a + 1] == 'claimed_by' then
+    -- ARGV[a + 3] is the record's id, as for every operation.
+    ok, reply = pcall(claimed_by, K, ARGV[a + 4])
+    a = a + 4
   elseif ARGV[a + 1] == 'transition' then
     ok, reply = pcall(transition, K, a + 2)
     a = a + 21
