@@ -1,6 +1,7 @@
 //! The operator command line, `tempox` (feature `cli`): list and show the
-//! records of a store, list the dead letters, retry or resolve one, count
-//! records by status. Human tables by default, JSON with `--json`.
+//! records of a store, list the dead letters, retry or resolve one, recover
+//! a workflow, count records by status. Human tables by default, JSON with
+//! `--json`.
 //!
 //! ```text
 //! tempox --store sqlite:orders.db list --status pending
@@ -9,10 +10,11 @@
 //! TEMPOX_STORE=orders.db tempox --json show 'shop.checkout/order-4'
 //! ```
 //!
-//! Only `retry` and `resolve` change records, and nothing starts a store: a
-//! SQLite file that does not exist, or a Redis prefix with no tempox data, is
-//! an error. Exit status: 0 done, 1 the command failed (no such record, a
-//! record in the wrong status, a store error), 2 bad arguments.
+//! Only `retry`, `resolve` and `recover` change records, and nothing starts
+//! a store: a SQLite file that does not exist, or a Redis prefix with no
+//! tempox data, is an error. Exit status: 0 done, 1 the command failed (no
+//! such record, a record in the wrong status, a store error), 2 bad
+//! arguments.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -119,12 +121,19 @@ enum Command {
     },
     /// One record, whole (a workflow with its steps).
     Show(Target),
-    /// The records parked for an operator: `outcome_unknown` and
-    /// `compensation_failed`.
+    /// The records parked for an operator: `outcome_unknown`,
+    /// `compensation_failed` and `recovery_failed`.
     DeadLetters,
-    /// Sends a `compensation_failed` record back to be compensated, its
-    /// attempts reset.
+    /// Tries a dead letter again, its attempts reset: a
+    /// `compensation_failed` record is compensated again; a
+    /// `recovery_failed` workflow is run again, a call's key freed.
     Retry(Target),
+    /// Recovers a workflow now instead of at the reconciler's next look:
+    /// resumes or rolls back a crashed one, carries a stopped rollback on
+    /// (once nothing blocks it), starts a finished one's retention. It runs
+    /// the workflow's code, so run it from a program that links it (a
+    /// service's own command line, `tempox::cli::main_from`).
+    Recover(Target),
     /// Closes a dead letter (or a stalled rollback) as `resolved`, keeping the
     /// note on the record.
     Resolve {
@@ -190,7 +199,27 @@ impl From<crate::StoreError> for Failure {
 /// Runs the command line of this process: the answer on standard output, or
 /// the error on standard error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// [`main`] with the arguments given, the first naming the program. A
+/// service builds its own operator command line with it, so that the
+/// operations it links are there: `recover` runs a workflow's body or
+/// compensations, which only a program that links them can.
+///
+/// ```no_run
+/// # extern crate tempox_runtime as tempox;
+/// // src/bin/shop-ops.rs of a service whose crate defines its operations.
+/// fn main() -> std::process::ExitCode {
+///     tempox::cli::main_from(std::env::args_os())
+/// }
+/// ```
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let tokio = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -296,6 +325,9 @@ async fn run(cli: &Cli) -> Result<String, Failure> {
         }
         Command::DeadLetters => Ok(records_out(&rt.dead_letters().await?, json)),
         Command::Retry(Target { id }) => Ok(show_out(&rt.retry(id).await?, None, json)),
+        Command::Recover(Target { id }) => {
+            Ok(show_out(&rt.recover_workflow(id).await?, None, json))
+        }
         Command::Resolve {
             target: Target { id },
             note,

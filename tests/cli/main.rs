@@ -347,6 +347,18 @@ async fn reads_and_repairs_a_sqlite_store() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["resolved"], 1);
+
+    // `recover` runs a workflow's code: the stock binary links none, and
+    // says where to run it from; nothing changes.
+    let out = tempox(&["--store", &store, "recover", "shop.checkout/o-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no workflow named `shop.checkout` is linked into this program")
+            && stderr.contains("recover it from a process that links it"),
+        "{stderr}"
+    );
+    assert!(ok(&["--store", &store, "show", "shop.checkout/o-1"]).contains("completed"));
 }
 
 #[cfg(feature = "redis")]

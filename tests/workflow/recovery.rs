@@ -387,3 +387,39 @@ pub async fn a_crashed_workflow_past_its_deadline_is_rolled_back_not_resumed(b: 
         (1, 1, 1, 0)
     );
 }
+
+/// 3: `tempox recover <workflow-id>`, from a command line built into the
+/// service (it links the workflow), resumes a crashed workflow now.
+#[cfg(feature = "cli")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_command_line_recovers_a_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ops.db");
+    let rt = tempox::Runtime::builder()
+        .store(tempox::store::SqliteStore::open(&path).unwrap())
+        .lease(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let order = Order {
+        id: "cli-recover".into(),
+        cents: 300,
+        fail_ship: false,
+    };
+    crash(&rt, &order, "after:2", shop::checkout(order.clone())).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let id = workflow_id("shop.checkout", &order);
+    let args = [
+        "tempox".to_owned(),
+        "--store".to_owned(),
+        format!("sqlite:{}", path.display()),
+        "recover".to_owned(),
+        id.to_string(),
+    ];
+    let code = tokio::task::spawn_blocking(move || tempox::cli::main_from(args))
+        .await
+        .unwrap();
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert_eq!(record(&rt, &id).await.status, Status::Completed);
+    assert_eq!(shop::count(&order.id, "charge"), 1);
+    assert_eq!(shop::count(&order.id, "ship"), 1);
+}
