@@ -78,8 +78,8 @@ const MAX_BATCH: usize = 100_000;
 /// that claim was taken and gives it back if so (a new key released, a
 /// takeover left pending with no lease): no body ran under it, so it must
 /// not look like a call that crashed mid-way, which a non-idempotent call
-/// without a probe would be parked for. The server asked again with a growing
-/// wait until it answers or the claim's lease is over.
+/// without a probe would be parked for. It asks again, waiting longer each
+/// time, until the server answers or the claim's lease is over.
 ///
 /// # How it keeps the store's promises
 ///
