@@ -171,17 +171,18 @@ async fn store_claim(
         Some(store) => span.in_scope(|| store.claim_now(req))?,
         None => rt.store().claim(req).instrument(span.clone()).await?,
     };
-    match (&claimed, crate::workflow::rolling_back()) {
+    let rolled_back = match &claimed {
+        Claimed::Acquired {
+            record,
+            previous: Some(Status::Released),
+        } if record.workflow.is_some() => crate::workflow::rolling_back().map(|w| (record, w)),
+        _ => None,
+    };
+    match rolled_back {
         // A workflow that recovery rolls back starts nothing new: a step
         // whose record was released (it took no effect) is given back, as
         // one that never ran is not claimed at all.
-        (
-            Claimed::Acquired {
-                record,
-                previous: Some(Status::Released),
-            },
-            Some(workflow),
-        ) => {
+        Some((record, workflow)) => {
             let mut t = Transition::new(
                 record.id.clone(),
                 Status::Pending,
@@ -192,7 +193,7 @@ async fn store_claim(
             rt.write(&t).await?;
             Err(Error::RollbackRequested { workflow })
         }
-        _ => Ok(claimed),
+        None => Ok(claimed),
     }
 }
 

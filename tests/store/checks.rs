@@ -769,3 +769,131 @@ pub async fn list_filters_and_pages_by_id(f: &Fixture) {
     .await;
     assert_eq!([page1, page2, page3].concat(), ids);
 }
+
+/// Invariant 12: a transition marked `if_lease_expired` applies only while
+/// the record's lease has run out on the store's clock as it writes (on
+/// both the full and the quiet path); a renewal moves that moment.
+pub async fn a_takeover_applies_only_once_the_lease_ran_out(f: &Fixture) {
+    let store = &*f.store;
+    let held = acquire(store, &request("conf.if-expired", "k", "a")).await;
+    let takeover = |r: &Record| {
+        let mut t = Transition::new(r.id.clone(), Status::Pending, r.token, Status::Pending);
+        t.lease = LeaseChange::Acquire(LEASE);
+        t.if_lease_expired = true;
+        t
+    };
+    let mut release = Transition::new(
+        held.id.clone(),
+        Status::Pending,
+        held.token,
+        Status::Released,
+    );
+    release.if_lease_expired = true;
+    // Live: refused on both paths, nothing written.
+    assert!(matches!(
+        store.transition(&takeover(&held)).await.unwrap(),
+        Transitioned::Conflict(Some(_))
+    ));
+    assert!(!store.apply(&release).await.unwrap());
+    // Renewed just before the lease ran out: still refused after it.
+    f.pass(LEASE / 2).await;
+    let renewed = store
+        .renew(&held.id, Status::Pending, held.token, LEASE * 2)
+        .await
+        .unwrap();
+    assert!(renewed.is_some());
+    f.pass(LEASE).await;
+    assert!(!f.other.apply(&release).await.unwrap());
+    assert_eq!(
+        store.get(&held.id).await.unwrap().unwrap().token,
+        held.token
+    );
+    // Run out: the takeover applies, with a newer token.
+    f.pass(LEASE * 2).await;
+    let taken = applied(&*f.other, &takeover(&held)).await;
+    assert!(taken.token > held.token);
+    // Without a lease (cleared), it counts as run out.
+    let mut clear = Transition::new(
+        taken.id.clone(),
+        Status::Pending,
+        taken.token,
+        Status::Pending,
+    );
+    clear.lease = LeaseChange::Clear;
+    let cleared = applied(store, &clear).await;
+    let mut release = Transition::new(
+        cleared.id.clone(),
+        Status::Pending,
+        cleared.token,
+        Status::Released,
+    );
+    release.if_lease_expired = true;
+    assert!(store.apply(&release).await.unwrap());
+}
+
+/// `retry_after` moves when a record is due without changing it otherwise:
+/// an active record keeps its (run-out) lease and is due after the delay; a
+/// stopped rollback is due after it; a final record with one stays due (a
+/// follow-up) until a transition to its own status without one.
+pub async fn retry_after_reschedules_without_changing_the_record(f: &Fixture) {
+    let store = &*f.store;
+    let held = acquire(store, &request("conf.reschedule", "k", "a")).await;
+    f.pass(PAST_LEASE).await;
+    let mut later = Transition::new(
+        held.id.clone(),
+        Status::Pending,
+        held.token,
+        Status::Pending,
+    );
+    later.lease = LeaseChange::Keep;
+    later.retry_after = Some(Duration::from_secs(3600));
+    later.if_lease_expired = true;
+    let moved = applied(store, &later).await;
+    assert_eq!(
+        (moved.token, moved.lease_until),
+        (held.token, held.lease_until)
+    );
+    let due = moved.due_at.unwrap();
+    assert!(
+        due.as_millis() >= moved.updated_at.as_millis() + 3_600_000,
+        "{moved:?}"
+    );
+    assert!(
+        !store
+            .due(1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == held.id)
+    );
+
+    // A final record with a follow-up, then without.
+    let mut done = complete(&moved, b"7");
+    done.retention = None;
+    done.retry_after = Some(Duration::from_millis(1));
+    let done = applied(store, &done).await;
+    assert!(
+        done.due_at.is_some() && done.expires_at.is_none(),
+        "{done:?}"
+    );
+    f.pass(Duration::from_millis(5)).await;
+    assert!(
+        store
+            .due(1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == held.id)
+    );
+    let mut settled = Transition::new(
+        done.id.clone(),
+        Status::Completed,
+        done.token,
+        Status::Completed,
+    );
+    settled.retention = Some(Duration::from_secs(3600));
+    let settled = applied(store, &settled).await;
+    assert_eq!(settled.due_at, None);
+    assert!(settled.expires_at.is_some());
+    assert_eq!(settled.output, done.output, "kept");
+}

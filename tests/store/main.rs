@@ -38,6 +38,8 @@ macro_rules! all_checks {
             expire_removes_only_final_records_past_retention,
             records_round_trip_byte_for_byte,
             list_filters_and_pages_by_id,
+            a_takeover_applies_only_once_the_lease_ran_out,
+            retry_after_reschedules_without_changing_the_record,
         );
     };
 }
