@@ -45,6 +45,7 @@ pub struct Prepared {
     req: ClaimRequest,
 }
 
+#[cfg(feature = "http")]
 impl Prepared {
     /// The same call recorded under operation `op` (a name given at run
     /// time, as an HTTP layer's): its id becomes `op/<key>`.

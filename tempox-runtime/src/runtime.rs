@@ -383,6 +383,7 @@ impl Runtime {
 
     /// Registers an idempotent operation named at run time (an HTTP
     /// layer's), so this runtime's reconciler settles its records.
+    #[cfg(feature = "http")]
     pub(crate) fn register_named(&self, name: &str) {
         if let Ok(mut named) = self.inner.named.write() {
             named.insert(name.to_owned());
