@@ -326,7 +326,7 @@ impl Reconciler {
 
     async fn handle(&self, r: Record, now: Timestamp) -> Result<Outcome, Error> {
         if !self.links(&r) {
-            return self.foreign(&r, now).await;
+            return self.foreign(&r).await;
         }
         let outcome = match r.status {
             s if s.is_dead_letter() => self.acknowledge(r.clone()).await,
@@ -365,7 +365,7 @@ impl Reconciler {
 
     /// Another service's record: left to its own processes, looked at again
     /// later, and named in one warning per operation (invariant 11).
-    async fn foreign(&self, r: &Record, now: Timestamp) -> Result<Outcome, Error> {
+    async fn foreign(&self, r: &Record) -> Result<Outcome, Error> {
         let first = self
             .warned
             .lock()
@@ -377,7 +377,13 @@ impl Reconciler {
                 "due records of an operation this process does not link; left to the processes that link it"
             );
         }
-        self.rt.reschedule(r, self.delay(r, now)).await?;
+        // Behind what is due now, and back within two intervals: a pass of
+        // the service that links it is held up by no more than that.
+        let later = self
+            .interval
+            .mul_f64(1.0 + fastrand::f64())
+            .min(RESCHEDULE_CAP);
+        self.rt.reschedule(r, later).await?;
         Ok(Outcome::Foreign)
     }
 

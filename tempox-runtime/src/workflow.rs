@@ -525,15 +525,26 @@ pub(crate) async fn roll_back_completed(
     roll_back(rt, held, strict).await
 }
 
+/// The longest a stopped rollback waits for its next look.
+const PARKED_CAP: Duration = Duration::from_secs(300);
+
 /// When a workflow whose rollback stopped may go on: `None` when no step
 /// blocks it, else how long to wait (the end of a blocking step's lease, or
 /// a backoff for a parked one).
 async fn blocked(rt: &Runtime, wf: &Record, now: Timestamp) -> Result<Option<Duration>, Error> {
+    // Parked for an operator: looked at again less and less often (twice as
+    // long as it has waited, within the backoff's cap and five minutes); an
+    // operator's retry or resolve makes it due at once anyway.
+    let waited = Duration::from_millis(now.as_millis().saturating_sub(wf.updated_at.as_millis()));
+    let cap = rt.inner.config.retry_backoff.cap;
+    let parked = waited
+        .saturating_mul(2)
+        .clamp(cap.min(PARKED_CAP), PARKED_CAP);
     let mut wait: Option<Duration> = None;
     for step in steps(rt, &wf.id).await? {
         let step_wait =
             if step.status.is_dead_letter() || step.status == Status::PartiallyRolledBack {
-                rt.inner.config.retry_backoff.cap
+                parked
             } else if step.status.is_active() && !step.lease_expired(now) {
                 let until = step.lease_until.map_or(0, |u| u.as_millis());
                 Duration::from_millis(until.saturating_sub(now.as_millis()))
