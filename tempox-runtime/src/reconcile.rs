@@ -6,6 +6,14 @@
 //! past their retention, and runs the state mirrors that are due. Every step
 //! claims its record first, so any number of reconcilers, in any number of
 //! processes, can share a store: each record is handled by one of them.
+//!
+//! A takeover applies only while the lease has run out on the store's clock
+//! as it writes (invariant 12): the pass's own reading of the clock and its
+//! listing only pick the candidates. A record the pass cannot settle yet (a
+//! workflow waiting for a step another holder runs, a step waiting for its
+//! workflow, a rollback still stopped, a failure) is rescheduled with a
+//! backoff of its own, and records of operations this process does not link
+//! are left to the processes that do (invariants 10 and 11).
 
 use std::collections::HashSet;
 use std::fmt;

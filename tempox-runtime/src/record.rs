@@ -14,7 +14,11 @@
 //! ```
 //!
 //! A workflow's own record moves `Pending → Completed`, or
-//! `Pending → RollingBack → RolledBack | PartiallyRolledBack`.
+//! `Pending → RollingBack → RolledBack | PartiallyRolledBack`. A call or
+//! workflow whose holder died more often than the runtime allows is parked
+//! `Pending → RecoveryFailed` (a dead letter). A record may also keep its
+//! status while it is rescheduled (`retry_after`) or, once final, while its
+//! retention starts.
 //!
 //! Stores never decide a status on their own: [`plan_claim`] and
 //! [`plan_transition`] are the whole state machine, and every backend either
