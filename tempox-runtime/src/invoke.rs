@@ -325,10 +325,25 @@ fn closed(r: &Record) -> Error {
 }
 
 fn replay_output<Op: Operation>(r: &Record) -> Result<Result<Op::Output, Op::Error>, Error> {
-    let bytes = r.output.as_deref().unwrap_or(b"null");
+    // Every completed record holds its output: one without is damaged,
+    // never a replay of `null` (an `Option` would come back `None`).
+    let bytes = r.output.as_deref().ok_or_else(|| missing_output(r))?;
     Op::Output::decode(bytes)
         .map(Ok)
         .map_err(|e| codec(Op::NAME, "decode", "the recorded output", e))
+}
+
+/// The error for a completed record `r` that holds no output.
+pub(crate) fn missing_output(r: &Record) -> Error {
+    Error::Store {
+        source: StoreError::new(
+            crate::error::StoreErrorKind::Corrupt,
+            format!(
+                "record `{}` is corrupt: it is completed but holds no `output`",
+                r.id
+            ),
+        ),
+    }
 }
 
 /// A duplicate waiting for the first call with its key.

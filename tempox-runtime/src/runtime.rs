@@ -605,6 +605,15 @@ impl Runtime {
                 ),
             });
         }
+        if r.output.is_none()
+            && matches!(
+                entry.map(|e| e.compensation),
+                Some(Compensation::Call { .. })
+            )
+        {
+            // Damaged: compensating `null` would undo something else.
+            return Err(crate::invoke::missing_output(&r));
+        }
         let mut claim = Transition::new(id.clone(), r.status, r.token, Status::Compensating);
         claim.lease = LeaseChange::Acquire(self.inner.config.lease);
         claim.if_lease_expired = true;
@@ -630,7 +639,9 @@ impl Runtime {
                 return Ok((record, None));
             }
         };
-        let output = held.output.as_deref().unwrap_or(b"null").to_vec();
+        let Some(output) = held.output.as_deref().map(<[u8]>::to_vec) else {
+            return Err(crate::invoke::missing_output(&held));
+        };
         let lease = crate::invoke::Held::from_ref(&held);
         let outcome = crate::invoke::heartbeat(self, &lease, self.scope(run(output))).await;
         let record = self

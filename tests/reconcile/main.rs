@@ -46,6 +46,7 @@ macro_rules! timing {
             a_call_that_crashes_every_run_is_parked,
             a_renewal_held_by_the_store_does_not_stall_the_body,
             settings_at_their_limits_and_a_pass_that_panics,
+            a_completed_record_without_its_output_is_corrupt,
         );
     };
 }

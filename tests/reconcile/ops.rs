@@ -159,3 +159,15 @@ pub async fn slow(key: String, ticks: u32, tick_ms: u64) -> Result<u32, TestErro
     }
     Ok(ticks)
 }
+
+/// Runs of `maybe`, by key.
+pub static MAYBE_RUNS: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+/// A call whose output may be `None`: a record that lost its output must not
+/// replay as one.
+#[idempotent(name = "rc.maybe", key = key)]
+pub async fn maybe(key: String) -> Result<Option<u32>, TestError> {
+    *lock(&MAYBE_RUNS).entry(key.clone()).or_default() += 1;
+    crash(&key).await;
+    Ok(Some(7))
+}

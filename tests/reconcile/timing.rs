@@ -81,9 +81,10 @@ async fn compensation_held(rt: &Runtime, tag: &str, lease: Duration) -> Record {
     }
 }
 
-async fn crash<F>(rt: &Runtime, key: &str, call: F)
+async fn crash<F, T>(rt: &Runtime, key: &str, call: F)
 where
-    F: std::future::Future<Output = Result<u32, ops::TestError>> + Send + 'static,
+    F: std::future::Future<Output = Result<T, ops::TestError>> + Send + 'static,
+    T: Send + 'static,
 {
     let parked = ops::crash_at(key);
     let rt = rt.clone();
@@ -436,4 +437,34 @@ pub async fn settings_at_their_limits_and_a_pass_that_panics(b: &Backend) {
     assert!(!again.is_finished());
     handle.stop().await;
     again.stop().await;
+}
+
+/// Damaged-data issue, item 2: a completed record without its output is
+/// corrupt, not a replay of `null` (which an `Option` would take for
+/// `None`): the caller gets an error naming the record and the field, and
+/// the body does not run again.
+pub async fn a_completed_record_without_its_output_is_corrupt(b: &Backend) {
+    let rt = b.runtime();
+    let key = b.key("no-output");
+    // A record of the call itself, completed with no output (as a store
+    // that lost the field would hold it).
+    crash(&rt, &key, ops::maybe(key.clone())).await;
+    let call = id("rc.maybe", &key);
+    let held = record(&rt, &call).await;
+    let t = Transition::new(call.clone(), Status::Pending, held.token, Status::Completed);
+    assert!(rt.store().apply(&t).await.unwrap());
+    assert_eq!(record(&rt, &call).await.output, None);
+    let err = rt.scope(ops::maybe(key.clone())).await.unwrap_err();
+    match &err {
+        ops::TestError::Tempox(tempox::Error::Store { source }) => {
+            assert_eq!(source.kind(), tempox::StoreErrorKind::Corrupt, "{err}");
+            let text = source.to_string();
+            assert!(
+                text.contains(&format!("`{call}`")) && text.contains("`output`"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ops::MAYBE_RUNS.lock().unwrap().get(&key), Some(&1));
 }

@@ -1489,3 +1489,55 @@ async fn a_claim_whose_answer_was_lost_is_given_back() {
     }
     assert!(given_back >= 1, "no claim reached the busy server");
 }
+
+/// Damaged-data issue, item 1: a damaged time field never frees a key. An
+/// end of retention of `never`, `""` or `-1` on a completed record is not
+/// "retention passed" (the next call would run the body again), and a lease
+/// end of `soon` or `-5` on a pending one is not "run out" (a live holder
+/// would be taken over): the claim is refused as a corrupt record, naming
+/// it and the field, and nothing is written; a pass of retention leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_time_field_never_frees_a_key() {
+    let (server, store) = server_and_store().await;
+    let cases = [
+        ("expires_at", "never", true),
+        ("expires_at", "", true),
+        ("expires_at", "-1", true),
+        ("lease_until", "soon", false),
+        ("lease_until", "-5", false),
+    ];
+    for (i, (field, value, completed)) in cases.into_iter().enumerate() {
+        let req = claim_request(&format!("damaged-{i}"));
+        let Claimed::Acquired { record, .. } = store.claim(&req).await.unwrap() else {
+            panic!("not acquired");
+        };
+        if completed {
+            let mut t = tempox::record::Transition::new(
+                record.id.clone(),
+                Status::Pending,
+                record.token,
+                Status::Completed,
+            );
+            t.output = Some(b"7".to_vec().into());
+            t.retention = Some(Duration::from_secs(3600));
+            assert!(store.apply(&t).await.unwrap());
+        }
+        let key = store.record_key(&req.id);
+        server.cli(&["HSET", &key, field, value]);
+        let before = server.cli(&["HGETALL", &key]);
+        let err = store.claim(&req).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            StoreErrorKind::Corrupt,
+            "{field}={value:?}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("`{}`", req.id)) && text.contains(&format!("field `{field}`")),
+            "{text}"
+        );
+        assert!(text.contains("nothing was written"), "{text}");
+        assert_eq!(store.expire(1000).await.unwrap(), 0);
+        assert_eq!(server.cli(&["HGETALL", &key]), before, "{field}={value:?}");
+    }
+}

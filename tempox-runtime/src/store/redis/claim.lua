@@ -42,7 +42,7 @@ local function claim(K, id, kind, fingerprint, input, lease, on_expired, workflo
     return {'fresh', now}
   end
 
-  local old = load(rec)
+  local old = load_checked(rec, id)
   -- A record past its retention counts as none.
   local existing = old
   if existing ~= nil and retention_passed(existing, now) then existing = nil end

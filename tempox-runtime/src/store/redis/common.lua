@@ -104,12 +104,47 @@ local function retention_passed(r, now)
   return FINAL[r.status] == true and r.expires_at ~= nil and ucmp(r.expires_at, now) <= 0
 end
 
--- The record hash at key as a table, or nil when there is none.
+-- Refuses record id, whose field holds value: the operation fails with a
+-- message naming both (the client reports it as a corrupt record).
+local function corrupt(id, field, value)
+  error({err = 'ERR tempox corrupt record `' .. tostring(id) .. '`: field `' .. field
+    .. '` holds `' .. tostring(value) .. '`, not a number'})
+end
+
+-- The fields the scripts compare or compute with: a damaged one must never
+-- count as a lease run out or a retention passed (a key freed, a body run
+-- twice), so it stops the operation instead.
+local NUMBERS = {'token', 'lease_until', 'attempts', 'due_at', 'expires_at'}
+
+-- Whether v is a decimal number as the scripts write them.
+local function digits(v)
+  return type(v) == 'string' and #v > 0 and #v <= 20 and string.find(v, '^%d+$') ~= nil
+end
+
+-- Checks the number fields of record r (of id) that are present.
+local function check_numbers(id, r)
+  for _, f in ipairs(NUMBERS) do
+    local v = r[f]
+    if v ~= nil and not digits(v) then corrupt(id, f, v) end
+  end
+end
+
+-- The record hash at key as a table, or nil when there is none. Reads
+-- return it as it is (the client names what is damaged when it decodes it);
+-- claims and transitions load it with load_checked.
 local function load(key)
   local raw = redis.call('HGETALL', key)
   if #raw == 0 then return nil end
   local r = {}
   for i = 1, #raw, 2 do r[raw[i]] = raw[i + 1] end
+  return r
+end
+
+-- load, for an operation that decides from the record: a damaged number
+-- stops it (see NUMBERS).
+local function load_checked(key, id)
+  local r = load(key)
+  if r ~= nil then check_numbers(id, r) end
   return r
 end
 

@@ -13,6 +13,10 @@ for _, id in ipairs(candidates) do
   if r.status == nil then
     -- No record behind the index entry.
     remove(K, id, nil, nil)
+  elseif r.expires_at ~= nil and not digits(r.expires_at) then
+    -- A damaged end of retention never frees a key: the record stays (its
+    -- reads name the damage) and leaves the index, not to be met again.
+    redis.call('ZREM', K.exp, id)
   elseif retention_passed(r, now) then
     remove(K, id, r.status, r.workflow)
     removed = removed + 1

@@ -1204,6 +1204,18 @@ impl RedisStore {
                 Value::BulkString(m) => String::from_utf8_lossy(m).into_owned(),
                 other => format!("{other:?}"),
             };
+            // A script refused a record it could not trust, before writing
+            // anything of this request.
+            if let Some(at) = message.find("tempox corrupt record ") {
+                let what = &message[at + "tempox corrupt record ".len()..];
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!(
+                        "redis at {}: record {what} ({action}); nothing was written",
+                        self.inner.target
+                    ),
+                ));
+            }
             return Err(StoreError::new(
                 StoreErrorKind::Other,
                 format!(

@@ -54,6 +54,7 @@ local function apply(K, a, id, from, token, to)
   for i = 3, #SMALL do
     if h[i] then old[SMALL[i]] = h[i] end
   end
+  check_numbers(id, old)
   local set = {'status', to, 'updated_at', now}
   local del = {}
   if ARGV[a + 5] == '1' then set[#set + 1] = 'output'; set[#set + 1] = ARGV[a + 6] end
@@ -109,7 +110,7 @@ local function transition(K, a)
   if not ok then return {'illegal'} end
   if ARGV[a + 18] == '1' then return apply(K, a, id, from, token, to) end
 
-  local old = load(K.rec)
+  local old = load_checked(K.rec, id)
   if old == nil then return {'conflict'} end
   -- Invariant 3 (fencing): only the holder of the current token in the
   -- expected status may write.
