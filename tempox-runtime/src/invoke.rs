@@ -445,6 +445,11 @@ impl Held {
         }
     }
 
+    /// The lease's length: as written, else the runtime's.
+    pub(crate) fn lease_length(&self, rt: &Runtime) -> Duration {
+        self.lease.unwrap_or(rt.inner.config.lease)
+    }
+
     fn lease_of(r: &Record) -> Option<Duration> {
         r.lease_until.map(|until| {
             Duration::from_millis(until.as_millis().saturating_sub(r.updated_at.as_millis()))
@@ -457,22 +462,62 @@ impl Held {
 /// If the renewal finds the record taken over, renewing stops; the holder's
 /// final write will then be refused (`Fenced`).
 pub(crate) async fn heartbeat<F: Future>(rt: &Runtime, held: &Held, fut: F) -> F::Output {
+    heartbeat_watched(rt, held, fut, None).await
+}
+
+/// Until when, on this process's clock, a holder may be sure it still holds
+/// its lease: a lease it took or renewed lasts from the moment it asked. A
+/// holder past it (its process stalled, its renewals failed) may have been
+/// taken over, so it starts nothing new (a workflow, no new step).
+#[derive(Debug)]
+pub(crate) struct LeaseWatch(std::sync::Mutex<Instant>);
+
+impl LeaseWatch {
+    /// A lease of `lease` taken now.
+    pub(crate) fn new(lease: Duration) -> Self {
+        LeaseWatch(std::sync::Mutex::new(Instant::now() + lease))
+    }
+
+    fn renewed(&self, until: Instant) {
+        let mut end = lock(&self.0);
+        *end = (*end).max(until);
+    }
+
+    /// Whether the lease is sure to be held still.
+    pub(crate) fn held(&self) -> bool {
+        Instant::now() < *lock(&self.0)
+    }
+}
+
+/// [`heartbeat`], telling `watch` of each renewal.
+pub(crate) async fn heartbeat_watched<F: Future>(
+    rt: &Runtime,
+    held: &Held,
+    fut: F,
+    watch: Option<&LeaseWatch>,
+) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     // Most bodies finish without waiting on anything: no timer for them, and
     // the renewal loop lives in a box so it does not weigh on every call's future.
     if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         return out;
     }
-    Box::pin(renew_while(rt, held, fut)).await
+    Box::pin(renew_while(rt, held, fut, watch)).await
 }
 
-async fn renew_while<F: Future>(rt: &Runtime, held: &Held, mut fut: Pin<&mut F>) -> F::Output {
+async fn renew_while<F: Future>(
+    rt: &Runtime,
+    held: &Held,
+    mut fut: Pin<&mut F>,
+    watch: Option<&LeaseWatch>,
+) -> F::Output {
     let lease = held.lease.unwrap_or(rt.inner.config.lease);
     let every = (lease / 3).max(Duration::from_millis(3));
     // A renewal in flight is polled beside the body, never in its way: a
     // store that is slow to answer must not stall the body (nor the next
     // renewal's timer, which starts once this one is answered).
     let mut renewal: Option<BoxFuture<'_, Result<Option<Timestamp>, StoreError>>> = None;
+    let mut asked = Instant::now();
     let mut renewing = true;
     let tick = tokio::time::sleep(every);
     tokio::pin!(tick);
@@ -484,7 +529,11 @@ async fn renew_while<F: Future>(rt: &Runtime, held: &Held, mut fut: Pin<&mut F>)
                 renewal = None;
                 tick.as_mut().reset(Instant::now() + every);
                 match answer {
-                    Ok(Some(_)) => {}
+                    Ok(Some(_)) => {
+                        if let Some(watch) = watch {
+                            watch.renewed(asked + lease);
+                        }
+                    }
                     Ok(None) => {
                         renewing = false;
                         tracing::warn!(id = %held.id, token = held.token, "lease lost to a newer holder");
@@ -493,6 +542,7 @@ async fn renew_while<F: Future>(rt: &Runtime, held: &Held, mut fut: Pin<&mut F>)
                 }
             }
             () = tick.as_mut(), if renewing && renewal.is_none() => {
+                asked = Instant::now();
                 renewal = Some(rt.store().renew(&held.id, held.status, held.token, lease));
             }
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::catalog::{Compensation, Recover};
 use crate::error::Error;
-use crate::invoke::{Guard, Held, heartbeat};
+use crate::invoke::{Guard, Held, heartbeat, heartbeat_watched};
 use crate::key::Fingerprint;
 use crate::operation::{Operation, OperationError};
 use crate::record::{
@@ -61,10 +61,18 @@ pub(crate) struct Context {
     /// Steps this run holds a claim on (id, token): when the deadline stops
     /// the run, their leases end at once instead of running out.
     claimed: std::sync::Mutex<Vec<(RecordId, u64)>>,
+    /// Until when this run surely holds the workflow's lease: past it,
+    /// another may have taken the workflow over, so no new step starts.
+    lease: crate::invoke::LeaseWatch,
 }
 
 impl Context {
-    async fn load(rt: &Runtime, id: &RecordId, rolling_back: bool) -> Result<Self, Error> {
+    async fn load(
+        rt: &Runtime,
+        id: &RecordId,
+        rolling_back: bool,
+        lease: crate::invoke::LeaseWatch,
+    ) -> Result<Self, Error> {
         let recorded = steps(rt, id)
             .await?
             .into_iter()
@@ -77,6 +85,7 @@ impl Context {
             recorded,
             in_doubt: std::sync::Mutex::new(None),
             claimed: std::sync::Mutex::new(Vec::new()),
+            lease,
         })
     }
 
@@ -139,6 +148,16 @@ pub(crate) fn assign_step(req: &mut ClaimRequest) -> Result<(), Error> {
     let Ok(ctx) = WORKFLOW.try_with(Arc::clone) else {
         return Ok(());
     };
+    if !ctx.lease.held() {
+        // Its process stalled or could not renew past the lease: another
+        // may run the workflow now, and a step started here would run
+        // beside it (a step's record is not fenced by its workflow's).
+        return Err(Error::Fenced {
+            op: ctx.id.op().to_owned(),
+            key: ctx.id.key().to_owned(),
+            token: 0,
+        });
+    }
     let step = ctx.next_step.fetch_add(1, Ordering::SeqCst);
     let op = req.id.op().to_owned();
     let Some((recorded, fingerprint)) = ctx.recorded.get(&step) else {
@@ -212,13 +231,18 @@ impl<Op: Workflow> Guard<Op> {
         let rolling_back = RECOVERY
             .try_with(|r| *r == Recover::Rollback)
             .unwrap_or(false);
-        let ctx = match Context::load(&rt, &self.held.id, rolling_back).await {
+        let lease = self.held.lease_length(&rt);
+        // Counted from before the workflow's record is read: no later than
+        // the lease taken with the claim.
+        let watch = crate::invoke::LeaseWatch::new(lease);
+        let ctx = match Context::load(&rt, &self.held.id, rolling_back, watch).await {
             Ok(ctx) => Arc::new(ctx),
             Err(e) => return Err(Op::Error::from_tempox(e)),
         };
         let body = WORKFLOW.scope(ctx.clone(), body);
+        let watched = heartbeat_watched(&rt, &self.held, body, Some(&ctx.lease));
         let result = match Op::DEADLINE {
-            None => heartbeat(&rt, &self.held, body).await,
+            None => watched.await,
             Some(deadline) => {
                 // Counted from the workflow's start on the store's clock, so
                 // a run resumed elsewhere keeps the first run's deadline.
@@ -228,7 +252,7 @@ impl<Op: Workflow> Guard<Op> {
                 };
                 let ends = self.held.created_at.plus(deadline);
                 let left = Duration::from_millis(ends.as_millis().saturating_sub(now.as_millis()));
-                match tokio::time::timeout(left, heartbeat(&rt, &self.held, body)).await {
+                match tokio::time::timeout(left, watched).await {
                     Ok(result) => result,
                     Err(_) => {
                         // The steps it was in are stopped here, not crashed:

@@ -340,6 +340,10 @@ struct Proc {
     tokio: tokio::runtime::Runtime,
     rt: Runtime,
     faults: Arc<Faults>,
+    /// When it was last polled (real time).
+    last_driven: std::time::Instant,
+    /// How far its clock jumps when it is next polled (it was stalled).
+    jump: Duration,
     _reconciler: tempox::ReconcilerHandle,
 }
 
@@ -498,6 +502,8 @@ impl Sim {
             tokio,
             rt,
             faults,
+            last_driven: std::time::Instant::now(),
+            jump: Duration::ZERO,
             _reconciler: reconciler,
         }
     }
@@ -562,13 +568,26 @@ impl Sim {
     /// crashes it if a poisoned body asked for it.
     fn drive(&mut self, p: usize, d: Duration) {
         with(|w| w.process = p);
+        if self.shared.backend == Backend::Redis {
+            // On a real clock a process not polled for long stalls as a
+            // paused one would: its leases may run out under its bodies.
+            let idle = self.procs[p].last_driven.elapsed();
+            if idle > self.times.lease / 2 {
+                with(|w| *w.stalls.entry(p).or_default() += 1);
+            }
+        }
         self.procs[p].faults.calls.store(0, SeqCst);
         let d = if self.shared.backend == Backend::Redis {
             d.min(Duration::from_millis(5))
         } else {
             d
         };
+        let jump = std::mem::take(&mut self.procs[p].jump);
+        let paused = self.shared.backend != Backend::Redis;
         self.procs[p].tokio.block_on(async move {
+            if paused && !jump.is_zero() {
+                tokio::time::advance(jump).await;
+            }
             tokio::time::sleep(d).await;
             tokio::task::yield_now().await;
         });
@@ -585,6 +604,7 @@ impl Sim {
                 tokio::task::yield_now().await;
             });
         }
+        self.procs[p].last_driven = std::time::Instant::now();
         if with(|w| w.crash_requests.remove(&p)) {
             self.crash(p);
         }
@@ -600,6 +620,11 @@ impl Sim {
     fn pass_time(&mut self, d: Duration, stalled: Option<usize>, on_call: bool) {
         let step = self.times.lease / 4;
         let mut left = d;
+        if let Some(p) = stalled {
+            // When it goes on, its clock has jumped, as a paused machine's
+            // does (its timers fire, and it can tell its leases ran out).
+            self.procs[p].jump += d;
+        }
         while !left.is_zero() {
             let chunk = left.min(step);
             left -= chunk;
