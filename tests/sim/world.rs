@@ -118,6 +118,7 @@ struct Faulty {
     faults: Arc<Faults>,
     leases: Arc<Leases>,
     clock: Option<ManualClock>,
+    lease: Duration,
 }
 
 impl std::fmt::Debug for Faulty {
@@ -153,6 +154,23 @@ impl Faulty {
         if n >= SPIN_LIMIT {
             // Ends the spinning task (the panic stays in it).
             panic!("spinning");
+        }
+    }
+
+    /// A store slow to answer now and then (virtual time, on memory and
+    /// SQLite): others run meanwhile, between a reconciler's listing and its
+    /// writes, or a holder's claim and its body.
+    async fn latency(&self) {
+        if self.clock.is_none() {
+            return;
+        }
+        let max = u64::try_from(self.lease.as_millis() / 8).unwrap_or(0);
+        let d = with(|w| {
+            let r = w.rng.as_mut()?;
+            (r.u32(0..100) < 20).then(|| Duration::from_millis(r.u64(0..=max)))
+        });
+        if let Some(d) = d {
+            tokio::time::sleep(d).await;
         }
     }
 
@@ -233,6 +251,7 @@ impl Faulty {
 #[async_trait::async_trait]
 impl Store for Faulty {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let claimed = self.inner.claim(req).await?;
@@ -253,6 +272,7 @@ impl Store for Faulty {
         self.lost(lose, claimed)
     }
     async fn transition(&self, t: &Transition) -> Result<Transitioned, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let live = self.live_lease(t);
@@ -278,6 +298,7 @@ impl Store for Faulty {
         self.lost(lose, answer)
     }
     async fn apply(&self, t: &Transition) -> Result<bool, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let live = self.live_lease(t);
@@ -301,6 +322,7 @@ impl Store for Faulty {
         token: u64,
         lease: Duration,
     ) -> Result<Option<Timestamp>, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         let lose = self.before_write()?;
         let until = self.inner.renew(id, status, token, lease).await?;
@@ -310,21 +332,25 @@ impl Store for Faulty {
         self.lost(lose, until)
     }
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.get(id).await
     }
     async fn due(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.due(limit).await
     }
     async fn list(&self, query: &Query) -> Result<Vec<Record>, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.list(query).await
     }
     async fn expire(&self, limit: usize) -> Result<usize, StoreError> {
+        self.latency().await;
         let _in_flight = InFlight::new(&self.faults.in_flight);
         self.count();
         self.inner.expire(limit).await
@@ -474,6 +500,7 @@ impl Sim {
             faults: faults.clone(),
             leases: self.shared.leases.clone(),
             clock: self.shared.clock.clone(),
+            lease: self.times.lease,
         };
         let (base, cap) = match self.shared.backend {
             Backend::Redis => (Duration::from_millis(5), Duration::from_millis(40)),
