@@ -329,9 +329,12 @@ pub async fn operator_retry_and_resolve(b: &Backend) {
     assert!(rt.record(&ids[&1]).await.unwrap().is_none());
 }
 
-async fn crash<F>(rt: &Runtime, key: &str, call: F)
+/// Runs `call` in a task until it parks at its crash point (armed for
+/// `key`), then aborts it: the process dies there.
+pub(crate) async fn crash<F, T>(rt: &Runtime, key: &str, call: F)
 where
-    F: std::future::Future<Output = Result<u32, ops::TestError>> + Send + 'static,
+    F: std::future::Future<Output = Result<T, ops::TestError>> + Send + 'static,
+    T: Send + 'static,
 {
     let parked = ops::crash_at(key);
     let rt = rt.clone();

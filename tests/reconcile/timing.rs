@@ -12,6 +12,7 @@ use tempox::record::{ClaimRequest, Claimed, LeaseChange, OnExpired, Transition};
 use tempox::{Fingerprint, Key, Kind, Record, RecordId, Runtime, Status};
 
 use crate::ops::{self, Item};
+use crate::scenarios::crash;
 use crate::support::Hooked;
 use crate::support::backend::Backend;
 
@@ -79,19 +80,6 @@ async fn compensation_held(rt: &Runtime, tag: &str, lease: Duration) -> Record {
         tempox::record::Transitioned::Applied(held) => held,
         other => panic!("not claimed: {other:?}"),
     }
-}
-
-async fn crash<F, T>(rt: &Runtime, key: &str, call: F)
-where
-    F: std::future::Future<Output = Result<T, ops::TestError>> + Send + 'static,
-    T: Send + 'static,
-{
-    let parked = ops::crash_at(key);
-    let rt = rt.clone();
-    let task = tokio::spawn(async move { rt.scope(call).await });
-    parked.notified().await;
-    task.abort();
-    let _ = task.await;
 }
 
 /// 8: a holder whose lease ran out renews after a pass listed it, before the

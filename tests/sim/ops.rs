@@ -85,6 +85,16 @@ pub fn violation(v: String) {
     with(|w| w.violations.push(v));
 }
 
+/// The writes of an order's records (its workflow's and its steps'), as
+/// the processes sent them: what a violation about it quotes.
+pub fn writes_of<'w>(w: &'w World, order: &str) -> Vec<&'w String> {
+    let marks = [format!("/{order}#"), format!("/{order}:")];
+    w.log
+        .iter()
+        .filter(|l| marks.iter().any(|m| l.contains(m.as_str())))
+        .collect()
+}
+
 /// The stall count of the process polling the caller.
 pub fn epoch() -> (usize, u64) {
     with(|w| (w.process, w.stalls.get(&w.process).copied().unwrap_or(0)))
@@ -193,14 +203,7 @@ pub async fn charge(order: &String, amount: u64) -> Result<String, SimError> {
         *n += 1;
         let n = *n;
         if n > 1 {
-            // With the writes of the order's records, as the processes sent
-            // them.
-            let marks = [format!("/{order}#"), format!("/{order}:")];
-            let writes: Vec<&String> = w
-                .log
-                .iter()
-                .filter(|l| marks.iter().any(|m| l.contains(m.as_str())))
-                .collect();
+            let writes = writes_of(w, order);
             let v = format!(
                 "order {order} charged {n} times (by process {}); writes: {writes:#?}",
                 w.process

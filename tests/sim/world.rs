@@ -995,12 +995,7 @@ impl Sim {
                             .filter(|s| s.workflow.as_ref() == Some(&r.id))
                             .map(|s| format!("{} {} {:?}", s.id, s.status, s.error))
                             .collect();
-                        let marks = [format!("/{order}#"), format!("/{order}:")];
-                        let writes: Vec<&String> = w
-                            .log
-                            .iter()
-                            .filter(|l| marks.iter().any(|m| l.contains(m.as_str())))
-                            .collect();
+                        let writes = ops::writes_of(w, &order);
                         let v = format!(
                             "{} rolled back, but charged {charged} refunded {refunded}, reserved {reserved} released {released}; steps: {steps:#?}; writes: {writes:#?}",
                             r.id

@@ -7,37 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tempox::record::{LeaseChange, Transition};
-use tempox::{Key, Record, RecordId, Runtime, Status};
+use tempox::{Record, RecordId, Runtime, Status};
 
+use crate::scenarios::{crash, record, workflow_id};
 use crate::shop::{self, Backend, Order};
 use crate::support::Hooked;
 
-fn workflow_id(name: &str, order: &Order) -> RecordId {
-    RecordId::new(name, &Key::new(order.id.clone()).unwrap())
-}
-
 fn step_id(op: &str, workflow: &RecordId, step: u32) -> RecordId {
     RecordId::parse(&format!("{op}/{workflow}#{step}")).unwrap()
-}
-
-async fn record(rt: &Runtime, id: &RecordId) -> Record {
-    rt.record(id)
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("no record {id}"))
-}
-
-/// Runs `run` in a task until it parks at its crash point, then aborts it.
-async fn crash<F>(rt: &Runtime, order: &Order, point: &str, run: F)
-where
-    F: std::future::Future<Output = Result<String, shop::ShopError>> + Send + 'static,
-{
-    let parked = shop::crash_at(&order.id, point);
-    let rt = rt.clone();
-    let task = tokio::spawn(async move { rt.scope(run).await });
-    parked.notified().await;
-    task.abort();
-    assert!(task.await.unwrap_err().is_cancelled());
 }
 
 /// Passes until `id` is in `status` (at most `passes`; Redis lists due work
@@ -83,22 +60,27 @@ pub async fn a_step_outlives_its_retention_while_its_workflow_is_not_done(b: &Ba
     }
 }
 
+/// A checkout whose shipping fails and whose refund is parked as a dead
+/// letter (the refunds fail): its rollback stopped, `PartiallyRolledBack`.
+/// Its order, and the ids of the workflow and of its charge step.
+async fn parked_checkout(b: &Backend, rt: &Runtime, name: &str) -> (Order, RecordId, RecordId) {
+    let order = shop::order(b, name, 900, true);
+    shop::fail_refunds(&order.id, true);
+    assert!(rt.scope(shop::checkout(order.clone())).await.is_err());
+    let id = workflow_id("shop.checkout", &order);
+    assert_eq!(record(rt, &id).await.status, Status::PartiallyRolledBack);
+    let charge = step_id("shop.charge", &id, 2);
+    assert_eq!(record(rt, &charge).await.status, Status::CompensationFailed);
+    (order, id, charge)
+}
+
 /// 1 (b) and 3: a rollback stopped at a dead-lettered refund, parked longer
 /// than the retention; the operator retries the refund; the reconciler
 /// carries the rollback on by itself, and the older steps are compensated
 /// (not lost to expiry).
 pub async fn a_parked_rollback_goes_on_after_the_operator_retries(b: &Backend) {
     let rt = b.retaining().compensation_attempts(1).build().unwrap();
-    let order = shop::order(b, "parked-retry", 900, true);
-    shop::fail_refunds(&order.id, true);
-    assert!(rt.scope(shop::checkout(order.clone())).await.is_err());
-    let id = workflow_id("shop.checkout", &order);
-    assert_eq!(record(&rt, &id).await.status, Status::PartiallyRolledBack);
-    let charge = step_id("shop.charge", &id, 2);
-    assert_eq!(
-        record(&rt, &charge).await.status,
-        Status::CompensationFailed
-    );
+    let (order, id, charge) = parked_checkout(b, &rt, "parked-retry").await;
 
     // A weekend passes, with reconcilers running.
     b.pass_retention().await;
@@ -134,11 +116,7 @@ pub async fn a_parked_rollback_goes_on_after_the_operator_retries(b: &Backend) {
 /// 3: the same, when the operator resolves the dead letter by hand instead.
 pub async fn a_parked_rollback_goes_on_after_the_operator_resolves(b: &Backend) {
     let rt = b.runtime_with(1);
-    let order = shop::order(b, "parked-resolve", 900, true);
-    shop::fail_refunds(&order.id, true);
-    assert!(rt.scope(shop::checkout(order.clone())).await.is_err());
-    let id = workflow_id("shop.checkout", &order);
-    let charge = step_id("shop.charge", &id, 2);
+    let (order, id, charge) = parked_checkout(b, &rt, "parked-resolve").await;
     rt.resolve(&charge, "refunded by hand").await.unwrap();
     let done = reconcile_until(b, &rt, &id, Status::RolledBack).await;
     assert_eq!(done.status, Status::RolledBack);

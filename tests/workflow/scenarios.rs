@@ -7,11 +7,11 @@ use tokio::task::JoinSet;
 
 use crate::shop::{self, Backend, Order, ShopError};
 
-fn workflow_id(name: &str, order: &Order) -> RecordId {
+pub(crate) fn workflow_id(name: &str, order: &Order) -> RecordId {
     RecordId::new(name, &Key::new(order.id.clone()).unwrap())
 }
 
-async fn record(rt: &Runtime, id: &RecordId) -> Record {
+pub(crate) async fn record(rt: &Runtime, id: &RecordId) -> Record {
     rt.record(id)
         .await
         .unwrap()
@@ -130,7 +130,7 @@ pub async fn concurrent_runs_of_one_key_execute_once(b: &Backend) {
 
 /// Runs `run` in a task until it parks at its crash point, then aborts it: the
 /// process running the workflow dies there.
-async fn crash<F>(rt: &Runtime, order: &Order, point: &str, run: F)
+pub(crate) async fn crash<F>(rt: &Runtime, order: &Order, point: &str, run: F)
 where
     F: std::future::Future<Output = Result<String, ShopError>> + Send + 'static,
 {
