@@ -456,3 +456,58 @@ pub async fn a_completed_record_without_its_output_is_corrupt(b: &Backend) {
     }
     assert_eq!(ops::MAYBE_RUNS.lock().unwrap().get(&key), Some(&1));
 }
+
+/// A writer of formatted log lines into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// 6: a reconciler warns once per operation it meets but does not link,
+/// however many of its records and passes there are.
+#[tokio::test(flavor = "current_thread")]
+async fn foreign_records_are_warned_about_once_per_operation() {
+    let b = crate::support::backend::memory().await;
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let rt = b.runtime();
+    for (op, key) in [
+        ("billing.charge", "a"),
+        ("billing.charge", "b"),
+        ("mail.send", "c"),
+    ] {
+        claim(&rt, &id(op, key), Kind::NonIdempotent, b.lease()).await;
+    }
+    let r = rt.reconciler();
+    let mut foreign = 0;
+    for _ in 0..3 {
+        b.pass_lease().await;
+        b.pass(Duration::from_secs(60)).await;
+        foreign += r.run_once().await.unwrap().foreign;
+    }
+    assert!(foreign >= 6, "{foreign}");
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("does not link"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(
+        warnings.iter().any(|l| l.contains("billing.charge")),
+        "{text}"
+    );
+    assert!(warnings.iter().any(|l| l.contains("mail.send")), "{text}");
+}
