@@ -165,6 +165,9 @@ fn retention(s: &str) -> Result<Duration, String> {
     if d < Duration::from_millis(1) {
         return Err("under 1ms: the record would be removed at once".to_owned());
     }
+    if d > crate::runtime::MAX_DURATION {
+        return Err("over a century: no store can hold the time it ends at".to_owned());
+    }
     Ok(d)
 }
 
@@ -250,10 +253,26 @@ where
             .error(clap::error::ErrorKind::ValueValidation, message)
             .exit(),
         Err(Failure::Failed(message)) => {
-            eprintln!("tempox: {message}");
+            // Store data may be in the message: shown, never obeyed by the
+            // terminal (escapes and control characters written out).
+            eprintln!("tempox: {}", printable(&message));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `text` with its control characters (terminal escapes among them)
+/// written as escapes, its line breaks kept.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Runs `cli` and returns what it prints, or why it did not run: wrong
@@ -357,9 +376,16 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Fail
                 .to_owned(),
         ));
     }
+    // `sqlite:` names a file whatever its path holds (even `://`).
+    let file = store.strip_prefix("sqlite:");
+    if file.is_some_and(|path| path.trim().is_empty()) {
+        return Err(Failure::Usage(
+            "`--store sqlite:` names no file: give its path, as in `sqlite:orders.db`".to_owned(),
+        ));
+    }
     // A URL (redis://, valkey://, unix://, ...) is for the Redis client,
     // which names what it accepts; anything else is a file.
-    if store.contains("://") {
+    if file.is_none() && store.contains("://") {
         return open_redis(cli, store).await;
     }
     for (set, option) in [
@@ -378,7 +404,7 @@ async fn open(cli: &Cli) -> Result<std::sync::Arc<dyn crate::store::Store>, Fail
             )));
         }
     }
-    open_sqlite(store.strip_prefix("sqlite:").unwrap_or(store))
+    open_sqlite(file.unwrap_or(store))
 }
 
 #[cfg(feature = "redis")]

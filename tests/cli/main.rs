@@ -652,6 +652,20 @@ fn bad_arguments_are_named_and_change_nothing() {
         err.contains("under 1ms: the record would be removed at once"),
         "{err}"
     );
+    let err = resolve("500000000y");
+    assert!(
+        err.contains("'--retention") && err.contains("over a century"),
+        "{err}"
+    );
+    // `sqlite:` names a file, whatever its path holds; and names one.
+    let odd = format!("sqlite:{}/with://inside.db", dir.path().display());
+    let err = fails(&["--store", &odd, "list"], 1);
+    assert!(
+        err.contains("with://inside.db: no tempox store there"),
+        "{err}"
+    );
+    let err = fails(&["--store", "sqlite:", "list"], 2);
+    assert!(err.contains("`--store sqlite:` names no file"), "{err}");
     let err = fails(&["--store", &store, "forget", "a/b"], 2);
     assert!(err.contains("unrecognized subcommand 'forget'"), "{err}");
     for option in [["--prefix", "p"], ["--buckets", "8"]] {
@@ -811,4 +825,24 @@ async fn a_closed_or_full_output_is_handled() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("tempox: cannot write the answer:"), "{err}");
     }
+}
+
+/// Damaged-data issue, item 6: an error that quotes store data shows it,
+/// never lets the terminal obey it (a status holding a screen-clearing
+/// escape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_data_in_an_error_is_shown_not_obeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(dir.path()).await;
+    let conn = rusqlite::Connection::open(dir.path().join("records.db")).unwrap();
+    conn.execute(
+        "UPDATE tempox_records SET status = 'done\u{1b}[2J\u{7}' WHERE id = 'shop.refund/ch-9'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = fails(&["--store", &store, "show", "shop.refund/ch-9"], 1);
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    assert!(err.contains("done\\u{1b}[2J\\u{7}"), "{err}");
+    assert!(err.contains("`shop.refund/ch-9`"), "{err}");
 }
