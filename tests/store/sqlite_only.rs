@@ -500,3 +500,101 @@ async fn an_existing_database_opens_at_its_version() {
     assert_eq!(store.get(&request("x", "y", "z").id).await.unwrap(), None);
     let _ = Status::Pending;
 }
+
+/// Damaged-data issue, item 3: a flipped byte in the header's file format
+/// versions makes SQLite open the file read-only, and every write would then
+/// fail like a read-only disk (an outage, retried for ever): it is refused
+/// at open as corrupt, the file untouched.
+#[tokio::test]
+async fn a_damaged_header_is_corrupt_not_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.claim(&request("header", "k", "a")).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .unwrap();
+    drop(conn);
+    for (offset, value) in [(18usize, 0x7fu8), (19, 0x03)] {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let before = bytes[offset];
+        bytes[offset] = value;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = open_err(&path);
+        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains("file format versions"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was changed");
+        bytes[offset] = before;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    assert!(SqliteStore::open(&path).is_ok());
+}
+
+/// Damaged-data issue, item 4: a tempox file (right application id and
+/// version) whose table lost a column, or that lost an index or its table,
+/// is refused at open, saying what is missing, the file untouched.
+#[test]
+fn a_schema_changed_by_hand_is_refused_saying_what_is_missing() {
+    for (damage, missing) in [
+        ("DROP INDEX tempox_records_due", "`tempox_records_due`"),
+        (
+            "ALTER TABLE tempox_records DROP COLUMN note",
+            "the column `note`",
+        ),
+        (
+            "ALTER TABLE tempox_records RENAME TO records",
+            "`tempox_records`",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(damage).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        drop(conn);
+        let before = std::fs::read(&path).unwrap();
+        let err = open_err(&path);
+        assert_eq!(err.kind(), StoreErrorKind::Schema, "{damage}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(missing) && text.contains("changed by hand"),
+            "{damage}: {text}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{damage}: the file was changed"
+        );
+    }
+}
+
+/// Damaged-data issue, item 5: a record whose `id` column is not text is
+/// named by what it holds, not by SQLite's column index.
+#[tokio::test]
+async fn a_damaged_id_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.claim(&request("ids", "k", "a")).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    // A blob keeps its type in a text column (an integer would become text).
+    conn.execute(
+        "UPDATE tempox_records SET id = x'ff00' WHERE op = 'ids'",
+        [],
+    )
+    .unwrap();
+    let err = store
+        .list(&tempox::store::Query::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("unreadable `id`") && text.contains("Blob"),
+        "{text}"
+    );
+    assert!(!text.contains("index: 0"), "{text}");
+}

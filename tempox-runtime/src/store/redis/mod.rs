@@ -1204,6 +1204,17 @@ impl RedisStore {
                 Value::BulkString(m) => String::from_utf8_lossy(m).into_owned(),
                 other => format!("{other:?}"),
             };
+            // The record's key holds another type of value: the script's
+            // first read of it failed, before anything was written.
+            if message.contains("WRONGTYPE") {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!(
+                        "redis at {}: {action}: its key holds another type of value, not a record hash; nothing was written",
+                        self.inner.target
+                    ),
+                ));
+            }
             // A script refused a record it could not trust, before writing
             // anything of this request.
             if let Some(at) = message.find("tempox corrupt record ") {
@@ -2148,6 +2159,16 @@ fn redis_error_message(target: &str, action: Action<'_>, e: &RedisError) -> Stor
     }
     if let Some(err) = credentials_error(target, action, e) {
         return err;
+    }
+    if e.code() == Some("WRONGTYPE") {
+        // A read of a key that holds another type of value: nothing was
+        // written, and no retry will read a record there.
+        return StoreError::new(
+            StoreErrorKind::Corrupt,
+            format!(
+                "redis at {target}: {action}: its key holds another type of value, not a record hash"
+            ),
+        );
     }
     let kind = if e.is_timeout() {
         StoreErrorKind::Timeout

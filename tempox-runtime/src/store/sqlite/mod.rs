@@ -134,6 +134,7 @@ impl SqliteStoreBuilder {
                 ),
             ));
         }
+        check_header(&path)?;
         let mut conn = open_connection(&path, false, &self)?;
         // Checked before anything else touches the file (even the journal mode),
         // so a refused file is left as it was.
@@ -530,9 +531,79 @@ fn prepare_schema(conn: &mut Connection, path: &Path, create: bool) -> Result<()
         }
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
             .map_err(|e| sqlite_error(path, "cannot migrate", e))?;
+        let missing = missing_schema(&tx).map_err(err)?;
+        if !missing.is_empty() {
+            // The transaction rolls back: the file is left as it was.
+            return schema_error(format!(
+                "a tempox database whose schema was changed by hand: missing {}; restore it from a backup",
+                missing.join(", ")
+            ));
+        }
     }
     tx.commit()
         .map_err(|e| sqlite_error(path, "cannot commit the schema to", e))
+}
+
+/// What of this build's schema a database lacks: its table, a column of
+/// it, an index. Read from the schema itself, so a new column or index
+/// needs no change here.
+fn missing_schema(conn: &Connection) -> Result<Vec<String>, rusqlite::Error> {
+    let want = Connection::open_in_memory()?;
+    want.execute_batch(SCHEMA)?;
+    let tables = |c: &Connection| -> Result<Vec<String>, rusqlite::Error> {
+        c.prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name LIKE 'tempox_%' ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    };
+    let columns = |c: &Connection| -> Result<Vec<String>, rusqlite::Error> {
+        c.prepare("SELECT name FROM pragma_table_info('tempox_records') ORDER BY cid")?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    };
+    let (have_names, have_columns) = (tables(conn)?, columns(conn)?);
+    let mut missing = Vec::new();
+    for name in tables(&want)? {
+        if !have_names.contains(&name) {
+            missing.push(format!("`{name}`"));
+        }
+    }
+    if have_names.iter().any(|n| n == "tempox_records") {
+        for column in columns(&want)? {
+            if !have_columns.contains(&column) {
+                missing.push(format!("the column `{column}`"));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Refuses a file whose SQLite header is damaged where SQLite itself would
+/// not say so: format version bytes it does not know make it open the file
+/// read-only, so every write would fail as if the disk were (an outage,
+/// retried for ever) instead of as the damage it is.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut header = [0u8; 100];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut header));
+    // A missing, empty or unreadable file is SQLite's (and the open's) to
+    // judge.
+    let Ok(100) = read else {
+        return Ok(());
+    };
+    if !header.starts_with(b"SQLite format 3\0") {
+        return Ok(());
+    }
+    let (write, read) = (header[18], header[19]);
+    if !matches!(write, 1 | 2) || !matches!(read, 1 | 2) {
+        return Err(StoreError::new(
+            StoreErrorKind::Corrupt,
+            format!(
+                "{}: it is not a SQLite database, or it is corrupt (its header gives file format versions {write} and {read}; SQLite writes 1 or 2)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Why `path` cannot be a database file, when SQLite's "unable to open" has a
@@ -655,7 +726,23 @@ fn list(conn: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
 /// A row back into a record; any field that does not decode is a `Corrupt`
 /// error naming the record and the field.
 fn read_record(row: &Row<'_>) -> Result<Record, StoreError> {
-    let id_text: String = row.get(0).map_err(db_error)?;
+    let id_text: String = match row.get_ref(0).map_err(db_error)? {
+        rusqlite::types::ValueRef::Text(t) => String::from_utf8(t.to_vec()).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "a record has an unreadable `id`: {:?} is not UTF-8",
+                    String::from_utf8_lossy(e.as_bytes())
+                ),
+            )
+        })?,
+        other => {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!("a record has an unreadable `id`: it holds {other:?}, not text"),
+            ));
+        }
+    };
     let corrupt = |field: &str, why: String| {
         StoreError::new(
             StoreErrorKind::Corrupt,
